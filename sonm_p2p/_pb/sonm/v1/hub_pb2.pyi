@@ -1,0 +1,95 @@
+from sonm_p2p._pb.sonm.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HubInfo(_message.Message):
+    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MINERS_ONLINE_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    multiaddrs: _containers.RepeatedScalarFieldContainer[str]
+    grpc_endpoint: str
+    version: str
+    miners_online: int
+    uptime_seconds: int
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., uptime_seconds: _Optional[int] = ...) -> None: ...
+
+class TaskIds(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MinerInfo(_message.Message):
+    __slots__ = ("node_id", "peer_id", "online", "task_ids", "resources", "last_seen_ms", "remote_addr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    online: bool
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    resources: _common_pb2.Resources
+    last_seen_ms: int
+    remote_addr: str
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ..., remote_addr: _Optional[str] = ...) -> None: ...
+
+class ListMinersReply(_message.Message):
+    __slots__ = ("miners", "details")
+    class MinersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TaskIds
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TaskIds, _Mapping]] = ...) -> None: ...
+    MINERS_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    miners: _containers.MessageMap[str, TaskIds]
+    details: _containers.RepeatedCompositeFieldContainer[MinerInfo]
+    def __init__(self, miners: _Optional[_Mapping[str, TaskIds]] = ..., details: _Optional[_Iterable[_Union[MinerInfo, _Mapping]]] = ...) -> None: ...
+
+class StartTaskRequest(_message.Message):
+    __slots__ = ("miner_id", "spec")
+    MINER_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    miner_id: str
+    spec: _common_pb2.TaskSpec
+    def __init__(self, miner_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+
+class StartTaskReply(_message.Message):
+    __slots__ = ("task_id", "miner_id", "endpoints")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    MINER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    miner_id: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.Endpoint]
+    def __init__(self, task_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("miner_id",)
+    MINER_ID_FIELD_NUMBER: _ClassVar[int]
+    miner_id: str
+    def __init__(self, miner_id: _Optional[str] = ...) -> None: ...
+
+class ListTasksReply(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskInfo]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,122 @@
+"""The one exception tree of sonm-p2p.
+
+::
+
+    SonmError                       exit 1, gRPC UNKNOWN
+    ├── ConfigError                 exit 2, bad flag / env / config file (message names the file)
+    ├── NotFound                    exit 3, NOT_FOUND
+    │   ├── MinerNotFound           no miner with that node ID (or prefix)
+    │   ├── TaskNotFound            no task with that ID
+    │   └── ImageNotFound           image neither local nor pullable
+    ├── InvalidRequest              exit 6, INVALID_ARGUMENT
+    │   └── AmbiguousMiner          a prefix that names more than one miner
+    ├── Refused                     exit 6, FAILED_PRECONDITION
+    │   └── ImageNotRunnable        image with neither ENTRYPOINT nor CMD
+    ├── Unavailable                 exit 4, UNAVAILABLE
+    │   ├── HubUnavailable          the hub does not answer (client side)
+    │   ├── MinerUnavailable        the miner is offline or went away mid-call
+    │   └── DialError               no transport path to a peer
+    ├── Timeout                     exit 5, DEADLINE_EXCEEDED
+    └── RuntimeFailure              exit 7, INTERNAL: the container engine failed
+
+Errors are translated once at each boundary (see ``sonm_p2p/_status.py``): domain error → gRPC
+status in the servicers, ``grpc.RpcError`` → domain error in the typed clients, domain error →
+one-line message + exit code in the CLI.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousMiner",
+    "ConfigError",
+    "DialError",
+    "HubUnavailable",
+    "ImageNotFound",
+    "ImageNotRunnable",
+    "InvalidRequest",
+    "MinerNotFound",
+    "MinerUnavailable",
+    "NotFound",
+    "Refused",
+    "RuntimeFailure",
+    "SonmError",
+    "TaskNotFound",
+    "Timeout",
+    "Unavailable",
+]
+
+
+class SonmError(Exception):
+    """Base of every error sonm-p2p raises on purpose."""
+
+    #: Name of the ``grpc.StatusCode`` member this error travels as.
+    grpc_code: str = "UNKNOWN"
+    #: Process exit code of a CLI command that fails with this error.
+    exit_code: int = 1
+
+
+class ConfigError(SonmError):
+    grpc_code = "INVALID_ARGUMENT"
+    exit_code = 2
+
+
+class NotFound(SonmError):
+    grpc_code = "NOT_FOUND"
+    exit_code = 3
+
+
+class MinerNotFound(NotFound):
+    pass
+
+
+class TaskNotFound(NotFound):
+    pass
+
+
+class ImageNotFound(NotFound):
+    pass
+
+
+class InvalidRequest(SonmError):
+    grpc_code = "INVALID_ARGUMENT"
+    exit_code = 6
+
+
+class AmbiguousMiner(InvalidRequest):
+    pass
+
+
+class Refused(SonmError):
+    grpc_code = "FAILED_PRECONDITION"
+    exit_code = 6
+
+
+class ImageNotRunnable(Refused):
+    pass
+
+
+class Unavailable(SonmError):
+    grpc_code = "UNAVAILABLE"
+    exit_code = 4
+
+
+class HubUnavailable(Unavailable):
+    pass
+
+
+class MinerUnavailable(Unavailable):
+    pass
+
+
+class DialError(Unavailable):
+    pass
+
+
+class Timeout(SonmError):
+    grpc_code = "DEADLINE_EXCEEDED"
+    exit_code = 5
+
+
+class RuntimeFailure(SonmError):
+    grpc_code = "INTERNAL"
+    exit_code = 7

@@ -1,0 +1,103 @@
+"""What every front-end shares: error → message + exit code, durations, JSON, daemon signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sonm_p2p.errors import SonmError
+
+__all__ = [
+    "Duration",
+    "SonmGroup",
+    "default_home",
+    "emit_json",
+    "fail",
+    "serve_until_signalled",
+    "setup_logging",
+]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+
+
+class Duration(click.ParamType):
+    """``3000s``, ``5m``, ``1h``, ``250ms`` or a plain number of seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", str(value))
+        if not m:
+            self.fail(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 250ms)", param, ctx)
+        return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def default_home(role: str) -> Path:
+    """``$SONM_HOME/<role>`` or ``~/.sonm/<role>``."""
+    base = os.environ.get("SONM_HOME")
+    return (Path(base) if base else Path.home() / ".sonm") / role
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def fail(err: SonmError, *, as_json: bool, prog: str) -> None:
+    """Print ``err`` as one line (or a JSON object) and exit with its exit code."""
+    if as_json:
+        emit_json({"error": {"type": type(err).__name__, "message": str(err)}})
+    click.echo(f"{prog}: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+class SonmGroup(click.Group):
+    """A click group whose commands turn domain errors into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SonmError as err:
+            as_json = bool(ctx.params.get("as_json"))
+            fail(err, as_json=as_json, prog=ctx.info_name or "sonm")
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose or os.environ.get("SONM_DEBUG") else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not verbose:
+        for noisy in ("docker", "urllib3", "multiaddr", "libp2p"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def serve_until_signalled(start: Callable[[], None], close: Callable[[], None], prog: str) -> None:
+    """Start a daemon, block until SIGINT/SIGTERM, close it, exit 0 (or the error's code)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        start()
+    except SonmError as err:
+        close()
+        fail(err, as_json=False, prog=prog)
+    try:
+        stop.wait()
+    finally:
+        logging.getLogger(prog).info("shutting down")
+        close()

@@ -1,0 +1,79 @@
+"""``sonmhub``: the hub daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli._common import Duration, default_home, fail, serve_until_signalled, setup_logging
+from sonm_p2p.errors import SonmError
+from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
+from sonm_p2p.hub.hub import HubOptions
+
+
+@click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
+@click.option(
+    "--grpc-listen",
+    default="0.0.0.0:10001",
+    envvar="SONM_GRPC_LISTEN",
+    help="host:port of the client gRPC API (any gRPC client can call it).",
+)
+@click.option(
+    "--p2p-listen",
+    multiple=True,
+    default=["/ip4/0.0.0.0/tcp/10002"],
+    envvar="SONM_P2P_LISTEN",
+    help="libp2p listen multiaddr for miners (repeatable).",
+)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the hub keeps its key and database [default: $SONM_HOME/hub or ~/.sonm/hub].",
+)
+@click.option(
+    "--ping-interval", type=Duration(), default="10s", help="How often each miner is pinged."
+)
+@click.option("--ping-timeout", type=Duration(), default="5s", help="How long a ping may take.")
+@click.option(
+    "--max-missed-pings", type=int, default=3, help="Missed pings that make a miner offline."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(
+    grpc_listen: str,
+    p2p_listen: tuple[str, ...],
+    home: Path | None,
+    ping_interval: float,
+    ping_timeout: float,
+    max_missed_pings: int,
+    verbose: bool,
+) -> None:
+    """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
+
+    \b
+    Example:
+      sonmhub                         # gRPC on :10001, miners on :10002
+      sonmminer -h <hubip:10002>      # on each miner machine
+      sonmcli --hub <hubip:10001> list
+    """
+    setup_logging(verbose)
+    options = HubDaemonOptions(
+        home=home or default_home("hub"),
+        grpc_listen=grpc_listen,
+        p2p_listen=tuple(p2p_listen),
+        hub=HubOptions(
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_missed_pings=max_missed_pings,
+        ),
+    )
+    try:
+        daemon = HubDaemon(options)
+    except SonmError as err:
+        fail(err, as_json=False, prog="sonmhub")
+    serve_until_signalled(daemon.start, daemon.close, "sonmhub")
+
+
+if __name__ == "__main__":
+    main()

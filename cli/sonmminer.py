@@ -1,0 +1,93 @@
+"""``sonmminer``: the miner daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli._common import default_home, fail, serve_until_signalled, setup_logging
+from sonm_p2p.errors import SonmError
+from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--label")
+        k, _, val = v.partition("=")
+        out[k] = val
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
+@click.option(
+    "-h",
+    "--hub",
+    "hub",
+    envvar="SONM_HUB_P2P",
+    default=None,
+    metavar="HOST:PORT|MULTIADDR",
+    help="The hub to work for: its overlay address (port 10002), or a full multiaddr.",
+)
+@click.option(
+    "--listen",
+    multiple=True,
+    default=["/ip4/0.0.0.0/tcp/0"],
+    help="libp2p listen multiaddr (repeatable); no inbound port is needed behind NAT.",
+)
+@click.option(
+    "--publish-ip",
+    default="0.0.0.0",
+    envvar="SONM_PUBLISH_IP",
+    help="Address container ports are published on.",
+)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the miner keeps its key [default: $SONM_HOME/miner or ~/.sonm/miner].",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra label on every container this miner runs (repeatable).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(
+    hub: str | None,
+    listen: tuple[str, ...],
+    publish_ip: str,
+    home: Path | None,
+    labels: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Run a miner: connect to a hub and run its tasks as Docker containers.
+
+    \b
+    Example:
+      sonmminer -h 192.0.2.10:10002
+      sonmminer -h /ip4/192.0.2.10/tcp/10002/p2p/16Uiu2…
+    """
+    setup_logging(verbose)
+    if not hub:
+        raise click.UsageError("no hub given: use -h HOST:10002 (or set SONM_HUB_P2P)")
+    options = MinerOptions(
+        home=home or default_home("miner"),
+        hub=hub,
+        listen=tuple(listen),
+        publish_ip=publish_ip,
+        labels=_labels(labels),
+    )
+    try:
+        daemon = MinerDaemon(options)
+    except SonmError as err:
+        fail(err, as_json=False, prog="sonmminer")
+    serve_until_signalled(daemon.start, daemon.close, "sonmminer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Error translation at the gRPC boundary, in both directions.
+
+Servicers raise domain errors; :func:`translate_errors` turns them into a status code, a message
+and a ``sonm-error`` trailer naming the class, so the typed clients (:func:`from_rpc_error`)
+raise the very same class on the other side. Anything unexpected becomes INTERNAL with the
+traceback logged on the server, never a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from sonm_p2p import errors
+
+__all__ = ["ERROR_TRAILER", "abort", "from_rpc_error", "translate_errors"]
+
+log = logging.getLogger(__name__)
+
+ERROR_TRAILER = "sonm-error"
+
+_BY_NAME: dict[str, type[errors.SonmError]] = {
+    name: getattr(errors, name) for name in errors.__all__
+}
+_BY_CODE: dict[grpc.StatusCode, type[errors.SonmError]] = {
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.Refused,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Timeout,
+    grpc.StatusCode.INTERNAL: errors.RuntimeFailure,
+}
+
+C = TypeVar("C", bound=type)
+
+
+def abort(context: grpc.ServicerContext, err: errors.SonmError) -> NoReturn:
+    """End the current call with ``err``'s status code, message and class trailer."""
+    context.set_trailing_metadata(((ERROR_TRAILER, type(err).__name__),))
+    context.abort(getattr(grpc.StatusCode, err.grpc_code), str(err))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from method(self, request, context)
+            except errors.SonmError as err:
+                abort(context, err)
+            except Exception:
+                if context.code() is not None:  # already aborted on purpose
+                    raise
+                log.exception("%s failed", method.__qualname__)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
+
+        return stream
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except errors.SonmError as err:
+            abort(context, err)
+        except Exception:
+            if context.code() is not None:
+                raise
+            log.exception("%s failed", method.__qualname__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
+
+    return unary
+
+
+def translate_errors(cls: C) -> C:
+    """Class decorator for servicers: every public RPC method translates domain errors."""
+    for name, value in list(vars(cls).items()):
+        if name[:1].isupper() and callable(value):
+            setattr(cls, name, _wrap(value))
+    return cls
+
+
+def from_rpc_error(
+    exc: grpc.RpcError, *, unavailable: type[errors.SonmError] = errors.Unavailable, peer: str = ""
+) -> errors.SonmError:
+    """The domain error a failed call stands for.
+
+    A status without a ``sonm-error`` trailer (the transport failed, not the service) maps by
+    code; UNAVAILABLE becomes ``unavailable`` (HubUnavailable, MinerUnavailable, …) with ``peer``
+    named in the message.
+    """
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or str(code)
+    trailers = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+    name = trailers.get(ERROR_TRAILER)
+    if name in _BY_NAME:
+        return _BY_NAME[name](details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        where = f"{peer} " if peer else ""
+        return unavailable(f"{where}is not reachable: {_short(details)}".strip())
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        where = f" from {peer}" if peer else ""
+        return errors.Timeout(f"no answer{where} before the deadline")
+    return _BY_CODE.get(code, errors.SonmError)(details)
+
+
+def _short(details: str) -> str:
+    # grpc's connection errors are long; keep the part a user can act on.
+    for marker in (
+        "Connection refused",
+        "No route to host",
+        "Name or service not known",
+        "Socket closed",
+        "Connection reset",
+        "Broken pipe",
+        "failed to connect",
+    ):
+        if marker.lower() in details.lower():
+            return marker.lower()
+    return details.splitlines()[0][:200]

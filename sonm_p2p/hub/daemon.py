@@ -1,0 +1,85 @@
+"""Wiring of a hub process: identity, state, libp2p node, the client gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
+from sonm_p2p.errors import ConfigError
+from sonm_p2p.hub.hub import Hub, HubOptions
+from sonm_p2p.hub.servicer import HubServicer
+from sonm_p2p.hub.state import HubState
+from sonm_p2p.identity import load_or_create
+from sonm_p2p.transport.addrs import parse_hostport
+from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
+from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+__all__ = ["HubDaemon", "HubDaemonOptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubDaemonOptions:
+    """A hub process's settings (the CLI fills them from flags > env > defaults).
+
+    grpc_listen: ``host:port`` of the plain-gRPC client API; defaults to 0.0.0.0:10001.
+    p2p_listen: libp2p listen multiaddrs; defaults to TCP 10002 on IPv4.
+    """
+
+    home: Path
+    grpc_listen: str = "0.0.0.0:10001"
+    p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/10002",)
+    hub: HubOptions = field(default_factory=HubOptions)
+
+
+class HubDaemon:
+    """A running hub. ``start()`` returns once both ports listen; ``close()`` is idempotent."""
+
+    def __init__(self, options: HubDaemonOptions) -> None:
+        self.options = options
+        self.identity = load_or_create(options.home)
+        self.node_id = self.identity.node_id
+        self.state = HubState(options.home)
+        self.node = P2PNode(self.identity, NodeOptions(listen=options.p2p_listen))
+        self.hub = Hub(self.identity, self.node, self.state, options.hub)
+        self.grpc_port = 0
+        self._server: grpc.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
+
+    def start(self) -> None:
+        host, port = parse_hostport(self.options.grpc_listen)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        try:
+            self.grpc_port = self._server.add_insecure_port(endpoint)
+        except RuntimeError:
+            self.grpc_port = 0
+        if not self.grpc_port:
+            raise ConfigError(f"cannot listen for gRPC on {endpoint}: address in use or invalid")
+        bound = f"{host}:{self.grpc_port}" if ":" not in host else f"[{host}]:{self.grpc_port}"
+        hub_pb2_grpc.add_HubServicer_to_server(HubServicer(self.hub, bound), self._server)
+        self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
+        self.node.start()
+        local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        self.node.serve_tcp(GRPC_HUB, (local, self.grpc_port))
+        self._server.start()
+        self.hub.start()
+        log.info(
+            "hub %s: gRPC on %s, overlay on %s", self.node_id, bound, " ".join(self.node.addrs)
+        )
+
+    def close(self) -> None:
+        self.hub.close()
+        self.node.close()
+        if self._server is not None:
+            self._server.stop(grace=1).wait()
+            self._server = None
+        self.state.close()

@@ -1,0 +1,360 @@
+"""The hub's domain: miner sessions, health pings, and the task table.
+
+Miners dial the hub and hold a session stream open (``/sonm/session/1.0.0``). On each new session
+the hub opens a gRPC channel back to the miner over that same connection, handshakes (learning its
+resources and the tasks it runs), reconciles its table with the report, and pings it every
+``ping_interval``; a miner that misses ``max_missed_pings`` in a row, or whose session ends, is
+offline and its running tasks LOST until it returns. Everything is kept in :class:`HubState`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass, replace
+
+from sonm_p2p.errors import (
+    InvalidRequest,
+    MinerNotFound,
+    MinerUnavailable,
+    SonmError,
+    TaskNotFound,
+)
+from sonm_p2p.hub.miner_client import MinerClient
+from sonm_p2p.hub.state import HubState, MinerRecord
+from sonm_p2p.identity import Identity, node_id_from_peer_id
+from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.tasks import (
+    Failed,
+    Found,
+    Lost,
+    Pulled,
+    Started,
+    Task,
+    TaskState,
+    resolve_prefix,
+)
+from sonm_p2p.transport.node import P2PNode
+
+__all__ = ["Hub", "HubOptions", "MinerView"]
+
+log = logging.getLogger(__name__)
+
+_UNSPECIFIED_HOSTS = {"", "0.0.0.0", "::"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubOptions:
+    """Timings of the hub's miner sessions.
+
+    ping_interval: seconds between pings of each miner; defaults to 10.
+    ping_timeout: seconds a ping may take; defaults to 5.
+    max_missed_pings: consecutive misses that make a miner offline; defaults to 3.
+    handshake_timeout: seconds a new miner has to answer its handshake; defaults to 10.
+    start_timeout: deadline of a start when the client set none, seconds; defaults to 600.
+    """
+
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
+    max_missed_pings: int = 3
+    handshake_timeout: float = 10.0
+    start_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class MinerView:
+    """A miner as the hub's clients see it."""
+
+    record: MinerRecord
+    task_ids: tuple[str, ...]
+
+
+class _Session:
+    def __init__(self, peer_id: str, node_id: str, client: MinerClient, remote: str) -> None:
+        self.peer_id = peer_id
+        self.node_id = node_id
+        self.client = client
+        self.remote_addr = remote
+        self.missed = 0
+
+    @property
+    def remote_ip(self) -> str:
+        host = self.remote_addr.rsplit(":", 1)[0]
+        return host.strip("[]")
+
+    def __repr__(self) -> str:
+        return f"<MinerSession {self.node_id} {self.remote_addr} missed={self.missed}>"
+
+
+class Hub:
+    """Brokers tasks to connected miners. Thread-safe; call :meth:`close` to stop pinging."""
+
+    def __init__(
+        self, identity: Identity, node: P2PNode, state: HubState, options: HubOptions
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.node = node
+        self.state = state
+        self.options = options
+        self.started_at = time.time()
+        self._sessions: dict[str, _Session] = {}  # node ID -> session
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._pinger: threading.Thread | None = None
+        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub-ping")
+        self.state.mark_all_offline()  # nobody is connected to a hub that just started
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.node_id} miners={len(self._sessions)}>"
+
+    def start(self) -> None:
+        if self._pinger is None:
+            self._pinger = threading.Thread(target=self._ping_loop, name="hub-pinger", daemon=True)
+            self._pinger.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._pinger is not None:
+            self._pinger.join(timeout=10)
+            self._pinger = None
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            s.client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def miner_opened(self, peer_id: str) -> None:
+        """A miner opened its session: handshake, record it online, reconcile its tasks."""
+        node_id = node_id_from_peer_id(peer_id)
+        if node_id is None:
+            log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
+            self.node.disconnect(peer_id)
+            return
+        client = MinerClient(self.node, peer_id, node_id)
+        try:
+            hs = client.handshake(self.node_id, self.options.handshake_timeout)
+            if hs.node_id != node_id:
+                raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")
+        except SonmError as exc:
+            log.warning("miner %s: handshake failed: %s", node_id, exc)
+            client.close()
+            self.node.disconnect(peer_id)
+            return
+        remote = self.node.remote_addr(peer_id)
+        session = _Session(peer_id, node_id, client, remote)
+        now = time.time()
+        with self._lock:
+            old = self._sessions.pop(node_id, None)
+            self._sessions[node_id] = session
+            try:
+                first_seen = self.state.get_miner(node_id).first_seen
+            except MinerNotFound:
+                first_seen = now
+            self.state.upsert_miner(
+                MinerRecord(
+                    node_id=node_id,
+                    peer_id=peer_id,
+                    online=True,
+                    first_seen=first_seen,
+                    last_seen=now,
+                    resources=hs.resources,
+                    remote_addr=remote,
+                )
+            )
+            self._reconcile(session, hs.tasks, now)
+        if old is not None:
+            old.client.close()
+        log.info("miner %s online from %s (%d tasks)", node_id, remote or "?", len(hs.tasks))
+
+    def miner_closed(self, peer_id: str) -> None:
+        """A miner's session ended: offline, its active tasks LOST."""
+        with self._lock:
+            session = next((s for s in self._sessions.values() if s.peer_id == peer_id), None)
+            if session is None:
+                return
+            self._drop(session, "disconnected")
+
+    def _drop(self, session: _Session, why: str) -> None:
+        with self._lock:
+            if self._sessions.get(session.node_id) is not session:
+                return
+            del self._sessions[session.node_id]
+            now = time.time()
+            self.state.set_miner_online(session.node_id, False, now)
+            lost = 0
+            for task in self.state.list_tasks(session.node_id, active_only=True):
+                if task.state in (TaskState.RUNNING, TaskState.STARTING):
+                    self.state.put_task(task.apply(Lost(), now))
+                    lost += 1
+        session.client.close()
+        log.warning("miner %s offline (%s); %d tasks LOST", session.node_id, why, lost)
+
+    def _reconcile(self, session: _Session, reported: list[Task], now: float) -> None:
+        by_id = {t.task_id: t for t in reported}
+        for task in self.state.list_tasks(session.node_id, active_only=True):
+            seen = by_id.pop(task.task_id, None)
+            if seen is not None:
+                self._put_report(task, seen, session, now)
+            elif task.state in (TaskState.RUNNING, TaskState.STARTING, TaskState.LOST):
+                gone = task.apply(Failed("the container is gone from its miner"), now)
+                self.state.put_task(gone)
+        for seen in by_id.values():  # containers the table does not know (a lost database)
+            try:
+                self.state.get_task(seen.task_id)
+                continue  # already terminal here: keep the hub's word
+            except TaskNotFound:
+                pass
+            adopted = replace(seen, endpoints=self._fix_hosts(seen, session))
+            self.state.put_task(replace(adopted, miner_id=session.node_id))
+
+    def _put_report(self, task: Task, seen: Task, session: _Session, now: float) -> Task:
+        event = Found(
+            seen.state,
+            exit_code=seen.exit_code
+            if seen.state in (TaskState.EXITED, TaskState.STOPPED)
+            else None,
+            endpoints=self._fix_hosts(seen, session),
+            error=seen.error,
+            container_id=seen.container_id,
+        )
+        try:
+            task = task.apply(event, now)
+        except InvalidRequest as exc:
+            log.warning("ignoring report for %s: %s", task.task_id, exc)
+            return task
+        self.state.put_task(task)
+        return task
+
+    @staticmethod
+    def _fix_hosts(task: Task, session: _Session) -> tuple:
+        # A port published on all interfaces is reachable at the address the miner came from.
+        return tuple(
+            replace(ep, host_ip=session.remote_ip)
+            if ep.host_ip in _UNSPECIFIED_HOSTS and session.remote_ip
+            else ep
+            for ep in task.endpoints
+        )
+
+    def _ping_loop(self) -> None:
+        while not self._stop.wait(self.options.ping_interval):
+            with self._lock:
+                sessions = list(self._sessions.values())
+            jobs = {
+                self._pool.submit(s.client.ping, self.options.ping_timeout): s for s in sessions
+            }
+            for job, session in jobs.items():
+                try:
+                    job.result()
+                except (SonmError, futures.CancelledError) as exc:
+                    session.missed += 1
+                    log.warning(
+                        "miner %s missed a ping (%d): %s", session.node_id, session.missed, exc
+                    )
+                    if session.missed >= self.options.max_missed_pings:
+                        self._drop(session, f"{session.missed} missed pings")
+                        self.node.disconnect(session.peer_id)
+                    continue
+                session.missed = 0
+                self.state.set_miner_online(session.node_id, True, time.time())
+
+    # -- the client API ----------------------------------------------------------------------
+
+    def online_miners(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def list_miners(self) -> list[MinerView]:
+        views = []
+        for rec in self.state.list_miners():
+            tasks = self.state.list_tasks(rec.node_id, active_only=True)
+            views.append(MinerView(rec, tuple(t.task_id for t in tasks)))
+        return views
+
+    def _session_for(self, miner: str) -> _Session:
+        known = {m.node_id for m in self.state.list_miners()}
+        node_id = resolve_prefix(known | set(self.online_miners()), miner, kind="miner")
+        with self._lock:
+            session = self._sessions.get(node_id)
+        if session is None:
+            rec = self.state.get_miner(node_id)
+            ago = time.time() - rec.last_seen
+            raise MinerUnavailable(f"miner {node_id} is offline (last seen {ago:.0f}s ago)")
+        return session
+
+    def start_task(self, miner: str, spec: RunSpec, *, owner: str, timeout: float | None) -> Task:
+        """Run ``spec`` on ``miner`` (node ID or unique prefix); the task is RUNNING on return.
+
+        The task is in the table (PULLING) before the miner is called, so a crash loses nothing;
+        a failure leaves it FAILED with the reason and raises the miner's error.
+        """
+        if not spec.image.strip():
+            raise InvalidRequest("an image is required")
+        session = self._session_for(miner)
+        now = time.time()
+        task = Task.create(
+            task_id=str(uuid.uuid4()),
+            miner_id=session.node_id,
+            image=spec.image,
+            owner=owner,
+            now=now,
+        )
+        self.state.put_task(task)
+        try:
+            seen = session.client.start(
+                task.task_id,
+                spec,
+                owner=owner,
+                hub_id=self.node_id,
+                timeout=timeout or self.options.start_timeout,
+            )
+        except SonmError as exc:
+            self.state.put_task(task.apply(Failed(str(exc)), time.time()))
+            raise
+        now = time.time()
+        if seen.state is TaskState.RUNNING:
+            task = task.apply(Pulled(), now).apply(
+                Started(self._fix_hosts(seen, session), seen.container_id), now
+            )
+            self.state.put_task(task)
+            return task
+        return self._put_report(task, seen, session, now)
+
+    def stop_task(self, task_id: str, *, timeout: float | None) -> Task:
+        task = self._task(task_id)
+        if task.terminal:
+            return task
+        session = self._session_for(task.miner_id)
+        try:
+            seen = session.client.stop(task.task_id, timeout)
+        except TaskNotFound:
+            seen = None
+        now = time.time()
+        from sonm_p2p.tasks import Stopped
+
+        fresh = self.state.get_task(task.task_id)
+        if fresh.terminal:
+            return fresh
+        done = fresh.apply(Stopped(seen.exit_code if seen else None), now)
+        self.state.put_task(done)
+        return done
+
+    def task_status(self, task_id: str) -> Task:
+        return self._task(task_id)
+
+    def list_tasks(self, miner: str = "") -> list[Task]:
+        if not miner:
+            return self.state.list_tasks()
+        known = {m.node_id for m in self.state.list_miners()}
+        return self.state.list_tasks(resolve_prefix(known, miner, kind="miner"))
+
+    def _task(self, task_id: str) -> Task:
+        if not task_id.strip():
+            raise InvalidRequest("a task ID is required")
+        full = resolve_prefix(self.state.task_ids(), task_id, kind="task")
+        return self.state.get_task(full)

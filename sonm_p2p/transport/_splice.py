@@ -1,0 +1,77 @@
+"""Copy bytes both ways between a libp2p stream and a trio TCP stream, with half-close."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+
+
+async def splice(stream, tcp: trio.SocketStream) -> None:  # noqa: ANN001 - libp2p INetStream
+    """Run until both directions ended; then close both ends.
+
+    End of data in one direction is passed on as a half-close (FIN) so request/response
+    protocols over TCP keep working; an error in either direction resets the stream and
+    closes the socket at once, so the far side sees the failure instead of a hang.
+    """
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    failed = False
+
+    async def stream_to_tcp() -> None:
+        nonlocal failed
+        try:
+            while True:
+                try:
+                    data = await stream.read(CHUNK)
+                except StreamEOF:
+                    break
+                if not data:
+                    break
+                await tcp.send_all(data)
+            try:
+                await tcp.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        except Exception as exc:  # the stream was reset or the socket broke
+            log.debug("splice stream->tcp ended: %r", exc)
+            failed = True
+            nursery.cancel_scope.cancel()
+
+    async def tcp_to_stream() -> None:
+        nonlocal failed
+        try:
+            while True:
+                data = await tcp.receive_some(CHUNK)
+                if not data:
+                    break
+                await stream.write(data)
+            await stream.close_write()
+        except Exception as exc:
+            log.debug("splice tcp->stream ended: %r", exc)
+            failed = True
+            nursery.cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream_to_tcp)
+            nursery.start_soon(tcp_to_stream)
+    finally:
+        with trio.CancelScope(shield=True):
+            if failed:
+                await _quiet(stream.reset())
+            else:
+                await _quiet(stream.close())
+            await _quiet(tcp.aclose())
+
+
+async def _quiet(aw) -> None:  # noqa: ANN001
+    try:
+        with trio.move_on_after(2):
+            await aw
+    except Exception as exc:
+        log.debug("close failed: %r", exc)

@@ -1,0 +1,56 @@
+"""The gRPC bridge: stock grpcio on both ends, libp2p streams in the middle.
+
+The serving side splices each inbound ``/sonm/grpc/<service>/1.0.0`` stream into its local gRPC
+server; the calling side gets a ``grpc.Channel`` to a loopback tunnel whose every TCP connection is
+one such stream. HTTP/2 runs end to end, so deadlines, status codes and streaming calls behave as
+over plain TCP. Channels are opened on the connection that already exists to the peer (the miner
+dialled its hub), which is why a miner behind NAT needs no inbound port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from sonm_p2p.transport.node import P2PNode, Tunnel
+
+__all__ = ["GRPC_HUB", "GRPC_MINER", "SESSION", "PeerChannel", "serve_grpc"]
+
+GRPC_HUB = "/sonm/grpc/hub/1.0.0"
+GRPC_MINER = "/sonm/grpc/miner/1.0.0"
+#: A miner holds one of these open to its hub; its end means the miner (or hub) went away.
+SESSION = "/sonm/session/1.0.0"
+
+# One HTTP/2 connection carries every call; keepalive notices a dead path between calls.
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
+def serve_grpc(
+    node: P2PNode, protocol: str, grpc_port: int, allow: Callable[[str], bool] | None = None
+) -> None:
+    """Serve the local gRPC server on 127.0.0.1:``grpc_port`` to peers over ``protocol``."""
+    node.serve_tcp(protocol, ("127.0.0.1", grpc_port), allow)
+
+
+class PeerChannel:
+    """A gRPC channel to a peer's service over the overlay. Close it when done (idempotent)."""
+
+    def __init__(self, node: P2PNode, peer_id: str, protocol: str) -> None:
+        self.peer_id = peer_id
+        self._tunnel: Tunnel = node.open_tunnel(peer_id, protocol)
+        self.channel = grpc.insecure_channel(self._tunnel.target, options=_CHANNEL_OPTIONS)
+
+    def close(self) -> None:
+        self.channel.close()
+        self._tunnel.close()
+
+    def __repr__(self) -> str:
+        return f"<PeerChannel {self._tunnel!r}>"

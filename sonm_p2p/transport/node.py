@@ -1,0 +1,446 @@
+"""One libp2p host per process, on its own trio thread, behind a small thread-safe API.
+
+The rest of the process (gRPC servers and clients, click commands) is ordinary threaded code; it
+talks to the host only through :class:`P2PNode`, whose methods hop onto the trio thread with the
+host's trio token. Streams are exposed in two shapes that need no trio on the caller's side:
+
+* :meth:`P2PNode.serve_tcp` splices every inbound stream of a protocol into a local TCP server
+  (the far end of the gRPC bridge, see ``bridge.py``);
+* :meth:`P2PNode.open_tunnel` opens a loopback TCP listener whose every connection becomes one new
+  stream to a peer (the near end of the bridge);
+* :meth:`P2PNode.accept_sessions` / :meth:`P2PNode.open_session` hold one long-lived stream whose
+  end tells both sides that the peer went away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from sonm_p2p.errors import DialError, SonmError, Timeout
+from sonm_p2p.identity import Identity
+from sonm_p2p.transport import addrs as _addrs
+from sonm_p2p.transport._splice import splice
+
+__all__ = ["NodeOptions", "P2PNode", "Session", "Tunnel"]
+
+log = logging.getLogger(__name__)
+
+StreamHandler = Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeOptions:
+    """How a node's host is built.
+
+    listen: multiaddrs to listen on (defaults to an ephemeral TCP port on all IPv4 interfaces).
+    dial_timeout: seconds a dial (including the peer-ID probe) may take; defaults to 10.
+    """
+
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
+    dial_timeout: float = 10.0
+
+
+class Tunnel:
+    """A loopback TCP listener whose every connection is one stream to a peer."""
+
+    def __init__(self, node: P2PNode, peer_id: str, protocol: str, port: int) -> None:
+        self._node = node
+        self.peer_id = peer_id
+        self.protocol = protocol
+        self.port = port
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def target(self) -> str:
+        """``127.0.0.1:PORT``, what a gRPC channel dials."""
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening; connections already spliced end too. Idempotent."""
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            self._node._call_soon(scope.cancel)
+
+    def __repr__(self) -> str:
+        return f"<Tunnel {self.target} -> {self.peer_id[:12]}… {self.protocol}>"
+
+
+class Session:
+    """One long-lived stream to a peer; :attr:`closed` is set when it ends (either side)."""
+
+    def __init__(self, node: P2PNode, peer_id: str) -> None:
+        self._node = node
+        self.peer_id = peer_id
+        self.closed = threading.Event()
+        self._scope: trio.CancelScope | None = None
+
+    def close(self) -> None:
+        """End the session (the peer sees it end). Idempotent."""
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            self._node._call_soon(scope.cancel)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed.is_set() else "open"
+        return f"<Session {self.peer_id[:12]}… {state}>"
+
+
+class P2PNode:
+    """The process's libp2p host (Noise, Yamux, TCP over IPv4/IPv6) on a trio thread.
+
+    ``start()`` blocks until the host listens (raises SonmError if it cannot); ``close()`` stops it
+    and joins the thread. Both are idempotent. Every other method may be called from any thread.
+    """
+
+    def __init__(self, identity: Identity, options: NodeOptions | None = None) -> None:
+        self.identity = identity
+        self.options = options or NodeOptions()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._stop: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._host: Any = None
+        self._handlers: dict[str, StreamHandler] = {}
+        self.peer_id = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        _quiet_libp2p_logs()
+        self._thread = threading.Thread(target=self._thread_main, name="p2p-node", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+            err = self._startup_error
+            if isinstance(err, SonmError):
+                raise err
+            raise SonmError(f"cannot start the libp2p host on {list(self.options.listen)}: {err}")
+
+    def close(self) -> None:
+        thread = self._thread
+        if thread is None or self._token is None:
+            return
+        try:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        except trio.RunFinishedError:
+            pass
+        thread.join(timeout=10)
+        self._thread = None
+
+    def __enter__(self) -> P2PNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self._thread else "stopped"
+        return f"<P2PNode {self.identity.node_id} {self.peer_id[:16]}… {state}>"
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported to start() when it happens before readiness
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+            else:
+                log.exception("p2p node thread failed")
+
+    async def _main(self) -> None:
+        import multiaddr
+        from libp2p import new_host
+        from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+        from libp2p.network.config import ConnectionConfig
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+        from libp2p.security.noise.transport import Transport as NoiseTransport
+
+        key_pair = self.identity.libp2p_key_pair()
+        # Noise only: a peer offering plaintext (or anything else) fails to negotiate.
+        sec = {NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
+        # One connection per peer: besides being what we want, it skips py-libp2p's 250 ms
+        # happy-eyeballs wait on every connect().
+        conn_cfg = ConnectionConfig(
+            max_connections_per_peer=1, dial_timeout=self.options.dial_timeout
+        )
+        host = new_host(
+            key_pair=key_pair, sec_opt=sec, muxer_preference="YAMUX", connection_config=conn_cfg
+        )
+        listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
+        self._host = host
+        self.peer_id = host.get_id().to_string()
+        for proto, handler in self._handlers.items():
+            host.set_stream_handler(proto, handler)
+        async with host.run(listen), trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._stop = trio.Event()
+            self._token = trio.lowlevel.current_trio_token()
+            if not host.get_addrs():
+                raise DialError(f"could not listen on {list(self.options.listen)}")
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    # -- thread hops -------------------------------------------------------------------------
+
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``await fn(*args)`` on the node's trio thread and return its result."""
+        if self._token is None:
+            raise SonmError("p2p node is not running")
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def _call_soon(self, fn: Callable[[], Any]) -> None:
+        if self._token is None:
+            return
+        try:
+            self._token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            pass
+
+    # -- addresses and dialling --------------------------------------------------------------
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs (with ``/p2p/<peer id>``) this node listens on."""
+        if self._host is None:
+            return []
+        return [str(a) for a in self._host.get_addrs()]
+
+    def connect(self, target: str) -> str:
+        """Connect to ``target`` (host:port, or a multiaddr with or without ``/p2p/``).
+
+        Returns the peer ID. When the address carries no peer ID, the peer's identity is learned
+        from a Noise handshake (the remote is still authenticated; only pinning is skipped).
+        Raises DialError when the peer cannot be reached, Timeout past ``dial_timeout``.
+        """
+        maddr, peer_id = _addrs.parse_target(target)
+        return self.run(self._connect, maddr, peer_id)
+
+    async def _connect(self, maddr: str, peer_id: str | None) -> str:
+        import multiaddr
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        addr = multiaddr.Multiaddr(maddr)
+        try:
+            with trio.fail_after(self.options.dial_timeout):
+                if peer_id is None:
+                    peer_id = await self._probe_peer_id(addr)
+                pid = ID.from_base58(peer_id)
+                await self._host.connect(PeerInfo(pid, [addr]))
+        except trio.TooSlowError:
+            raise Timeout(f"no answer from {maddr} within {self.options.dial_timeout:g}s") from None
+        except SonmError:
+            raise
+        except Exception as exc:
+            raise DialError(f"cannot connect to {maddr}: {_reason(exc)}") from None
+        return peer_id
+
+    async def _probe_peer_id(self, addr: Any) -> str:
+        from libp2p.transport.tcp.tcp import TCP
+
+        raw = await TCP().dial(addr)
+        try:
+            upgrader = self._host.get_network().upgrader
+            secured = await upgrader.security_multistream.secure_outbound(raw, None)
+        except BaseException:
+            await _aclose_quietly(raw)
+            raise
+        peer = secured.get_remote_peer().to_string()
+        await _aclose_quietly(secured)
+        return peer
+
+    def is_connected(self, peer_id: str) -> bool:
+        if self._host is None:
+            return False
+        return any(p.to_string() == peer_id for p in self._host.get_network().get_connections_map())
+
+    def remote_addr(self, peer_id: str) -> str:
+        """``ip:port`` the connection to ``peer_id`` comes from, or "" when not connected."""
+        from libp2p.peer.id import ID
+
+        if self._host is None:
+            return ""
+        conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        for conn in conns:
+            try:
+                ip, port = conn.muxed_conn.secured_conn.get_remote_address()
+                return f"{ip}:{port}"
+            except Exception:
+                continue
+        return ""
+
+    def disconnect(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+
+        self.run(self._host.disconnect, ID.from_base58(peer_id))
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def handle(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol`` with an async handler run on the trio thread (any time)."""
+        self._handlers[protocol] = handler
+        if self._host is not None:
+            self._call_soon(lambda: self._host.set_stream_handler(protocol, handler))
+
+    def serve_tcp(
+        self, protocol: str, target: tuple[str, int], allow: Callable[[str], bool] | None = None
+    ) -> None:
+        """Splice each inbound ``protocol`` stream into a new TCP connection to ``target``.
+
+        ``allow(peer_id)`` decides who may use it; refused streams are reset at once.
+        """
+
+        async def handler(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id.to_string()
+            if allow is not None and not allow(peer):
+                log.warning("refused %s stream from %s", protocol, peer)
+                await _aclose_quietly(stream, reset=True)
+                return
+            try:
+                tcp = await trio.open_tcp_stream(*target)
+            except OSError as exc:
+                log.warning("%s: local service %s:%d unreachable: %s", protocol, *target, exc)
+                await _aclose_quietly(stream, reset=True)
+                return
+            await splice(stream, tcp)
+
+        self.handle(protocol, handler)
+
+    def open_tunnel(self, peer_id: str, protocol: str) -> Tunnel:
+        """Listen on an ephemeral loopback port; each connection there opens one stream."""
+        return self.run(self._open_tunnel, peer_id, protocol)
+
+    async def _open_tunnel(self, peer_id: str, protocol: str) -> Tunnel:
+        from libp2p.peer.id import ID
+
+        pid = ID.from_base58(peer_id)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        tunnel = Tunnel(self, peer_id, protocol, port)
+        scope = trio.CancelScope()
+        tunnel._scope = scope
+
+        async def on_conn(tcp: trio.SocketStream) -> None:
+            try:
+                stream = await self._host.new_stream(pid, [protocol])
+            except Exception as exc:
+                log.debug("tunnel %s: cannot open stream: %r", protocol, exc)
+                await _aclose_quietly(tcp)
+                return
+            await splice(stream, tcp)
+
+        async def serve() -> None:
+            with scope:
+                try:
+                    await trio.serve_listeners(on_conn, listeners)
+                finally:
+                    for lst in listeners:
+                        await _aclose_quietly(lst)
+
+        self._nursery.start_soon(serve)
+        return tunnel
+
+    def accept_sessions(
+        self,
+        protocol: str,
+        on_open: Callable[[str], None],
+        on_close: Callable[[str], None],
+    ) -> None:
+        """Accept long-lived session streams of ``protocol``.
+
+        ``on_open(peer_id)`` and then, when the stream ends for any reason, ``on_close(peer_id)``
+        are called in a worker thread (they may block).
+        """
+
+        async def handler(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id.to_string()
+            try:
+                await trio.to_thread.run_sync(on_open, peer)
+                await _read_until_end(stream)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _aclose_quietly(stream, reset=True)
+                    await trio.to_thread.run_sync(on_close, peer)
+
+        self.handle(protocol, handler)
+
+    def open_session(self, peer_id: str, protocol: str) -> Session:
+        """Open a session stream to a connected peer. Raises DialError if it cannot."""
+        return self.run(self._open_session, peer_id, protocol)
+
+    async def _open_session(self, peer_id: str, protocol: str) -> Session:
+        from libp2p.peer.id import ID
+
+        session = Session(self, peer_id)
+        try:
+            with trio.fail_after(self.options.dial_timeout):
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+        except Exception as exc:
+            raise DialError(f"cannot open {protocol} to {peer_id}: {_reason(exc)}") from None
+        scope = trio.CancelScope()
+        session._scope = scope
+
+        async def hold() -> None:
+            try:
+                with scope:
+                    await _read_until_end(stream)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _aclose_quietly(stream, reset=True)
+                session.closed.set()
+
+        self._nursery.start_soon(hold)
+        return session
+
+
+async def _read_until_end(stream: Any) -> None:
+    while True:
+        try:
+            data = await stream.read(1024)
+        except Exception:
+            return
+        if not data:
+            return
+
+
+async def _aclose_quietly(obj: Any, *, reset: bool = False) -> None:
+    try:
+        with trio.move_on_after(2):
+            if reset and hasattr(obj, "reset"):
+                await obj.reset()
+            elif hasattr(obj, "aclose"):
+                await obj.aclose()
+            else:
+                await obj.close()
+    except Exception as exc:
+        log.debug("close failed: %r", exc)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
+
+
+def _quiet_libp2p_logs() -> None:
+    # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
+    # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
+    if not os.environ.get("SONM_DEBUG"):
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)

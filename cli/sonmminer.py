@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from cli._common import default_home, fail, serve_until_signalled, setup_logging
+from cli._common import Duration, default_home, fail, serve_until_signalled, setup_logging
 from sonm_p2p.errors import SonmError
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
+from sonm_p2p.miner.hub_link import LinkOptions
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -56,6 +57,20 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     metavar="KEY=VALUE",
     help="Extra label on every container this miner runs (repeatable).",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["docker", "memory"]),
+    default="docker",
+    envvar="SONM_RUNTIME",
+    hidden=True,
+    help="Container engine (memory: a fake, for tests).",
+)
+@click.option(
+    "--hub-silence",
+    type=Duration(),
+    default="35s",
+    help="A hub that has not pinged for this long is taken as gone; the miner redials.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str | None,
@@ -63,6 +78,8 @@ def main(
     publish_ip: str,
     home: Path | None,
     labels: tuple[str, ...],
+    runtime: str,
+    hub_silence: float,
     verbose: bool,
 ) -> None:
     """Run a miner: connect to a hub and run its tasks as Docker containers.
@@ -81,6 +98,8 @@ def main(
         listen=tuple(listen),
         publish_ip=publish_ip,
         labels=_labels(labels),
+        runtime=runtime,
+        link=LinkOptions(hub_silence=hub_silence),
     )
     try:
         daemon = MinerDaemon(options)

@@ -11,10 +11,11 @@ from pathlib import Path
 import grpc
 
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
+from sonm_p2p.errors import ConfigError
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
 from sonm_p2p.miner.miner import Miner
-from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime
+from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.node import NodeOptions, P2PNode
@@ -32,6 +33,8 @@ class MinerOptions:
     listen: libp2p listen multiaddrs (an ephemeral port by default: no inbound port is needed).
     publish_ip: where container ports are published (all interfaces by default).
     labels: extra labels on every container (tests use them to clean up).
+    runtime: "docker" (the default), or "memory": an in-memory fake engine that knows the test
+        images, for tests of everything but Docker itself.
     """
 
     home: Path
@@ -40,6 +43,7 @@ class MinerOptions:
     publish_ip: str = "0.0.0.0"
     labels: Mapping[str, str] = field(default_factory=dict)
     link: LinkOptions = field(default_factory=LinkOptions)
+    runtime: str = "docker"
 
 
 class MinerDaemon:
@@ -53,7 +57,7 @@ class MinerDaemon:
         self.identity = load_or_create(options.home)
         self.node_id = self.identity.node_id
         labels = {"sonm.miner": self.node_id, **options.labels}
-        self.runtime = runtime or DockerRuntime(publish_ip=options.publish_ip, labels=labels)
+        self.runtime = runtime or _make_runtime(options, labels)
         self.miner = Miner(self.node_id, self.runtime)
         self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
         self.link = HubLink(
@@ -83,3 +87,16 @@ class MinerDaemon:
         if self._server is not None:
             self._server.stop(grace=1).wait()
             self._server = None
+
+
+def _make_runtime(options: MinerOptions, labels: Mapping[str, str]) -> ContainerRuntime:
+    if options.runtime == "docker":
+        return DockerRuntime(publish_ip=options.publish_ip, labels=labels)
+    if options.runtime == "memory":
+        images = {
+            "sonm-test/web:latest": (("8080/tcp", "9090/udp"), True),
+            "sonm-test/busybox:latest": ((), True),
+            "sonm-test/noentry:latest": ((), False),
+        }
+        return MemoryRuntime(images=images, publish_ip=options.publish_ip, labels=labels)
+    raise ConfigError(f"unknown container runtime {options.runtime!r} (docker or memory)")

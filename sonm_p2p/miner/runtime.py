@@ -65,6 +65,7 @@ _NO_COMMAND = "image {} has neither ENTRYPOINT nor CMD (nor a command given): no
 _UNREACHABLE = re.compile(
     "connection refused|no such host|i/o timeout|handshake timeout|network is unreachable"
     "|no route to host|connection reset|server gave http response to https client|x509"
+    "|request canceled|context deadline exceeded"
 )
 
 
@@ -125,7 +126,13 @@ class RuntimeInfo:
 
 @runtime_checkable
 class ContainerRuntime(Protocol):
-    """Runs tasks as containers. See :class:`DockerRuntime` for the full contract of each method."""
+    """Runs tasks as containers; :class:`DockerRuntime` documents each method in full.
+
+    ``ensure_image`` makes an image local (ImageNotFound, Timeout); ``run`` starts a task from a
+    local image with its EXPOSEd ports published (ImageNotFound, ImageNotRunnable, Refused);
+    ``stop`` ends and removes it, returning its final state; ``remove`` force-removes quietly;
+    ``status``/``logs`` read it; ``list`` shows this runtime's tasks. Unknown task: TaskNotFound.
+    """
 
     def info(self) -> RuntimeInfo: ...
     def ensure_image(self, image: str, *, timeout: float | None = None) -> None: ...
@@ -186,12 +193,10 @@ def _parse_time(value: str | None) -> float | None:
     """Docker's RFC 3339 time (nanoseconds, ``Z``) -> unix seconds; None for its zero time."""
     if not value or value.startswith("0001-01-01"):
         return None
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\Z", value)
-    if not m:
+    try:
+        return datetime.fromisoformat(value).timestamp()  # 3.11+ takes nanoseconds and "Z"
+    except ValueError:
         return None
-    frac = f".{m[2][:6].ljust(6, '0')}" if m[2] else ""
-    zone = "+00:00" if m[3] == "Z" else m[3]
-    return datetime.fromisoformat(f"{m[1]}{frac}{zone}").timestamp()
 
 
 def _explain(exc: BaseException) -> str:
@@ -204,7 +209,7 @@ def _pull_failure(image: str, message: str) -> SonmError:
     low = message.lower()
     if "invalid reference format" in low:
         return InvalidRequest(f"invalid image reference {image!r}: {message}")
-    if "pull access denied" in low or "access to the resource is denied" in low:
+    if re.search("pull access denied|access to the resource is denied|unauthorized", low):
         why = "pull access denied (the repository does not exist or needs a login)"
     elif "manifest unknown" in low or "not found" in low:
         why = "no such repository or tag in the registry (manifest unknown)"
@@ -273,7 +278,8 @@ class DockerRuntime:
 
     def __repr__(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
-        return f"<DockerRuntime {self._client.api.base_url} {self.publish_ip} {{{labels}}}>"
+        url = self._client.api.base_url
+        return f"<DockerRuntime {url} publish_ip={self.publish_ip} labels={{{labels}}}>"
 
     def info(self) -> RuntimeInfo:
         """The engine's cores, memory, OS/arch and version."""
@@ -291,8 +297,9 @@ class DockerRuntime:
     def ensure_image(self, image: str, *, timeout: float | None = None) -> None:
         """Make ``image`` present locally: use it if it is, else pull it (tag ``latest`` if none).
 
-        The pull runs in a daemon thread; on timeout this returns at once and the pull is
-        abandoned (the thread stops at the next progress message and never delays process exit).
+        The pull runs in a daemon thread; on timeout this raises at once and abandons the pull:
+        the thread stops at the engine's next message (it never delays process exit), and the
+        engine may still finish the download in the background.
 
         Raises:
             ImageNotFound: the repository or tag does not exist, pull access is denied, or the
@@ -400,9 +407,10 @@ class DockerRuntime:
         except BaseException as exc:
             with suppress(SonmError):  # best effort: already raising
                 self._remove_container(container)
-            if isinstance(exc, SonmError) and "exec" in str(exc):
+            why = _explain(exc.__cause__) if isinstance(exc, RuntimeFailure) else ""
+            if "exec" in why:  # 'exec: "x": executable file not found', 'exec format error'
                 raise ImageNotRunnable(
-                    f"image {spec.image}: cannot execute its command: {exc}"
+                    f"image {spec.image}: cannot run its command: {why}"
                 ) from exc
             raise
         return _docker_state(container.attrs)

@@ -442,5 +442,12 @@ def _reason(exc: BaseException) -> str:
 def _quiet_libp2p_logs() -> None:
     # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
     # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
-    if not os.environ.get("SONM_DEBUG"):
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    # Importing libp2p configures its logger (level WARNING, no propagation): adjust after it.
+    import libp2p  # noqa: F401
+
+    lg = logging.getLogger("libp2p")
+    if os.environ.get("SONM_DEBUG"):
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = True
+    else:
+        lg.setLevel(logging.CRITICAL)

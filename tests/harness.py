@@ -1,0 +1,244 @@
+"""Real processes for integration and e2e tests: hubs, miners and sonmcli, on 127.0.0.1.
+
+Everything a test starts is tracked by PID and stopped at teardown; homes live in the test's
+tmp_path; containers carry a per-test ``sonm.test`` label and are removed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond: Callable[[], T], what: str, timeout: float = 20.0, every: float = 0.05) -> T:
+    """Poll ``cond`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail until the thing is up
+            last_exc = exc
+        time.sleep(every)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
+    )
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+
+@dataclass
+class Network:
+    """Hubs and miners as real processes; ``close()`` stops them all (by PID)."""
+
+    root: Path
+    test_label: str = field(default_factory=lambda: f"t-{uuid.uuid4().hex[:12]}")
+    procs: list[Proc] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def spawn(self, name: str, argv: list[str], **env: str) -> Proc:
+        log = self.root / f"{name}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **env}
+        with open(log, "ab") as f:
+            popen = subprocess.Popen(
+                argv, stdout=f, stderr=subprocess.STDOUT, env=full_env, stdin=subprocess.DEVNULL
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def hub(
+        self,
+        name: str = "hub",
+        *,
+        grpc_port: int | None = None,
+        p2p_port: int | None = None,
+        extra: list[str] | None = None,
+    ) -> Hub:
+        grpc_port = grpc_port or free_port()
+        p2p_port = p2p_port or free_port()
+        home = self.root / name
+        argv = [
+            str(BIN / "sonmhub"),
+            "--home",
+            str(home),
+            "--grpc-listen",
+            f"127.0.0.1:{grpc_port}",
+            "--p2p-listen",
+            f"/ip4/127.0.0.1/tcp/{p2p_port}",
+            *(extra or []),
+        ]
+        hub = Hub(self, name, self.spawn(name, argv), home, grpc_port, p2p_port, argv)
+        wait_for(lambda: hub.cli("ping").returncode == 0, f"{name} to answer ping")
+        return hub
+
+    def miner(
+        self,
+        hub: Hub | str,
+        name: str = "miner",
+        *,
+        runtime: str = "docker",
+        extra: list[str] | None = None,
+    ) -> Miner:
+        home = self.root / name
+        target = hub.p2p_target if isinstance(hub, Hub) else hub
+        argv = [
+            str(BIN / "sonmminer"),
+            "-h",
+            target,
+            "--home",
+            str(home),
+            "--publish-ip",
+            "127.0.0.1",
+            "--label",
+            f"sonm.test={self.test_label}",
+            "--runtime",
+            runtime,
+            *(extra or []),
+        ]
+        return Miner(self, name, self.spawn(name, argv), home, argv)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    def remove_containers(self) -> None:
+        try:
+            import docker
+
+            client = docker.from_env()
+            for c in client.containers.list(
+                all=True, filters={"label": f"sonm.test={self.test_label}"}
+            ):
+                c.remove(force=True)
+        except Exception:
+            pass
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} (pid {p.pid}) =====\n{p.output()}" for p in self.procs)
+
+
+@dataclass
+class Hub:
+    net: Network
+    name: str
+    proc: Proc
+    home: Path
+    grpc_port: int
+    p2p_port: int
+    argv: list[str]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def p2p_target(self) -> str:
+        return f"127.0.0.1:{self.p2p_port}"
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return sonmcli(
+            "--hub", self.grpc_target, *args, home=self.net.root / "client", timeout=timeout
+        )
+
+    def cli_json(self, *args: str) -> Any:
+        res = self.cli("--json", *args)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def online(self) -> set[str]:
+        return {m["node_id"] for m in self.cli_json("list")["miners"] if m["online"]}
+
+    def restart(self) -> None:
+        self.proc = self.net.spawn(self.name, self.argv)
+        wait_for(lambda: self.cli("ping").returncode == 0, f"{self.name} to answer ping again")
+
+
+@dataclass
+class Miner:
+    net: Network
+    name: str
+    proc: Proc
+    home: Path
+    argv: list[str]
+
+    @property
+    def node_id(self) -> str:
+        from sonm_p2p.identity import load_or_create
+
+        wait_for(lambda: (self.home / "key").exists(), f"{self.name}'s key")
+        return load_or_create(self.home).node_id
+
+    def restart(self) -> None:
+        self.proc = self.net.spawn(self.name, self.argv)
+
+
+def sonmcli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "sonmcli"), "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def docker_ok() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False

@@ -110,6 +110,7 @@ class P2PNode:
         self._nursery: trio.Nursery | None = None
         self._host: Any = None
         self._handlers: dict[str, StreamHandler] = {}
+        self._services: list[Callable[..., Awaitable[None]]] = []
         self.peer_id = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -191,9 +192,21 @@ class P2PNode:
             self._token = trio.lowlevel.current_trio_token()
             if not host.get_addrs():
                 raise DialError(f"could not listen on {list(self.options.listen)}")
+            for service in self._services:
+                await nursery.start(service, host)
             self._ready.set()
             await self._stop.wait()
             nursery.cancel_scope.cancel()
+
+    def add_service(self, service: Callable[..., Awaitable[None]]) -> None:
+        """Run ``await service(host, task_status=...)`` in the node's nursery (before start()).
+
+        The service gets the libp2p host, signals readiness with ``task_status.started()``
+        (start() waits for it), runs until the node closes and stops by cancellation.
+        """
+        if self._thread is not None:
+            raise SonmError("services must be added before the node starts")
+        self._services.append(service)
 
     # -- thread hops -------------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from sonm_p2p.errors import ConfigError
+from sonm_p2p.identity import (
+    Identity,
+    load_or_create,
+    node_id_from_peer_id,
+    node_id_from_public_key,
+)
+
+
+def test_key_is_created_once_with_mode_0600(tmp_path):
+    home = tmp_path / "miner"
+    first = load_or_create(home)
+    assert stat.S_IMODE((home / "key").stat().st_mode) == 0o600
+    assert load_or_create(home) == first
+    assert first.node_id.startswith("0x") and len(first.node_id) == 42
+
+
+def test_key_readable_by_others_is_refused(tmp_path):
+    load_or_create(tmp_path)
+    os.chmod(tmp_path / "key", 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_or_create(tmp_path)
+
+
+def test_garbage_key_file_names_the_file(tmp_path):
+    (tmp_path / "key").write_text("not a key")
+    os.chmod(tmp_path / "key", 0o600)
+    with pytest.raises(ConfigError, match=str(tmp_path / "key")):
+        load_or_create(tmp_path)
+
+
+def test_peer_id_and_node_id_come_from_one_key():
+    from libp2p.peer.id import ID
+
+    ident = Identity(bytes(range(1, 33)))
+    peer_id = ID.from_pubkey(ident.libp2p_key_pair().public_key).to_string()
+    assert node_id_from_peer_id(peer_id) == ident.node_id
+    assert node_id_from_public_key(ident.public_key_compressed) == ident.node_id
+    assert Identity(bytes(range(2, 34))).node_id != ident.node_id
+
+
+def test_signature_recovers_to_node_id():
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    ident = Identity.generate()
+    sig = ident.sign(b"hello")
+    assert Account.recover_message(encode_defunct(b"hello"), signature=sig) == ident.node_id

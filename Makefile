@@ -5,9 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv docker images run test unit lint proto check-proto bench clean
+# Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
+.PHONY: setup venv debs docker images run test unit lint proto check-proto bench clean
 
-setup: venv docker images
+setup: venv debs docker images
+
+debs:
+	bash scripts/ensure-debs.sh
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -19,7 +23,7 @@ $(STAMP): pyproject.toml
 docker:
 	bash scripts/ensure-docker.sh
 
-images: docker
+images: debs docker
 	bash scripts/build-images.sh
 
 # A hub and two miners on this machine, then a demo task (see cli/devnet.py).

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from sonm_p2p.errors import SonmError
+from sonm_p2p.errors import ConfigError, SonmError
 
 __all__ = [
     "Duration",
@@ -23,6 +23,7 @@ __all__ = [
     "default_home",
     "emit_json",
     "fail",
+    "parse_size",
     "serve_until_signalled",
     "setup_logging",
 ]
@@ -101,3 +102,16 @@ def serve_until_signalled(start: Callable[[], None], close: Callable[[], None], 
     finally:
         logging.getLogger(prog).info("shutting down")
         close()
+
+
+_SIZE = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str | None, flag: str) -> int:
+    """``512m``, ``2g``, ``1.5GiB``, ``1024`` (bytes) → bytes; None or "" → 0."""
+    if not text:
+        return 0
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*", text.lower())
+    if not m:
+        raise ConfigError(f"{flag} {text!r}: expected a size like 512m or 2g")
+    return int(float(m.group(1)) * _SIZE[m.group(2)])

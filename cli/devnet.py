@@ -18,6 +18,7 @@ import click
 from cli._common import SonmGroup
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import SonmError, Timeout
+from sonm_p2p.identity import load_or_create
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import format_endpoints
 
@@ -78,7 +79,9 @@ class Devnet:
                 f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
             ],
         )
-        client = HubClient(self.hub_target, timeout=5)
+        client = HubClient(
+            self.hub_target, timeout=5, identity=load_or_create(self.root / "client")
+        )
         _wait(lambda: client.ping() is not None, "the hub to answer", timeout)
         for i in range(1, self.n_miners + 1):
             self._spawn(
@@ -181,7 +184,7 @@ def demo(miners: int, exit_after: bool, root: Path | None, runtime: str) -> None
             url = f"http://{web.host_ip}:{web.host_port}/"
             body = _fetch(url)
             click.echo(f"fetched {url}: {body.strip()}")
-        cli = f"sonmcli --hub {net.hub_target}"
+        cli = f"sonmcli --hub {net.hub_target} --home {root / 'client'}"
         click.echo("\ntry:")
         click.echo(f"  {cli} list")
         click.echo(f"  {cli} status {task.task_id}")

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import click
 
-from cli._common import Duration, default_home, fail, serve_until_signalled, setup_logging
+from cli._common import (
+    Duration,
+    default_home,
+    fail,
+    parse_size,
+    serve_until_signalled,
+    setup_logging,
+)
 from sonm_p2p.errors import SonmError
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
 from sonm_p2p.miner.hub_link import LinkOptions
+from sonm_p2p.miner.miner import Offer
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -71,6 +79,17 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     default="35s",
     help="A hub that has not pinged for this long is taken as gone; the miner redials.",
 )
+@click.option(
+    "--max-cpu",
+    type=float,
+    default=0.0,
+    help="CPU cores offered to tasks in all (default: every core).",
+)
+@click.option(
+    "--max-memory",
+    default=None,
+    help="Memory offered to tasks in all, e.g. 8g (default: all of it).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str | None,
@@ -80,6 +99,8 @@ def main(
     labels: tuple[str, ...],
     runtime: str,
     hub_silence: float,
+    max_cpu: float,
+    max_memory: str | None,
     verbose: bool,
 ) -> None:
     """Run a miner: connect to a hub and run its tasks as Docker containers.
@@ -100,6 +121,7 @@ def main(
         labels=_labels(labels),
         runtime=runtime,
         link=LinkOptions(hub_silence=hub_silence),
+        offer=Offer(cpus=max_cpu, memory_bytes=parse_size(max_memory, "--max-memory")),
     )
     try:
         daemon = MinerDaemon(options)

@@ -3,14 +3,7 @@
 # busybox-static with `docker import`, then the images under images/ on top of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ldd /bin/busybox 2>&1 | grep -q "not a dynamic"; then
-    echo "build-images: installing Debian's busybox-static" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
-fi
-if ! command -v gcc >/dev/null 2>&1 || ! compgen -G "/usr/lib/*/libc.a" >/dev/null; then
-    echo "build-images: installing gcc and libc6-dev (static UDP echo for the test image)" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
-fi
+bash "$(dirname "$0")/ensure-debs.sh"  # busybox-static, gcc, libc6-dev
 bb=/bin/busybox
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

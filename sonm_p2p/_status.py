@@ -34,6 +34,8 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.SonmError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Timeout,
     grpc.StatusCode.INTERNAL: errors.RuntimeFailure,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
 }
 
 C = TypeVar("C", bound=type)

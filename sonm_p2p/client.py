@@ -7,20 +7,29 @@ not there is :class:`~sonm_p2p.errors.HubUnavailable` at once, not after the dea
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
 
-from sonm_p2p._convert import endpoint_from_pb, spec_to_pb, task_from_pb
+from sonm_p2p._convert import (
+    endpoint_from_pb,
+    event_from_pb,
+    log_query_to_pb,
+    spec_to_pb,
+    status_from_pb,
+    task_from_pb,
+)
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import from_rpc_error
+from sonm_p2p.auth import sign_request
 from sonm_p2p.errors import HubUnavailable
+from sonm_p2p.identity import Identity
+from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import Endpoint, Task
 
-__all__ = ["HubClient", "HubInfo", "MinerSummary", "StartedTask"]
-
-CLIENT_ID_HEADER = "sonm-client-id"
+__all__ = ["HubClient", "HubInfo", "MinerReport", "MinerSummary", "StartedTask", "Stream"]
 
 
 @dataclass(frozen=True)
@@ -52,17 +61,53 @@ class StartedTask:
     endpoints: tuple[Endpoint, ...]
 
 
+@dataclass(frozen=True)
+class MinerReport:
+    """``miner-status``: the miner's record and, when online, what it offers and runs."""
+
+    online: bool
+    remote_addr: str
+    last_seen: float
+    status: MinerStatus
+
+
+class Stream:
+    """A server stream: iterate it (domain errors); ``cancel()`` from any thread ends it."""
+
+    def __init__(self, call: grpc.Call, convert: object, target: str) -> None:
+        self._call = call
+        self._convert = convert
+        self._target = target
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator:
+        try:
+            for msg in self._call:
+                yield self._convert(msg)  # type: ignore[operator]
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(
+                exc, unavailable=HubUnavailable, peer=f"hub {self._target}"
+            ) from None
+
+
 class HubClient:
     """A connection to one hub at ``target`` (``host:port``). Close it, or use it as a context.
 
-    ``timeout`` is the deadline of each call in seconds (None: no deadline). ``client_id`` is
-    sent with every call and recorded as the owner of the tasks this client starts.
+    ``timeout`` is the deadline of each call in seconds (None: no deadline). ``identity`` signs
+    the calls that need it (start, stop, logs): its node ID owns the tasks this client starts.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = 30.0, client_id: str = "") -> None:
+    def __init__(
+        self, target: str, *, timeout: float | None = 30.0, identity: Identity | None = None
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = ((CLIENT_ID_HEADER, client_id),) if client_id else ()
+        self.identity = identity
+        self._metadata: tuple[tuple[str, str], ...] = ()
         self._channel = grpc.insecure_channel(target)
         self._stub = hub_pb2_grpc.HubStub(self._channel)
 
@@ -78,10 +123,16 @@ class HubClient:
     def close(self) -> None:
         self._channel.close()
 
+    def _signed(self, method: str, request: object) -> tuple[tuple[str, str], ...]:
+        if self.identity is None:
+            return self._metadata
+        payload = request.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+        return sign_request(self.identity, method, payload, time.time())
+
     def _call(self, method: str, request: object) -> object:
         try:
             return getattr(self._stub, method)(
-                request, timeout=self.timeout, metadata=self._metadata
+                request, timeout=self.timeout, metadata=self._signed(method, request)
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(
@@ -126,8 +177,13 @@ class HubClient:
             )
         return out
 
-    def start_task(self, miner: str, spec: RunSpec) -> StartedTask:
-        req = hub_pb2.StartTaskRequest(miner_id=miner, spec=spec_to_pb(spec))
+    def start_task(
+        self, miner: str, spec: RunSpec, *, task_id: str = "", detach: bool = False
+    ) -> StartedTask:
+        """Start ``spec`` on ``miner``. Without ``detach`` the reply comes once it runs."""
+        req = hub_pb2.StartTaskRequest(
+            miner_id=miner, spec=spec_to_pb(spec), task_id=task_id, detach=detach
+        )
         r = self._call("StartTask", req)
         return StartedTask(r.task_id, r.miner_id, tuple(endpoint_from_pb(e) for e in r.endpoints))
 
@@ -140,3 +196,25 @@ class HubClient:
     def list_tasks(self, miner: str = "") -> list[Task]:
         r = self._call("ListTasks", hub_pb2.ListTasksRequest(miner_id=miner))
         return [task_from_pb(t) for t in r.tasks]
+
+    def _stream(
+        self, method: str, request: object, convert: object, timeout: float | None
+    ) -> Stream:
+        call = getattr(self._stub, method)(
+            request, timeout=timeout, metadata=self._signed(method, request)
+        )
+        return Stream(call, convert, self.target)
+
+    def watch_task(self, task_id: str, *, timeout: float | None = None) -> Stream:
+        """The task now, then its changes and pull progress (``TaskEvent``), until it ends."""
+        return self._stream(
+            "WatchTask", common_pb2.TaskRef(task_id=task_id), event_from_pb, timeout
+        )
+
+    def task_logs(self, query: LogQuery, *, timeout: float | None = None) -> Stream:
+        """Chunks (bytes) of the task's output; with ``follow`` until it stops or ``cancel()``."""
+        return self._stream("TaskLogs", log_query_to_pb(query), lambda m: m.data, timeout)
+
+    def miner_status(self, miner: str) -> MinerReport:
+        r = self._call("MinerStatus", common_pb2.MinerRef(miner_id=miner))
+        return MinerReport(r.online, r.remote_addr, r.last_seen_ms / 1000, status_from_pb(r))

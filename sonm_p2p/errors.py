@@ -17,6 +17,8 @@
     │   ├── MinerUnavailable        the miner is offline or went away mid-call
     │   └── DialError               no transport path to a peer
     ├── Timeout                     exit 5, DEADLINE_EXCEEDED
+    ├── Unauthenticated             exit 8, UNAUTHENTICATED: unsigned, forged, stale or replayed
+    ├── PermissionDenied            exit 8, PERMISSION_DENIED: not the task's owner
     └── RuntimeFailure              exit 7, INTERNAL: the container engine failed
 
 Errors are translated once at each boundary (see ``sonm_p2p/_status.py``): domain error → gRPC
@@ -42,7 +44,9 @@ __all__ = [
     "SonmError",
     "TaskNotFound",
     "Timeout",
+    "Unauthenticated",
     "Unavailable",
+    "PermissionDenied",
 ]
 
 
@@ -120,3 +124,13 @@ class Timeout(SonmError):
 class RuntimeFailure(SonmError):
     grpc_code = "INTERNAL"
     exit_code = 7
+
+
+class Unauthenticated(SonmError):
+    grpc_code = "UNAUTHENTICATED"
+    exit_code = 8
+
+
+class PermissionDenied(SonmError):
+    grpc_code = "PERMISSION_DENIED"
+    exit_code = 8

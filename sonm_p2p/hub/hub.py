@@ -10,9 +10,11 @@ offline and its running tasks LOST until it returns. Everything is kept in :clas
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 
@@ -23,9 +25,11 @@ from sonm_p2p.errors import (
     SonmError,
     TaskNotFound,
 )
+from sonm_p2p.events import EventBus, TaskEvent
 from sonm_p2p.hub.miner_client import MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
+from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import (
     Failed,
@@ -33,6 +37,7 @@ from sonm_p2p.tasks import (
     Lost,
     Pulled,
     Started,
+    Stopped,
     Task,
     TaskState,
     resolve_prefix,
@@ -44,6 +49,7 @@ __all__ = ["Hub", "HubOptions", "MinerView"]
 log = logging.getLogger(__name__)
 
 _UNSPECIFIED_HOSTS = {"", "0.0.0.0", "::"}
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +85,7 @@ class _Session:
         self.client = client
         self.remote_addr = remote
         self.missed = 0
+        self.watch = None  # the miner's WatchTasks stream, cancelled when the session ends
 
     @property
     def remote_ip(self) -> str:
@@ -106,6 +113,7 @@ class Hub:
         self._stop = threading.Event()
         self._pinger: threading.Thread | None = None
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub-ping")
+        self.events = EventBus()
         self.state.mark_all_offline()  # nobody is connected to a hub that just started
 
     def __repr__(self) -> str:
@@ -124,8 +132,9 @@ class Hub:
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
-            s.client.close()
+            self._close_session(s)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.events.close()
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -169,7 +178,10 @@ class Hub:
             )
             self._reconcile(session, hs.tasks, now)
         if old is not None:
-            old.client.close()
+            self._close_session(old)
+        threading.Thread(
+            target=self._watch_miner, args=(session,), name=f"watch {node_id[:10]}", daemon=True
+        ).start()
         log.info("miner %s online from %s (%d tasks)", node_id, remote or "?", len(hs.tasks))
 
     def miner_closed(self, peer_id: str) -> None:
@@ -190,10 +202,40 @@ class Hub:
             lost = 0
             for task in self.state.list_tasks(session.node_id, active_only=True):
                 if task.state in (TaskState.RUNNING, TaskState.STARTING):
-                    self.state.put_task(task.apply(Lost(), now))
+                    self._save(task.apply(Lost(), now))
                     lost += 1
-        session.client.close()
+        self._close_session(session)
         log.warning("miner %s offline (%s); %d tasks LOST", session.node_id, why, lost)
+
+    @staticmethod
+    def _close_session(session: _Session) -> None:
+        if session.watch is not None:
+            session.watch.cancel()
+        session.client.close()
+
+    def _save(self, task: Task) -> Task:
+        """Store ``task`` and tell its watchers."""
+        self.state.put_task(task)
+        self.events.publish(TaskEvent(task.task_id, task.updated_at, task=task))
+        return task
+
+    def _watch_miner(self, session: _Session) -> None:
+        """Follow the miner's task events: state changes go to the table, all to watchers."""
+        stream = session.client.watch_tasks()
+        session.watch = stream
+        try:
+            for event in stream:
+                if event.task is not None:
+                    try:
+                        task = self.state.get_task(event.task_id)
+                    except TaskNotFound:
+                        continue
+                    if not task.terminal:
+                        self._put_report(task, event.task, session, time.time())
+                elif event.progress is not None:
+                    self.events.publish(event)
+        except SonmError as exc:
+            log.debug("miner %s: event stream ended: %s", session.node_id, exc)
 
     def _reconcile(self, session: _Session, reported: list[Task], now: float) -> None:
         by_id = {t.task_id: t for t in reported}
@@ -202,8 +244,7 @@ class Hub:
             if seen is not None:
                 self._put_report(task, seen, session, now)
             elif task.state in (TaskState.RUNNING, TaskState.STARTING, TaskState.LOST):
-                gone = task.apply(Failed("the container is gone from its miner"), now)
-                self.state.put_task(gone)
+                self._save(task.apply(Failed("the container is gone from its miner"), now))
         for seen in by_id.values():  # containers the table does not know (a lost database)
             try:
                 self.state.get_task(seen.task_id)
@@ -211,7 +252,7 @@ class Hub:
             except TaskNotFound:
                 pass
             adopted = replace(seen, endpoints=self._fix_hosts(seen, session))
-            self.state.put_task(replace(adopted, miner_id=session.node_id))
+            self._save(replace(adopted, miner_id=session.node_id))
 
     def _put_report(self, task: Task, seen: Task, session: _Session, now: float) -> Task:
         event = Found(
@@ -228,8 +269,7 @@ class Hub:
         except InvalidRequest as exc:
             log.warning("ignoring report for %s: %s", task.task_id, exc)
             return task
-        self.state.put_task(task)
-        return task
+        return self._save(task)
 
     @staticmethod
     def _fix_hosts(task: Task, session: _Session) -> tuple:
@@ -287,43 +327,91 @@ class Hub:
             raise MinerUnavailable(f"miner {node_id} is offline (last seen {ago:.0f}s ago)")
         return session
 
-    def start_task(self, miner: str, spec: RunSpec, *, owner: str, timeout: float | None) -> Task:
-        """Run ``spec`` on ``miner`` (node ID or unique prefix); the task is RUNNING on return.
+    def start_task(
+        self,
+        miner: str,
+        spec: RunSpec,
+        *,
+        owner: str,
+        timeout: float | None,
+        task_id: str = "",
+        detach: bool = False,
+    ) -> Task:
+        """Run ``spec`` on ``miner`` (node ID or unique prefix).
 
-        The task is in the table (PULLING) before the miner is called, so a crash loses nothing;
-        a failure leaves it FAILED with the reason and raises the miner's error.
+        The task is in the table (PULLING) before the miner is called, so a crash loses nothing.
+        Without ``detach`` it returns the task RUNNING, or raises the miner's error (the task is
+        then FAILED with the reason); with ``detach`` it returns at once and the start goes on in
+        the background (follow it with :meth:`watch_task`). ``task_id`` lets the caller choose
+        the ID (8-64 of ``A-Za-z0-9_.-``), so it can watch before the reply.
         """
         if not spec.image.strip():
             raise InvalidRequest("an image is required")
+        if task_id and not _TASK_ID.fullmatch(task_id):
+            raise InvalidRequest(f"bad task ID {task_id!r}: 8-64 letters, digits, '_', '.', '-'")
         session = self._session_for(miner)
-        now = time.time()
-        task = Task.create(
-            task_id=str(uuid.uuid4()),
-            miner_id=session.node_id,
-            image=spec.image,
-            owner=owner,
-            now=now,
-        )
-        self.state.put_task(task)
+        with self._lock:
+            try:
+                self.state.get_task(task_id)
+                raise InvalidRequest(f"task ID {task_id} is already used")
+            except TaskNotFound:
+                pass
+            task = self._save(
+                Task.create(
+                    task_id=task_id or str(uuid.uuid4()),
+                    miner_id=session.node_id,
+                    image=spec.image,
+                    owner=owner,
+                    now=time.time(),
+                )
+            )
+        timeout = timeout or self.options.start_timeout
+        if detach:
+            threading.Thread(
+                target=self._run_start,
+                args=(session, task, spec, owner, timeout, False),
+                name=f"start {task.task_id[:8]}",
+                daemon=True,
+            ).start()
+            return task
+        return self._run_start(session, task, spec, owner, timeout, True)
+
+    def _run_start(
+        self,
+        session: _Session,
+        task: Task,
+        spec: RunSpec,
+        owner: str,
+        timeout: float,
+        reraise: bool,
+    ) -> Task:
         try:
             seen = session.client.start(
-                task.task_id,
-                spec,
-                owner=owner,
-                hub_id=self.node_id,
-                timeout=timeout or self.options.start_timeout,
+                task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
             )
         except SonmError as exc:
-            self.state.put_task(task.apply(Failed(str(exc)), time.time()))
-            raise
+            failed = self._fail_if_active(task.task_id, str(exc))
+            if reraise:
+                raise
+            return failed
         now = time.time()
-        if seen.state is TaskState.RUNNING:
-            task = task.apply(Pulled(), now).apply(
-                Started(self._fix_hosts(seen, session), seen.container_id), now
+        current = self.state.get_task(task.task_id)
+        if current.state is TaskState.PULLING and seen.state is TaskState.RUNNING:
+            return self._save(
+                current.apply(Pulled(), now).apply(
+                    Started(self._fix_hosts(seen, session), seen.container_id), now
+                )
             )
-            self.state.put_task(task)
-            return task
-        return self._put_report(task, seen, session, now)
+        if current.terminal or current.state is TaskState.RUNNING:
+            return current  # the miner's events got here first
+        return self._put_report(current, seen, session, now)
+
+    def _fail_if_active(self, task_id: str, reason: str) -> Task:
+        with self._lock:
+            task = self.state.get_task(task_id)
+            if task.terminal:
+                return task
+            return self._save(task.apply(Failed(reason), time.time()))
 
     def stop_task(self, task_id: str, *, timeout: float | None) -> Task:
         task = self._task(task_id)
@@ -334,15 +422,11 @@ class Hub:
             seen = session.client.stop(task.task_id, timeout)
         except TaskNotFound:
             seen = None
-        now = time.time()
-        from sonm_p2p.tasks import Stopped
-
-        fresh = self.state.get_task(task.task_id)
-        if fresh.terminal:
-            return fresh
-        done = fresh.apply(Stopped(seen.exit_code if seen else None), now)
-        self.state.put_task(done)
-        return done
+        with self._lock:
+            fresh = self.state.get_task(task.task_id)
+            if fresh.terminal:
+                return fresh
+            return self._save(fresh.apply(Stopped(seen.exit_code if seen else None), time.time()))
 
     def task_status(self, task_id: str) -> Task:
         return self._task(task_id)
@@ -358,3 +442,59 @@ class Hub:
             raise InvalidRequest("a task ID is required")
         full = resolve_prefix(self.state.task_ids(), task_id, kind="task")
         return self.state.get_task(full)
+
+    def watch_task(
+        self, task_id: str, *, still_wanted: Callable[[], bool], wait_for_task: float = 10.0
+    ) -> Iterator[TaskEvent]:
+        """The task now, then each change and pull progress, ending with its final state.
+
+        A task ID not known yet (the client chose it and its StartTask is on the way) is waited
+        for up to ``wait_for_task`` seconds. Ends early when ``still_wanted()`` turns false.
+        """
+        full = task_id.strip()
+        if not full:
+            raise InvalidRequest("a task ID is required")
+        sub = self.events.subscribe(lambda e: e.task_id == full)
+        try:
+            deadline = time.monotonic() + wait_for_task
+            while True:
+                try:
+                    task = self._task(full)
+                    break
+                except TaskNotFound:
+                    if time.monotonic() > deadline:
+                        raise
+                    sub.get(timeout=0.1)
+            sub._accept = lambda e: e.task_id == task.task_id  # a prefix was resolved
+            yield TaskEvent(task.task_id, time.time(), task=task)
+            if task.terminal:
+                return
+            while still_wanted():
+                event = sub.get(timeout=1.0)
+                if event is None:
+                    if sub.closed:
+                        return
+                    continue
+                yield event
+                if event.task is not None and event.task.terminal:
+                    return
+        finally:
+            sub.close()
+
+    def task_logs(self, query: LogQuery) -> tuple[Iterator[bytes], Callable[[], None]]:
+        """The task's output from its miner, and a function that cancels a follow."""
+        task = self._task(query.task_id)
+        session = self._session_for(task.miner_id)
+        stream = session.client.logs(replace(query, task_id=task.task_id))
+        return iter(stream), stream.cancel
+
+    def miner_status(self, miner: str) -> tuple[MinerRecord, MinerStatus | None]:
+        """The miner's record, and its live status (None when offline)."""
+        known = {m.node_id for m in self.state.list_miners()}
+        node_id = resolve_prefix(known, miner, kind="miner")
+        with self._lock:
+            session = self._sessions.get(node_id)
+        record = self.state.get_miner(node_id)
+        if session is None:
+            return record, None
+        return record, session.client.miner_status(self.options.ping_timeout * 2)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
-from sonm_p2p._convert import spec_to_pb, task_from_pb
+from sonm_p2p._convert import (
+    event_from_pb,
+    log_query_to_pb,
+    resources_from_pb,
+    spec_to_pb,
+    status_from_pb,
+    task_from_pb,
+)
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
 from sonm_p2p._status import from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
+from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import Task
 from sonm_p2p.transport.bridge import GRPC_MINER, PeerChannel
@@ -22,15 +32,7 @@ class Handshake:
     def __init__(self, reply: miner_pb2.HandshakeReply) -> None:
         self.node_id = reply.node_id
         self.version = reply.version
-        r = reply.resources
-        self.resources = {
-            "cpu_cores": r.cpu_cores,
-            "memory_bytes": r.memory_bytes,
-            "os": r.os,
-            "arch": r.arch,
-            "docker_version": r.docker_version,
-            "gpus": list(r.gpus),
-        }
+        self.resources = resources_from_pb(reply.resources)
         self.tasks = [task_from_pb(t) for t in reply.tasks]
 
 
@@ -75,6 +77,44 @@ class MinerClient:
         reply = self._call("Stop", common_pb2.TaskRef(task_id=task_id), timeout)
         return task_from_pb(reply)  # type: ignore[arg-type]
 
-    def status(self, task_id: str, timeout: float | None) -> Task:
+    def task_status(self, task_id: str, timeout: float | None) -> Task:
         reply = self._call("TaskStatus", common_pb2.TaskRef(task_id=task_id), timeout)
         return task_from_pb(reply)  # type: ignore[arg-type]
+
+    def miner_status(self, timeout: float | None) -> MinerStatus:
+        return status_from_pb(self._call("Status", common_pb2.Empty(), timeout))  # type: ignore[arg-type]
+
+    def _stream(self, method: str, request: object) -> _Stream:
+        return _Stream(getattr(self._stub, method)(request), self.miner_id)
+
+    def watch_tasks(self) -> _Stream:
+        """Every task event of this miner until the session ends (or ``cancel()``)."""
+        return self._stream("WatchTasks", common_pb2.Empty())
+
+    def logs(self, query: LogQuery) -> _Stream:
+        return self._stream("Logs", log_query_to_pb(query))
+
+
+class _Stream:
+    """A server stream from the miner: iterate it (domain errors), ``cancel()`` from anywhere."""
+
+    def __init__(self, call: grpc.Call, miner_id: str) -> None:
+        self._call = call
+        self._miner_id = miner_id
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator:
+        try:
+            for msg in self._call:
+                if isinstance(msg, common_pb2.TaskEvent):
+                    yield event_from_pb(msg)
+                else:
+                    yield msg.data
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(
+                exc, unavailable=MinerUnavailable, peer=f"miner {self._miner_id}"
+            ) from None

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
+from google.protobuf.message import Message
 
 from sonm_p2p import __version__
-from sonm_p2p._convert import spec_from_pb, task_to_pb
+from sonm_p2p._convert import (
+    event_to_pb,
+    log_query_from_pb,
+    resources_to_pb,
+    spec_from_pb,
+    status_to_pb,
+    task_to_pb,
+)
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
+from sonm_p2p.auth import RequestVerifier, check_owner
 from sonm_p2p.hub.hub import Hub
 
-__all__ = ["CLIENT_ID_HEADER", "HubServicer"]
-
-#: Metadata key carrying the calling client's node ID (recorded as a task's owner).
-CLIENT_ID_HEADER = "sonm-client-id"
-
-
-def _client_id(context: grpc.ServicerContext) -> str:
-    return dict(context.invocation_metadata()).get(CLIENT_ID_HEADER, "")
+__all__ = ["HubServicer"]
 
 
 @translate_errors
@@ -27,6 +30,21 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     def __init__(self, hub: Hub, grpc_endpoint: str) -> None:
         self.hub = hub
         self.grpc_endpoint = grpc_endpoint
+        self.verifier = RequestVerifier()
+
+    def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:
+        """The node ID that signed this call (Unauthenticated if none did, properly)."""
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        payload = request.SerializeToString(deterministic=True)
+        return self.verifier.verify(method, payload, headers, time.time())
+
+    def _owned_task(
+        self, method: str, request: Message, task_id: str, context: grpc.ServicerContext, what: str
+    ) -> str:
+        caller = self._caller(method, request, context)
+        task = self.hub.task_status(task_id)
+        check_owner(caller, task.owner, self.hub.node_id, what)
+        return task.task_id
 
     def Ping(
         self, request: common_pb2.Empty, context: grpc.ServicerContext
@@ -79,8 +97,10 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         task = self.hub.start_task(
             request.miner_id,
             spec_from_pb(request.spec),
-            owner=_client_id(context),
+            owner=self._caller("StartTask", request, context),
             timeout=context.time_remaining(),
+            task_id=request.task_id,
+            detach=request.detach,
         )
         info = task_to_pb(task)
         return hub_pb2.StartTaskReply(
@@ -90,7 +110,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     def StopTask(
         self, request: common_pb2.TaskRef, context: grpc.ServicerContext
     ) -> common_pb2.TaskInfo:
-        return task_to_pb(self.hub.stop_task(request.task_id, timeout=context.time_remaining()))
+        task_id = self._owned_task("StopTask", request, request.task_id, context, "stop it")
+        return task_to_pb(self.hub.stop_task(task_id, timeout=context.time_remaining()))
 
     def TaskStatus(
         self, request: common_pb2.TaskRef, context: grpc.ServicerContext
@@ -103,3 +124,46 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         return hub_pb2.ListTasksReply(
             tasks=[task_to_pb(t) for t in self.hub.list_tasks(request.miner_id)]
         )
+
+    def WatchTask(
+        self, request: common_pb2.TaskRef, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.TaskEvent]:
+        for event in self.hub.watch_task(request.task_id, still_wanted=context.is_active):
+            yield event_to_pb(event)
+
+    def TaskLogs(
+        self, request: common_pb2.LogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.LogChunk]:
+        query = log_query_from_pb(request)
+        self._owned_task("TaskLogs", request, request.task_id, context, "read its output")
+        chunks, cancel = self.hub.task_logs(query)
+        context.add_callback(cancel)  # the client went away: end the miner's follow too
+        for data in chunks:
+            yield common_pb2.LogChunk(data=data)
+
+    def MinerStatus(
+        self, request: common_pb2.MinerRef, context: grpc.ServicerContext
+    ) -> common_pb2.MinerStatusReply:
+        record, live = self.hub.miner_status(request.miner_id)
+        if live is not None:
+            reply = status_to_pb(live)
+        else:
+            from sonm_p2p.miner.runtime import RuntimeInfo
+
+            res = record.resources
+            info = RuntimeInfo(
+                res.get("cpu_cores", 0),
+                res.get("memory_bytes", 0),
+                res.get("os", ""),
+                res.get("arch", ""),
+                res.get("docker_version", ""),
+            )
+            reply = common_pb2.MinerStatusReply(
+                node_id=record.node_id,
+                resources=resources_to_pb(info),
+                tasks=[task_to_pb(t) for t in self.hub.list_tasks(record.node_id)],
+            )
+        reply.online = record.online
+        reply.remote_addr = record.remote_addr
+        reply.last_seen_ms = int(record.last_seen * 1000)
+        return reply

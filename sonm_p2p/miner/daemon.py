@@ -14,7 +14,7 @@ from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
-from sonm_p2p.miner.miner import Miner
+from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
@@ -33,6 +33,7 @@ class MinerOptions:
     listen: libp2p listen multiaddrs (an ephemeral port by default: no inbound port is needed).
     publish_ip: where container ports are published (all interfaces by default).
     labels: extra labels on every container (tests use them to clean up).
+    offer: CPUs and memory offered to the hub (0: all the engine has).
     runtime: "docker" (the default), or "memory": an in-memory fake engine that knows the test
         images, for tests of everything but Docker itself.
     """
@@ -44,6 +45,7 @@ class MinerOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     link: LinkOptions = field(default_factory=LinkOptions)
     runtime: str = "docker"
+    offer: Offer = field(default_factory=Offer)
 
 
 class MinerDaemon:
@@ -58,7 +60,9 @@ class MinerDaemon:
         self.node_id = self.identity.node_id
         labels = {"sonm.miner": self.node_id, **options.labels}
         self.runtime = runtime or _make_runtime(options, labels)
-        self.miner = Miner(self.node_id, self.runtime)
+        self.miner = Miner(
+            self.node_id, self.runtime, logs_dir=options.home / "logs", offer=options.offer
+        )
         self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
         self.link = HubLink(
             self.node, options.hub, lambda: self.miner.hub_clock.last_ping, options.link
@@ -70,6 +74,7 @@ class MinerDaemon:
 
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
+        self.miner.watch_runtime()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         miner_pb2_grpc.add_MinerServicer_to_server(MinerServicer(self.miner), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
@@ -83,6 +88,7 @@ class MinerDaemon:
 
     def close(self) -> None:
         self.link.close()
+        self.miner.close()
         self.node.close()
         if self._server is not None:
             self._server.stop(grace=1).wait()

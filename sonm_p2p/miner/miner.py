@@ -1,18 +1,20 @@
-"""The miner's domain: run, stop and report tasks on a container runtime for its hub."""
+"""The miner's domain: run, stop, watch and report tasks on a container runtime for its hub."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from sonm_p2p.errors import MinerUnavailable, TaskNotFound, Timeout
+from sonm_p2p.errors import MinerUnavailable, Refused, SonmError, TaskNotFound, Timeout
+from sonm_p2p.events import EventBus, PullStatus, TaskEvent
 from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, RunSpec, RuntimeInfo
 from sonm_p2p.tasks import Endpoint, Task, TaskState
 
-__all__ = ["Miner", "task_from_container"]
+__all__ = ["LogQuery", "Miner", "MinerStatus", "Offer", "TaskLoad", "task_from_container"]
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +48,108 @@ def task_from_container(c: ContainerState, miner_id: str) -> Task:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """What a miner offers its hub. 0 means "everything the engine has"."""
+
+    cpus: float = 0.0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which output of a task to read (see ``sonm.v1.LogsRequest``)."""
+
+    task_id: str
+    follow: bool = False
+    tail: int | None = None
+    since: float | None = None
+    stdout: bool = True
+    stderr: bool = True
+
+
+@dataclass(frozen=True)
+class TaskLoad:
+    task_id: str
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit: int
+    cpus_limit: float
+
+
+@dataclass(frozen=True)
+class MinerStatus:
+    node_id: str
+    info: RuntimeInfo
+    cpus_offered: float
+    memory_offered: int
+    cpus_allocated: float
+    memory_allocated: int
+    load: tuple[TaskLoad, ...]
+    tasks: tuple[Task, ...]
+
+
 @dataclass
 class _HubClock:
     last_ping: float = 0.0
 
 
 class Miner:
-    """Runs tasks for its hub. Thread-safe: the gRPC servicer calls it from worker threads."""
+    """Runs tasks for its hub. Thread-safe: the gRPC servicer calls it from worker threads.
 
-    def __init__(self, node_id: str, runtime: ContainerRuntime) -> None:
+    ``events`` carries every task's state changes (from the engine's events) and pull progress.
+    Output of stopped tasks is kept under ``logs_dir`` (their containers are removed).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        runtime: ContainerRuntime,
+        *,
+        logs_dir: Path | None = None,
+        offer: Offer | None = None,
+    ) -> None:
         self.node_id = node_id
         self.runtime = runtime
-        self._starting: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
+        self.logs_dir = logs_dir
+        self.offer = offer or Offer()
+        self.events = EventBus()
         self.hub_clock = _HubClock()
+        self._starting: dict[str, threading.Lock] = {}
+        self._stopping: set[str] = set()  # their "die" is a stop, reported by stop() itself
+        self._lock = threading.Lock()
         self._info: RuntimeInfo | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Miner {self.node_id} runtime={self.runtime!r}>"
+
+    def watch_runtime(self) -> None:
+        """Turn the engine's container events into task events (until :meth:`close`)."""
+        if self._unwatch is None:
+            self._unwatch = self.runtime.watch(self._on_runtime_event)
+
+    def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self.events.close()
+
+    def _on_runtime_event(self, task_id: str, action: str) -> None:
+        if action not in ("start", "die", "oom") or task_id in self._stopping:
+            return
+        try:
+            task = self.status(task_id)
+        except SonmError:
+            return  # removed meanwhile: whoever removed it reports the final state
+        log.info("task %s: %s (%s)", task_id, task.state.value, action)
+        self._publish(task)
+
+    def _publish(
+        self, task: Task | None = None, *, task_id: str = "", progress: PullStatus | None = None
+    ) -> None:
+        tid = task.task_id if task is not None else task_id
+        self.events.publish(TaskEvent(tid, time.time(), task=task, progress=progress))
 
     def info(self) -> RuntimeInfo:
         if self._info is None:
@@ -76,6 +162,51 @@ class Miner:
 
     def saw_hub(self) -> None:
         self.hub_clock.last_ping = time.monotonic()
+
+    # -- limits --------------------------------------------------------------------------------
+
+    def _offered(self) -> tuple[float, int]:
+        info = self.info()
+        return (
+            self.offer.cpus or float(info.cpu_cores),
+            self.offer.memory_bytes or info.memory_bytes,
+        )
+
+    def _allocated(self) -> tuple[float, int]:
+        cpus, memory = 0.0, 0
+        for c in self.runtime.list():
+            if c.status in _ENDED:
+                continue
+            try:
+                c_cpus, c_mem = self.runtime.limits(c.task_id)
+            except SonmError:
+                continue
+            cpus += c_cpus
+            memory += c_mem
+        return cpus, memory
+
+    def _check_fits(self, spec: RunSpec) -> None:
+        cpus_offered, mem_offered = self._offered()
+        if spec.cpus > cpus_offered:
+            raise Refused(f"asked for {spec.cpus:g} CPUs; this miner offers {cpus_offered:g}")
+        if spec.memory_bytes > mem_offered:
+            raise Refused(
+                f"asked for {_mib(spec.memory_bytes)} of memory; this miner offers "
+                f"{_mib(mem_offered)}"
+            )
+        cpus_used, mem_used = self._allocated()
+        if spec.cpus and cpus_used + spec.cpus > cpus_offered:
+            raise Refused(
+                f"asked for {spec.cpus:g} CPUs; {cpus_offered - cpus_used:g} of "
+                f"{cpus_offered:g} are free"
+            )
+        if spec.memory_bytes and mem_used + spec.memory_bytes > mem_offered:
+            raise Refused(
+                f"asked for {_mib(spec.memory_bytes)} of memory; {_mib(mem_offered - mem_used)} "
+                f"of {_mib(mem_offered)} are free"
+            )
+
+    # -- tasks ---------------------------------------------------------------------------------
 
     def start(
         self,
@@ -92,7 +223,8 @@ class Miner:
         Starting the same task ID twice returns the existing task. When the caller is gone by
         the time the container runs (``still_wanted()`` is false: the hub disconnected or gave
         up), the container is removed and MinerUnavailable raised: no orphan is left.
-        Raises ImageNotFound, ImageNotRunnable, Timeout, RuntimeFailure from the runtime.
+        Raises Refused (limits beyond the offer), ImageNotFound, ImageNotRunnable, Timeout,
+        RuntimeFailure.
         """
         with self._lock:
             gate = self._starting.setdefault(task_id, threading.Lock())
@@ -101,9 +233,24 @@ class Miner:
                 return task_from_container(self.runtime.status(task_id), self.node_id)
             except TaskNotFound:
                 pass
+            self._check_fits(spec)
             deadline = None if timeout is None else time.monotonic() + timeout
             log.info("task %s: preparing image %s", task_id, spec.image)
-            self.runtime.ensure_image(spec.image, timeout=timeout)
+
+            def progress(p: object) -> None:
+                self._publish(
+                    task_id=task_id,
+                    progress=PullStatus(
+                        p.image,
+                        p.current_bytes,
+                        p.total_bytes,
+                        p.layers_done,  # type: ignore[attr-defined]
+                        p.layers_total,
+                        p.status,  # type: ignore[attr-defined]
+                    ),
+                )
+
+            self.runtime.ensure_image(spec.image, timeout=timeout, progress=progress)
             if not still_wanted():
                 raise MinerUnavailable(f"task {task_id}: the hub went away during the pull")
             if deadline is not None and time.monotonic() > deadline:
@@ -116,14 +263,98 @@ class Miner:
                     f"task {task_id}: the hub went away during the start; container removed"
                 )
             log.info("task %s: running as %s", task_id, state.container_id[:12])
-            return task_from_container(state, self.node_id)
+            task = task_from_container(state, self.node_id)
+            self._publish(task)
+            return task
 
     def stop(self, task_id: str) -> Task:
-        """Stop gracefully (then kill), remove the container; the final state carries the code."""
-        final = self.runtime.stop(task_id)
-        task = task_from_container(final, self.node_id)
+        """Stop gracefully (then kill), keep its output, remove the container."""
+        self._stopping.add(task_id)
+        try:
+            final = self.runtime.stop(task_id, remove=False)
+            self._save_logs(task_id)
+            self.runtime.remove(task_id)
+        finally:
+            self._stopping.discard(task_id)
+        task = replace(
+            task_from_container(final, self.node_id),
+            state=TaskState.STOPPED,
+            exit_code=final.exit_code,
+            updated_at=time.time(),
+        )
         log.info("task %s: stopped (exit code %s)", task_id, final.exit_code)
-        return replace(task, state=TaskState.STOPPED, exit_code=final.exit_code)
+        self._publish(task)
+        return task
 
     def status(self, task_id: str) -> Task:
         return task_from_container(self.runtime.status(task_id), self.node_id)
+
+    def _log_file(self, task_id: str) -> Path | None:
+        return None if self.logs_dir is None else self.logs_dir / f"{task_id}.log"
+
+    def _save_logs(self, task_id: str) -> None:
+        path = self._log_file(task_id)
+        if path is None:
+            return
+        try:
+            data = self.runtime.logs(task_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except (SonmError, OSError) as exc:
+            log.warning("task %s: could not keep its output: %s", task_id, exc)
+
+    def logs(self, q: LogQuery) -> Iterator[bytes]:
+        """The task's output: live from its container, or kept from a stopped one.
+
+        The returned iterator has ``close()``; closing it from another thread ends a follow.
+        """
+        try:
+            self.runtime.status(q.task_id)
+        except TaskNotFound:
+            path = self._log_file(q.task_id)
+            if path is None or not path.exists():
+                raise
+        else:
+            return self.runtime.stream_logs(
+                q.task_id,
+                follow=q.follow,
+                tail=q.tail,
+                since=q.since,
+                stdout=q.stdout,
+                stderr=q.stderr,
+            )
+        data = path.read_bytes()
+        if q.tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-q.tail :] if q.tail else [])
+        return iter([data] if data else [])
+
+    def status_report(self) -> MinerStatus:
+        cpus_offered, mem_offered = self._offered()
+        cpus_used, mem_used = self._allocated()
+        loads = []
+        tasks = self.tasks()
+        for t in tasks:
+            if t.state is not TaskState.RUNNING:
+                continue
+            try:
+                u = self.runtime.usage(t.task_id)
+            except SonmError:
+                continue
+            loads.append(
+                TaskLoad(t.task_id, u.cpu_percent, u.memory_bytes, u.memory_limit, u.cpus_limit)
+            )
+        return MinerStatus(
+            node_id=self.node_id,
+            info=self.info(),
+            cpus_offered=cpus_offered,
+            memory_offered=mem_offered,
+            cpus_allocated=cpus_used,
+            memory_allocated=mem_used,
+            load=tuple(loads),
+            tasks=tuple(tasks),
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"

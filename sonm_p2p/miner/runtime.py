@@ -1,8 +1,11 @@
 """Container runtimes: how a miner runs a task as a container.
 
-:class:`ContainerRuntime` is the interface the miner codes against. :class:`DockerRuntime` drives a
-real Docker engine through the ``docker`` SDK; :class:`MemoryRuntime` is an in-memory fake with the
-same contract, for unit tests of code built on top of a runtime.
+:class:`ContainerRuntime` is the interface the miner codes against. :class:`DockerRuntime`
+(``docker_runtime.py``) drives a real Docker engine through the ``docker`` SDK;
+:class:`MemoryRuntime` (``memory_runtime.py``) is an in-memory fake with the same contract, for
+unit tests of code built on top of a runtime. This module holds what both share: the value types,
+the protocol and pure helpers; it imports neither implementation (nor the ``docker`` SDK) until
+one of the two names is first used, so the implementation modules can import it freely.
 
 Every method is blocking (the Docker one does HTTP calls to the engine); from async code call them
 in a worker thread. Every error is one of :mod:`sonm_p2p.errors`; no ``docker`` or ``requests``
@@ -10,56 +13,57 @@ exception escapes: any method may raise ``RuntimeFailure`` (the engine failed or
 besides the errors it documents.
 
 A task's container is named ``sonm-<task_id>`` and labelled ``sonm.task=<task_id>`` plus the
-runtime's fixed labels (e.g. ``sonm.miner``), which scope :meth:`ContainerRuntime.list` and every
-lookup by task ID, so several miners on one engine never see each other's containers.
+runtime's fixed labels (e.g. ``sonm.miner``), which scope :meth:`ContainerRuntime.list`,
+:meth:`ContainerRuntime.watch` and every lookup by task ID, so several miners on one engine never
+see each other's containers.
 """
 
 from __future__ import annotations
 
 import builtins
-import itertools
 import math
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import docker
-import docker.errors
-import requests.exceptions
-from docker.utils import parse_repository_tag
+from sonm_p2p.errors import ImageNotFound, InvalidRequest, RuntimeFailure, SonmError
 
-from sonm_p2p.errors import (
-    ImageNotFound,
-    ImageNotRunnable,
-    InvalidRequest,
-    Refused,
-    RuntimeFailure,
-    SonmError,
-    TaskNotFound,
-    Timeout,
-)
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sonm_p2p.miner.docker_runtime import DockerRuntime
+    from sonm_p2p.miner.memory_runtime import MemoryRuntime
 
 __all__ = [
+    "RESTART_POLICIES",
     "TASK_LABEL",
+    "WATCH_ACTIONS",
     "ContainerRuntime",
     "ContainerState",
     "DockerRuntime",
+    "LogStream",
     "MemoryRuntime",
     "PublishedPort",
+    "PullProgress",
     "RunSpec",
     "RuntimeInfo",
+    "TaskUsage",
 ]
 
 #: Label carrying the task ID on every container a runtime creates.
 TASK_LABEL = "sonm.task"
+#: Values of :attr:`RunSpec.restart`; ``"on-failure"`` also takes a retry limit: ``on-failure:3``.
+RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+#: What :meth:`ContainerRuntime.watch` reports.
+WATCH_ACTIONS = frozenset({"start", "die", "destroy", "oom"})
 
 # Docker's rule for container names, which embed the task ID.
 _TASK_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+_RESTART = re.compile(r"(no|always|unless-stopped|on-failure)(?::([0-9]{1,9}))?\Z")
 _NO_COMMAND = "image {} has neither ENTRYPOINT nor CMD (nor a command given): nothing to run"
 # Pull-error fragments that mean the registry could not be reached at all.
 _UNREACHABLE = re.compile(
@@ -91,6 +95,10 @@ class RunSpec:
     cpus: float = 0.0
     #: Memory limit in bytes; defaults to 0, no limit.
     memory_bytes: int = 0
+    #: Docker's restart policy: "", "no", "always", "unless-stopped", "on-failure" or
+    #: "on-failure:N" (at most N restarts); defaults to "", the engine's default ("no").
+    #: A stopped task is never restarted, whatever the policy.
+    restart: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,27 +132,157 @@ class RuntimeInfo:
     version: str  # "docker 20.10.24"
 
 
+@dataclass(frozen=True)
+class PullProgress:
+    """Where a pull stands, summed over the image's layers.
+
+    Byte counts are those of the compressed layers the engine reports sizes for (layers that
+    already exist locally count 0); a layer counts in full in ``current_bytes`` once downloaded.
+    Totals grow as the engine learns the layers' sizes.
+    """
+
+    image: str
+    current_bytes: int
+    total_bytes: int
+    #: Layers pulled or already present locally.
+    layers_done: int
+    layers_total: int
+    #: The engine's latest status line ("Downloading", "Extracting", "Pull complete", ...).
+    status: str
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """A task's resource use now, and its limits (0: none). A task not running uses 0."""
+
+    task_id: str
+    #: Percent of one core: 250.0 is two and a half cores busy.
+    cpu_percent: float
+    #: Memory in use, page cache excluded (as ``docker stats`` counts it).
+    memory_bytes: int
+    memory_limit: int
+    cpus_limit: float
+
+
+class LogStream(Iterator[bytes]):
+    """Chunks of a task's output, as :meth:`ContainerRuntime.stream_logs` returns them.
+
+    :meth:`close` may be called from any thread, any number of times: it releases the connection
+    and a ``next()`` blocked in another thread promptly ends the iteration (StopIteration, no
+    error). Also a context manager that closes on exit.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], cancel: Callable[[], None], *, what: str) -> None:
+        self._chunks = chunks
+        self._cancel = cancel
+        self._what = what
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<LogStream {self._what} {'closed' if self._closed else 'open'}>"
+
+    def __iter__(self) -> LogStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        except Exception:
+            if self._closed:  # the connection was cut under the reader on purpose
+                raise StopIteration from None
+            raise
+
+    def close(self) -> None:
+        """End the stream (idempotent, thread-safe)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with suppress(Exception):  # the connection may be half-gone already
+            self._cancel()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            with suppress(ValueError):  # "generator already executing" in another thread
+                close()
+
+    def __enter__(self) -> LogStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 @runtime_checkable
 class ContainerRuntime(Protocol):
     """Runs tasks as containers; :class:`DockerRuntime` documents each method in full.
 
-    ``ensure_image`` makes an image local (ImageNotFound, Timeout); ``run`` starts a task from a
-    local image with its EXPOSEd ports published (ImageNotFound, ImageNotRunnable, Refused);
-    ``stop`` ends and removes it, returning its final state; ``remove`` force-removes quietly;
-    ``status``/``logs`` read it; ``list`` shows this runtime's tasks. Unknown task: TaskNotFound.
+    ``ensure_image`` makes an image local, reporting pull progress (ImageNotFound, Timeout);
+    ``run`` starts a task from a local image with its EXPOSEd ports published (ImageNotFound,
+    ImageNotRunnable, Refused); ``stop`` ends it (and removes it unless ``remove=False``),
+    returning its final state; ``remove`` force-removes quietly; ``status``/``logs``/
+    ``stream_logs``/``usage``/``limits`` read it; ``list`` shows this runtime's tasks; ``watch``
+    calls back on their lifecycle events until the returned function is called.
+    Unknown task: TaskNotFound.
     """
 
     def info(self) -> RuntimeInfo: ...
-    def ensure_image(self, image: str, *, timeout: float | None = None) -> None: ...
+    def ensure_image(
+        self,
+        image: str,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[PullProgress], None] | None = None,
+    ) -> None: ...
     def run(self, task_id: str, spec: RunSpec, *, labels: Mapping[str, str]) -> ContainerState: ...
-    def stop(self, task_id: str, *, grace: float = 10.0) -> ContainerState: ...
+    def stop(self, task_id: str, *, grace: float = 10.0, remove: bool = True) -> ContainerState: ...
     def remove(self, task_id: str) -> None: ...
     def status(self, task_id: str) -> ContainerState: ...
     def list(self) -> builtins.list[ContainerState]: ...
     def logs(self, task_id: str, *, tail: int | None = None) -> bytes: ...
+    def stream_logs(
+        self,
+        task_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogStream: ...
+    def watch(self, callback: Callable[[str, str], None]) -> Callable[[], None]: ...
+    def usage(self, task_id: str) -> TaskUsage: ...
+    def limits(self, task_id: str) -> tuple[float, int]: ...
 
 
 # --- helpers shared by both runtimes -------------------------------------------------------------
+
+
+def _restart_policy(restart: str) -> dict[str, Any] | None:
+    """``RunSpec.restart`` -> Docker's ``RestartPolicy`` (None for the engine's default).
+
+    Raises:
+        InvalidRequest: not one of :data:`RESTART_POLICIES` (a count only with on-failure).
+    """
+    if restart == "":
+        return None
+    found = _RESTART.match(restart) if isinstance(restart, str) else None
+    if found is None or (found[2] is not None and found[1] != "on-failure"):
+        raise InvalidRequest(
+            f"restart policy {restart!r} is not one of: no, always, unless-stopped, "
+            "on-failure, on-failure:N"
+        )
+    return {"Name": found[1], "MaximumRetryCount": int(found[2] or 0)}
 
 
 def _check_run(task_id: str, spec: RunSpec) -> None:
@@ -154,6 +292,7 @@ def _check_run(task_id: str, spec: RunSpec) -> None:
         raise InvalidRequest(
             f"limits must not be negative: cpus={spec.cpus}, memory_bytes={spec.memory_bytes}"
         )
+    _restart_policy(spec.restart)
 
 
 def _check_tail(tail: int | None) -> None:
@@ -161,11 +300,37 @@ def _check_tail(tail: int | None) -> None:
         raise InvalidRequest(f"tail must not be negative, got {tail}")
 
 
+def _check_log_query(
+    tail: int | None, since: float | None, stdout: bool, stderr: bool
+) -> float | None:
+    """Validate stream_logs arguments; return ``since`` as the engine wants it (None: all)."""
+    _check_tail(tail)
+    if not (stdout or stderr):
+        raise InvalidRequest("stream_logs needs stdout or stderr (or both)")
+    if since is not None and since < 0:
+        raise InvalidRequest(f"since must not be negative, got {since}")
+    return float(since) if since else None
+
+
+def _last_lines(data: bytes, tail: int | None) -> bytes:
+    if tail is None:
+        return data
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[len(lines) - tail :]) if tail else b""
+
+
 def _split_image(image: str) -> tuple[str, str]:
     """``repo[:tag|@digest]`` -> (repo, tag-or-digest), tag ``latest`` when none is given."""
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
         raise InvalidRequest(f"invalid image reference {image!r}")
-    repo, tag = parse_repository_tag(image)
+    # As docker.utils.parse_repository_tag: a ':' after the last '/' starts the tag.
+    repo, at, digest = image.rpartition("@")
+    if at:
+        tag = digest
+    else:
+        repo, colon, tag = image.rpartition(":")
+        if not colon or "/" in tag:
+            repo, tag = image, ""
     if not repo:
         raise InvalidRequest(f"invalid image reference {image!r}")
     return repo, tag or "latest"
@@ -199,11 +364,6 @@ def _parse_time(value: str | None) -> float | None:
         return None
 
 
-def _explain(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-
-
 def _pull_failure(image: str, message: str) -> SonmError:
     """Classify a failed pull by the daemon's message."""
     low = message.lower()
@@ -222,267 +382,10 @@ def _pull_failure(image: str, message: str) -> SonmError:
     )
 
 
-# --- Docker --------------------------------------------------------------------------------------
+# --- decoding the Docker engine's payloads (pure: DockerRuntime does the calls) ------------------
 
-
-@contextmanager
-def _engine_errors(what: str, *, task_id: str | None = None) -> Iterator[None]:
-    """Turn whatever the docker SDK raises into a :class:`SonmError` saying ``what`` failed;
-    a missing container is ``TaskNotFound`` if ``task_id`` is given."""
-    try:
-        yield
-    except docker.errors.NotFound as exc:
-        if task_id is None:
-            raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
-        raise TaskNotFound(f"{what}: task {task_id} is gone") from exc
-    except docker.errors.APIError as exc:
-        raise RuntimeFailure(f"{what}: docker engine error: {_explain(exc)}") from exc
-    except docker.errors.DockerException as exc:
-        raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
-    except requests.exceptions.Timeout as exc:
-        raise Timeout(f"{what}: the docker engine did not answer in time") from exc
-    except requests.exceptions.RequestException as exc:
-        raise RuntimeFailure(f"{what}: docker engine unreachable: {exc}") from exc
-
-
-class DockerRuntime:
-    """:class:`ContainerRuntime` on a Docker engine.
-
-    Args:
-        publish_ip: host address EXPOSEd ports are published on; defaults to all interfaces.
-        labels: fixed labels put on every container this runtime creates; they also scope
-            :meth:`list` and every lookup by task ID. Defaults to none (then every ``sonm.task``
-            container on the engine is this runtime's).
-        pids_limit: most processes a container may hold; defaults to 1024.
-        client: the engine to use; defaults to ``docker.from_env()``.
-
-    Raises:
-        RuntimeFailure: no ``client`` given and no engine answers.
-    """
-
-    def __init__(
-        self,
-        *,
-        publish_ip: str = "0.0.0.0",
-        labels: Mapping[str, str] | None = None,
-        pids_limit: int = 1024,
-        client: docker.DockerClient | None = None,
-    ) -> None:
-        if client is None:
-            with _engine_errors("connecting to the docker engine"):
-                client = docker.from_env()
-        self._client = client
-        self.publish_ip = publish_ip
-        self.labels: Mapping[str, str] = dict(labels or {})
-        self.pids_limit = pids_limit
-
-    def __repr__(self) -> str:
-        labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
-        url = self._client.api.base_url
-        return f"<DockerRuntime {url} publish_ip={self.publish_ip} labels={{{labels}}}>"
-
-    def info(self) -> RuntimeInfo:
-        """The engine's cores, memory, OS/arch and version."""
-        with _engine_errors("reading docker engine info"):
-            info = self._client.api.info()
-            version = self._client.api.version()
-        return RuntimeInfo(
-            cpu_cores=int(info.get("NCPU", 0)),
-            memory_bytes=int(info.get("MemTotal", 0)),
-            os=str(version.get("Os") or info.get("OSType", "")),
-            arch=str(version.get("Arch") or info.get("Architecture", "")),
-            version=f"docker {version.get('Version') or info.get('ServerVersion', '?')}",
-        )
-
-    def ensure_image(self, image: str, *, timeout: float | None = None) -> None:
-        """Make ``image`` present locally: use it if it is, else pull it (tag ``latest`` if none).
-
-        The pull runs in a daemon thread; on timeout this raises at once and abandons the pull:
-        the thread stops at the engine's next message (it never delays process exit), and the
-        engine may still finish the download in the background.
-
-        Raises:
-            ImageNotFound: the repository or tag does not exist, pull access is denied, or the
-                registry is unreachable; the message says which.
-            InvalidRequest: ``image`` is not a valid reference.
-            Timeout: the pull took longer than ``timeout`` seconds (None: wait as long as it takes).
-        """
-        repo, tag = _split_image(image)
-        if self._image_config(image) is not None:
-            return  # Docker resolves a missing tag to "latest" too
-        abandoned = threading.Event()
-        failure: builtins.list[BaseException] = []
-
-        def pull() -> None:
-            try:
-                self._pull(image, repo, tag, abandoned)
-            except Exception as exc:  # handed to the waiting caller
-                failure.append(exc)
-
-        thread = threading.Thread(target=pull, name=f"sonm-pull {image}", daemon=True)
-        thread.start()
-        thread.join(None if timeout is None else max(timeout, 0.0))
-        if thread.is_alive():
-            abandoned.set()
-            raise Timeout(f"pulling {image} took longer than {timeout:g} s; abandoned")
-        if failure:
-            raise failure[0]
-
-    def _pull(self, image: str, repo: str, tag: str, abandoned: threading.Event) -> None:
-        with _engine_errors(f"pulling {image}"):
-            try:
-                stream = self._client.api.pull(repo, tag=tag, stream=True, decode=True)
-                try:
-                    for message in stream:
-                        if abandoned.is_set():
-                            return
-                        if isinstance(message, dict) and message.get("error"):
-                            raise _pull_failure(image, str(message["error"]))
-                finally:
-                    stream.close()
-            except docker.errors.APIError as exc:
-                raise _pull_failure(image, _explain(exc)) from exc
-
-    def _image_config(self, image: str) -> dict[str, Any] | None:
-        """The local image's ``Config``, or None if the image is not present."""
-        with _engine_errors(f"inspecting image {image}"):
-            try:
-                attrs = self._client.api.inspect_image(image)
-            except docker.errors.NotFound:
-                return None
-            except docker.errors.APIError as exc:
-                # The engine answers 400/500 for malformed references.
-                if "invalid reference format" in _explain(exc):
-                    raise InvalidRequest(f"invalid image reference {image!r}") from exc
-                raise
-        return attrs.get("Config") or {}
-
-    def run(self, task_id: str, spec: RunSpec, *, labels: Mapping[str, str]) -> ContainerState:
-        """Create and start the task's container ``sonm-<task_id>``; return its running state.
-
-        The image must already be present (call :meth:`ensure_image` first). Every EXPOSEd port
-        (tcp and udp) is published on ``publish_ip`` at a random host port; the returned state
-        carries the real ports. Limits: ``spec.cpus``, ``spec.memory_bytes``, ``pids_limit``.
-        Labels: ``labels``, then this runtime's fixed labels and ``sonm.task=<task_id>`` on top.
-        If starting fails the container is removed before raising.
-
-        Raises:
-            InvalidRequest: a task ID unusable in a container name, or negative limits.
-            ImageNotFound: the image is not present locally.
-            ImageNotRunnable: the image has neither ENTRYPOINT nor CMD and ``spec.command`` is
-                empty, or its command cannot be executed.
-            Refused: a container for this task ID already exists.
-        """
-        _check_run(task_id, spec)
-        config = self._image_config(spec.image)
-        if config is None:
-            raise ImageNotFound(f"image {spec.image} is not present locally (ensure_image first)")
-        if not spec.command and not config.get("Entrypoint") and not config.get("Cmd"):
-            raise ImageNotRunnable(_NO_COMMAND.format(spec.image))
-        ports = {key: (self.publish_ip,) for key in config.get("ExposedPorts") or {}}
-        name = f"sonm-{task_id}"
-        with _engine_errors(f"creating container {name}"):
-            try:
-                container = self._client.containers.create(
-                    spec.image,
-                    command=list(spec.command) or None,
-                    name=name,
-                    environment=dict(spec.env),
-                    labels=_task_labels(labels, self.labels, task_id),
-                    ports=ports,
-                    nano_cpus=int(spec.cpus * 1e9) or None,
-                    mem_limit=spec.memory_bytes or None,
-                    pids_limit=self.pids_limit,
-                )
-            except docker.errors.ImageNotFound as exc:
-                raise ImageNotFound(f"image {spec.image} is not present locally") from exc
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:
-                    raise Refused(f"task {task_id}: {_explain(exc)}") from exc
-                raise
-        try:
-            with _engine_errors(f"starting container {name}"):
-                container.start()
-                container.reload()
-        except BaseException as exc:
-            with suppress(SonmError):  # best effort: already raising
-                self._remove_container(container)
-            why = _explain(exc.__cause__) if isinstance(exc, RuntimeFailure) else ""
-            if "exec" in why:  # 'exec: "x": executable file not found', 'exec format error'
-                raise ImageNotRunnable(
-                    f"image {spec.image}: cannot run its command: {why}"
-                ) from exc
-            raise
-        return _docker_state(container.attrs)
-
-    def stop(self, task_id: str, *, grace: float = 10.0) -> ContainerState:
-        """Stop the task (SIGTERM, SIGKILL after ``grace`` seconds), remove it, return its final
-        state (with the exit code). Its logs are gone afterwards: read them first.
-
-        Raises:
-            TaskNotFound: this runtime has no container for ``task_id``.
-        """
-        container = self._find(task_id)
-        with _engine_errors("stopping", task_id=task_id):
-            container.stop(timeout=max(0, math.ceil(grace)))
-            container.reload()
-        self._remove_container(container)
-        return _docker_state(container.attrs)
-
-    def remove(self, task_id: str) -> None:
-        """Force-remove the task's container (killing it if running); no error if there is none."""
-        for container in self._containers(task_id):
-            self._remove_container(container)
-
-    def _remove_container(self, container: Any) -> None:
-        with _engine_errors(f"removing container {container.name}"):
-            try:
-                container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409 or "in progress" not in _explain(exc):
-                    raise
-
-    def status(self, task_id: str) -> ContainerState:
-        """The task's current state.
-
-        Raises:
-            TaskNotFound: this runtime has no container for ``task_id``.
-        """
-        return _docker_state(self._find(task_id).attrs)
-
-    def list(self) -> builtins.list[ContainerState]:
-        """Every container carrying this runtime's labels (running or not), by task ID."""
-        states = [_docker_state(c.attrs) for c in self._containers(None)]
-        return sorted(states, key=lambda s: s.task_id)
-
-    def logs(self, task_id: str, *, tail: int | None = None) -> bytes:
-        """The task's stdout and stderr, interleaved; only the last ``tail`` lines if given.
-
-        Raises:
-            TaskNotFound: this runtime has no container for ``task_id``.
-            InvalidRequest: a negative ``tail``.
-        """
-        _check_tail(tail)
-        container = self._find(task_id)
-        with _engine_errors("reading logs", task_id=task_id):
-            out = container.logs(stdout=True, stderr=True, tail="all" if tail is None else tail)
-        return bytes(out)
-
-    def _containers(self, task_id: str | None) -> builtins.list[Any]:
-        filters = [f"{k}={v}" for k, v in self.labels.items()]
-        filters.append(TASK_LABEL if task_id is None else f"{TASK_LABEL}={task_id}")
-        with _engine_errors("listing containers"):
-            return self._client.containers.list(
-                all=True, filters={"label": filters}, ignore_removed=True
-            )
-
-    def _find(self, task_id: str) -> Any:
-        found = self._containers(task_id)
-        if not found:
-            raise TaskNotFound(f"no task {task_id} on this runtime")
-        return found[0]
+#: Pull progress is reported at most this often (seconds), plus a final report.
+_PROGRESS_INTERVAL = 0.1
 
 
 def _docker_state(attrs: Mapping[str, Any]) -> ContainerState:
@@ -513,181 +416,126 @@ def _docker_state(attrs: Mapping[str, Any]) -> ContainerState:
     )
 
 
-# --- in memory -----------------------------------------------------------------------------------
+def _host_limits(attrs: Mapping[str, Any]) -> tuple[float, int]:
+    """(CPU cores, memory bytes) a container is limited to, from its HostConfig; 0: none."""
+    host = attrs.get("HostConfig") or {}
+    cpus = (host.get("NanoCpus") or 0) / 1e9
+    quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
+    if not cpus and quota > 0 and period > 0:
+        cpus = quota / period
+    return float(cpus), int(host.get("Memory") or 0)
 
-#: Exit code :meth:`MemoryRuntime.stop` reports for a running task (128 + SIGTERM).
-_SIGTERM_EXIT = 143
+
+def _cpu_percent(stats: Mapping[str, Any]) -> float:
+    """CPU use between the two samples of a ``stats(stream=False)`` answer, in % of one core
+    (as ``docker stats`` computes it)."""
+    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    if not pre.get("system_cpu_usage"):
+        return 0.0  # no first sample
+    total = (cpu.get("cpu_usage") or {}).get("total_usage", 0)
+    cpu_delta = total - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre["system_cpu_usage"]
+    cores = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or ())
+    if cpu_delta <= 0 or system_delta <= 0:
+        return 0.0
+    return cpu_delta / system_delta * (cores or 1) * 100.0
+
+
+def _memory_used(stats: Mapping[str, Any]) -> int:
+    """Memory in use without the page cache, as ``docker stats`` counts it (cgroup v1 and v2)."""
+    memory = stats.get("memory_stats") or {}
+    usage = int(memory.get("usage") or 0)
+    detail = memory.get("stats") or {}
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return usage - cache if 0 < cache < usage else usage
 
 
 @dataclass
-class _FakeContainer:
-    state: ContainerState
-    spec: RunSpec
-    output: bytearray = field(default_factory=bytearray)
+class _Layer:
+    current: int = 0  # bytes downloaded
+    total: int = 0  # compressed size, once the engine said
+    downloaded: bool = False
+    done: bool = False
 
 
-class MemoryRuntime:
-    """An in-memory :class:`ContainerRuntime` with the same contract as :class:`DockerRuntime`.
+class _PullTally:
+    """Sums the engine's per-layer pull messages into :class:`PullProgress`, throttled.
 
-    Args:
-        images: the fake registry: image reference -> (EXPOSEd ports such as ``"8080/tcp"``,
-            whether the image has an ENTRYPOINT or CMD). Images are pulled (made local) by
-            :meth:`ensure_image`, and :meth:`run` refuses images not pulled yet, as Docker does.
-        pull_errors: image reference -> the error :meth:`ensure_image` raises for it (to
-            simulate a ``Timeout`` or ``RuntimeFailure``).
-        publish_ip: host address reported in published ports.
-        labels: fixed labels put on every container.
-        info: what :meth:`info` returns; defaults to 4 cores, 8 GiB, linux/amd64.
-        clock: unix time source for ``started_at``/``finished_at``.
-        first_host_port: fake host ports are handed out counting up from here.
-
-    Thread-safe. Besides the contract it has :meth:`exit`, :meth:`write_output`,
-    :meth:`spec_of` and :attr:`pulled` (images pulled so far, in order) for tests.
+    Docker reports each layer by ID: "Pulling fs layer", "Waiting", "Downloading" (with
+    ``progressDetail`` current/total), "Verifying Checksum", "Download complete", "Extracting"
+    (current/total again), then "Pull complete"; or "Already exists". Other messages ("Pulling
+    from ...", "Digest: ...", "Status: ...") only update the status line.
     """
 
-    def __init__(
-        self,
-        *,
-        images: Mapping[str, tuple[Iterable[str | int], bool]] | None = None,
-        pull_errors: Mapping[str, SonmError] | None = None,
-        publish_ip: str = "0.0.0.0",
-        labels: Mapping[str, str] | None = None,
-        info: RuntimeInfo | None = None,
-        clock: Callable[[], float] = time.time,
-        first_host_port: int = 32768,
-    ) -> None:
-        self._registry = {
-            _normalize_image(ref): (tuple(_parse_port_key(p) for p in exposed), bool(runnable))
-            for ref, (exposed, runnable) in (images or {}).items()
-        }
-        self._pull_errors = {_normalize_image(k): v for k, v in (pull_errors or {}).items()}
-        self._local: set[str] = set()
-        self.pulled: builtins.list[str] = []
-        self.publish_ip = publish_ip
-        self.labels: Mapping[str, str] = dict(labels or {})
-        self._info = info or RuntimeInfo(4, 8 << 30, "linux", "amd64", "memory 0")
-        self._clock = clock
-        self._host_ports = itertools.count(first_host_port)
-        self._container_ids = itertools.count(1)
-        self._containers: dict[str, _FakeContainer] = {}
-        self._lock = threading.Lock()
+    def __init__(self, image: str, *, interval: float = _PROGRESS_INTERVAL) -> None:
+        self.image = image
+        self.interval = interval
+        self.status = ""
+        self._layers: dict[str, _Layer] = {}
+        self._last_report = -math.inf
 
     def __repr__(self) -> str:
-        with self._lock:
-            running = sum(c.state.status == "running" for c in self._containers.values())
-            tasks = len(self._containers)
-        return f"<MemoryRuntime local={sorted(self._local)} {tasks=} {running=}>"
+        return f"<_PullTally {self.snapshot()}>"
 
-    def info(self) -> RuntimeInfo:
-        """The ``info`` given to the constructor."""
-        return self._info
+    def feed(self, message: Mapping[str, Any], now: float) -> PullProgress | None:
+        """Take one message; return the progress to report if one is due at ``now``."""
+        status = str(message.get("status") or "")
+        if not status:
+            return None
+        self.status = status
+        layer_id = message.get("id")
+        if layer_id and not status.startswith("Pulling from"):
+            layer = self._layers.setdefault(str(layer_id), _Layer())
+            detail = message.get("progressDetail") or {}
+            if status in ("Downloading", "Extracting") and detail.get("total"):
+                layer.total = max(layer.total, int(detail["total"]))
+                if status == "Downloading":
+                    layer.current = int(detail.get("current") or 0)
+            if status in ("Download complete", "Extracting", "Pull complete", "Already exists"):
+                layer.downloaded = True
+            if status in ("Pull complete", "Already exists"):
+                layer.done = True
+        if now - self._last_report < self.interval:
+            return None
+        self._last_report = now
+        return self.snapshot()
 
-    def ensure_image(self, image: str, *, timeout: float | None = None) -> None:
-        """Make a registered image local at once (recorded in :attr:`pulled`). Raises its
-        ``pull_errors`` entry if any, else ImageNotFound for an unregistered image."""
-        ref = _normalize_image(image)
-        with self._lock:
-            if ref in self._local:
-                return
-            if ref in self._pull_errors:
-                raise self._pull_errors[ref]
-            if ref not in self._registry:
-                raise ImageNotFound(
-                    f"image {image} is not present locally and cannot be pulled: "
-                    "no such repository or tag in the registry (manifest unknown)"
-                )
-            self._local.add(ref)
-            self.pulled.append(image)
+    def snapshot(self) -> PullProgress:
+        layers = self._layers.values()
+        return PullProgress(
+            image=self.image,
+            current_bytes=sum(x.total if x.downloaded else min(x.current, x.total) for x in layers),
+            total_bytes=sum(x.total for x in layers),
+            layers_done=sum(x.done for x in layers),
+            layers_total=len(self._layers),
+            status=self.status,
+        )
 
-    def run(self, task_id: str, spec: RunSpec, *, labels: Mapping[str, str]) -> ContainerState:
-        """As :meth:`DockerRuntime.run`; the task is "running" until :meth:`exit` or
-        :meth:`stop`. Raises the same errors."""
-        _check_run(task_id, spec)
-        ref = _normalize_image(spec.image)
-        with self._lock:
-            if ref not in self._local:
-                raise ImageNotFound(
-                    f"image {spec.image} is not present locally (ensure_image first)"
-                )
-            exposed, runnable = self._registry[ref]
-            if not runnable and not spec.command:
-                raise ImageNotRunnable(_NO_COMMAND.format(spec.image))
-            if task_id in self._containers:
-                raise Refused(f"task {task_id}: a container sonm-{task_id} already exists")
-            ports = tuple(
-                PublishedPort(port, proto, self.publish_ip, next(self._host_ports))
-                for port, proto in sorted(exposed)
-            )
-            state = ContainerState(
-                task_id=task_id,
-                container_id=f"{next(self._container_ids):064x}",
-                image=spec.image,
-                status="running",
-                exit_code=None,
-                ports=ports,
-                labels=_task_labels(labels, self.labels, task_id),
-                started_at=self._clock(),
-            )
-            self._containers[task_id] = _FakeContainer(state, spec)
-            return state
+    def final(self) -> PullProgress:
+        """The progress once the pull succeeded: every layer is present."""
+        for layer in self._layers.values():
+            layer.downloaded = layer.done = True
+        return self.snapshot()
 
-    def exit(self, task_id: str, code: int) -> ContainerState:
-        """Simulate the task exiting on its own with ``code`` (no-op if not running); TaskNotFound
-        if no such task."""
-        with self._lock:
-            return self._finish(self._get(task_id), code)
 
-    def write_output(self, task_id: str, data: bytes) -> None:
-        """Append ``data`` to what :meth:`logs` returns. Raises TaskNotFound if no such task."""
-        with self._lock:
-            self._get(task_id).output += data
+# The implementations import this module, so it imports them only on first use (PEP 562): either
+# side may then be imported first without a cycle.
+_IMPLEMENTATIONS = {
+    "DockerRuntime": "sonm_p2p.miner.docker_runtime",
+    "MemoryRuntime": "sonm_p2p.miner.memory_runtime",
+}
 
-    def spec_of(self, task_id: str) -> RunSpec:
-        """The spec the task was run with. Raises TaskNotFound if no such task."""
-        with self._lock:
-            return self._get(task_id).spec
 
-    def stop(self, task_id: str, *, grace: float = 10.0) -> ContainerState:
-        """As :meth:`DockerRuntime.stop`; a running task exits with 143 (SIGTERM)."""
-        with self._lock:
-            state = self._finish(self._get(task_id), _SIGTERM_EXIT)
-            del self._containers[task_id]
-            return state
+def __getattr__(name: str) -> Any:
+    module = _IMPLEMENTATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    def remove(self, task_id: str) -> None:
-        """Forget the task; no error if there is none."""
-        with self._lock:
-            self._containers.pop(task_id, None)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    def status(self, task_id: str) -> ContainerState:
-        """The task's current state. Raises TaskNotFound if no such task."""
-        with self._lock:
-            return self._get(task_id).state
 
-    def list(self) -> builtins.list[ContainerState]:
-        """Every task's state, by task ID."""
-        with self._lock:
-            return [self._containers[t].state for t in sorted(self._containers)]
-
-    def logs(self, task_id: str, *, tail: int | None = None) -> bytes:
-        """What :meth:`write_output` wrote, the last ``tail`` lines if given. Raises as
-        :meth:`DockerRuntime.logs`."""
-        _check_tail(tail)
-        with self._lock:
-            out = bytes(self._get(task_id).output)
-        if tail is None:
-            return out
-        lines = out.splitlines(keepends=True)
-        return b"".join(lines[len(lines) - tail :]) if tail else b""
-
-    def _finish(self, fake: _FakeContainer, code: int) -> ContainerState:
-        if fake.state.status == "running":
-            now = self._clock()
-            fake.state = replace(fake.state, status="exited", exit_code=code, finished_at=now)
-        return fake.state
-
-    def _get(self, task_id: str) -> _FakeContainer:
-        try:
-            return self._containers[task_id]
-        except KeyError:
-            raise TaskNotFound(f"no task {task_id} on this runtime") from None
+def __dir__() -> builtins.list[str]:
+    return sorted({*globals(), *_IMPLEMENTATIONS})

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import platform
+from collections.abc import Iterator
 
 import grpc
 
 from sonm_p2p import __version__
-from sonm_p2p._convert import spec_from_pb, task_to_pb
+from sonm_p2p._convert import (
+    event_to_pb,
+    log_query_from_pb,
+    resources_to_pb,
+    spec_from_pb,
+    status_to_pb,
+    task_to_pb,
+)
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
 from sonm_p2p._status import translate_errors
 from sonm_p2p.errors import InvalidRequest
@@ -25,16 +32,9 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
         self, request: miner_pb2.HandshakeRequest, context: grpc.ServicerContext
     ) -> miner_pb2.HandshakeReply:
         self.miner.saw_hub()
-        info = self.miner.info()
         return miner_pb2.HandshakeReply(
             node_id=self.miner.node_id,
-            resources=common_pb2.Resources(
-                cpu_cores=info.cpu_cores,
-                memory_bytes=info.memory_bytes,
-                os=info.os or platform.system().lower(),
-                arch=info.arch or platform.machine(),
-                docker_version=info.version,
-            ),
+            resources=resources_to_pb(self.miner.info()),
             tasks=[task_to_pb(t) for t in self.miner.tasks()],
             version=__version__,
         )
@@ -69,3 +69,40 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
         self, request: common_pb2.TaskRef, context: grpc.ServicerContext
     ) -> common_pb2.TaskInfo:
         return task_to_pb(self.miner.status(request.task_id))
+
+    def WatchTasks(
+        self, request: common_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.TaskEvent]:
+        sub = self.miner.events.subscribe()
+        context.add_callback(sub.close)
+        try:
+            while context.is_active():
+                event = sub.get(timeout=1.0)
+                if event is not None:
+                    yield event_to_pb(event)
+                elif sub.closed:
+                    return
+        finally:
+            sub.close()
+
+    def Logs(
+        self, request: common_pb2.LogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.LogChunk]:
+        chunks = self.miner.logs(log_query_from_pb(request))
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            context.add_callback(close)  # the hub went away: end a follow at once
+        try:
+            for data in chunks:
+                if not context.is_active():
+                    return
+                yield common_pb2.LogChunk(data=data)
+        finally:
+            if close is not None:
+                close()
+
+    def Status(
+        self, request: common_pb2.Empty, context: grpc.ServicerContext
+    ) -> common_pb2.MinerStatusReply:
+        self.miner.saw_hub()
+        return status_to_pb(self.miner.status_report())

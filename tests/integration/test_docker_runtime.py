@@ -1,20 +1,36 @@
-"""DockerRuntime against the real engine, with the local sonm-test/* images (no registry)."""
+"""DockerRuntime against the real engine, with the local sonm-test/* images and, for pulls, a
+registry of our own on 127.0.0.1 (Debian's docker-registry): nothing is pulled from elsewhere."""
 
 from __future__ import annotations
 
 import http.client
+import itertools
+import os
+import queue
+import shutil
 import socket
+import subprocess
+import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import docker
 import pytest
 
-from sonm_p2p.errors import ImageNotFound, ImageNotRunnable, Refused, TaskNotFound, Timeout
-from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, RunSpec
+from sonm_p2p.errors import (
+    ImageNotFound,
+    ImageNotRunnable,
+    InvalidRequest,
+    Refused,
+    TaskNotFound,
+    Timeout,
+)
+from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, PullProgress, RunSpec
 
 
 def _engine_answers() -> bool:
@@ -35,7 +51,9 @@ WEB = "sonm-test/web:latest"
 NOENTRY = "sonm-test/noentry:latest"
 BUSYBOX = "sonm-test/busybox:latest"
 SLEEP = ("sleep", "300")
+REGISTRY = "/usr/bin/docker-registry"
 T = TypeVar("T")
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +131,9 @@ def test_web_task_serves_tcp_and_udp_then_stops(client, test_label, runtime):
     assert set(ports) == {(8080, "tcp"), (9090, "udp")}
     assert all(p.host_ip == "127.0.0.1" and p.host_port > 0 for p in state.ports)
 
-    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
     def fetch() -> bytes:
         url = f"http://127.0.0.1:{ports[8080, 'tcp'].host_port}/"
-        with no_proxy.open(url, timeout=2) as response:
+        with NO_PROXY.open(url, timeout=2) as response:
             return response.read()
 
     assert b"hello from a sonm task" in _poll(fetch, "http page")
@@ -226,3 +242,207 @@ def test_unknown_task(runtime):
     with pytest.raises(TaskNotFound):
         runtime.logs(_task())
     runtime.remove(_task())  # no error
+
+
+def test_restart_policy_reaches_the_host_config(client, test_label, runtime):
+    state = runtime.run(_task(), RunSpec(BUSYBOX, command=SLEEP, restart="on-failure:2"), labels={})
+    policy = client.api.inspect_container(state.container_id)["HostConfig"]["RestartPolicy"]
+    assert policy == {"Name": "on-failure", "MaximumRetryCount": 2}
+    with pytest.raises(InvalidRequest, match="restart policy"):
+        runtime.run(_task(), RunSpec(BUSYBOX, command=SLEEP, restart="always:2"), labels={})
+    assert len(_ours(client, test_label)) == 1
+
+
+def _next_event(events: queue.Queue, wanted: tuple[str, str], within: float) -> list:
+    """Events taken from the queue until ``wanted`` (included); fail at the deadline."""
+    deadline = time.monotonic() + within
+    seen: list = []
+    while wanted not in seen:
+        try:
+            seen.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            pytest.fail(f"no {wanted} event within {within} s; saw {seen}")
+    return seen
+
+
+def test_watch_reports_an_exit_on_its_own(client, test_label, runtime):
+    other = _runtime(client, test_label, miner="0xother")
+    task = _task()
+    events: queue.Queue = queue.Queue()
+    unwatch = runtime.watch(lambda task_id, action: events.put((task_id, action)))
+    try:
+        other.run(_task(), RunSpec(BUSYBOX, command=("true",)), labels={})  # not ours: unseen
+        runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", "sleep 0.3; exit 4")), labels={})
+        seen = _next_event(events, (task, "die"), within=3)
+        assert seen == [(task, "start"), (task, "die")]
+        assert runtime.status(task).exit_code == 4
+        runtime.remove(task)
+        assert _next_event(events, (task, "destroy"), within=3) == [(task, "destroy")]
+    finally:
+        started = time.monotonic()
+        unwatch()
+        assert time.monotonic() - started < 2  # closes the stream, joins the thread
+    unwatch()  # idempotent
+    assert not [t for t in threading.enumerate() if t.name == "sonm-watch"]
+
+
+def test_stream_logs_follow_can_be_closed_from_another_thread(runtime):
+    task = _task()
+    ticker = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done"
+    runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", ticker)), labels={})
+    stream = runtime.stream_logs(task, follow=True, stderr=False)
+    chunks: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for chunk in stream:
+            chunks.put(chunk)
+        chunks.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    got = b"".join(chunks.get(timeout=5) for _ in range(3))
+    assert got.startswith(b"line 0\n") and got.count(b"\n") >= 3
+    started = time.monotonic()
+    stream.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert time.monotonic() - started < 2
+    # Without follow the stream ends by itself; tail limits where it starts.
+    assert b"".join(runtime.stream_logs(task, tail=1)).count(b"\n") == 1
+    with pytest.raises(TaskNotFound):
+        runtime.stream_logs(_task())
+
+
+def test_stream_logs_follow_ends_when_the_container_stops(runtime):
+    task = _task()
+    runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", "echo hi; sleep 0.3")), labels={})
+    with runtime.stream_logs(task, follow=True) as stream:
+        assert b"".join(stream) == b"hi\n"  # returns once the container exits
+
+
+def test_usage_and_limits_of_a_running_task(runtime):
+    task = _task()
+    runtime.run(task, RunSpec(WEB, cpus=0.5, memory_bytes=64 << 20), labels={})
+    assert runtime.limits(task) == (0.5, 64 << 20)
+
+    def used():
+        usage = runtime.usage(task)
+        assert usage.memory_bytes > 0, usage
+        return usage
+
+    usage = _poll(used, "memory use")
+    assert (usage.task_id, usage.memory_limit, usage.cpus_limit) == (task, 64 << 20, 0.5)
+    assert usage.cpu_percent >= 0.0
+    with pytest.raises(TaskNotFound):
+        runtime.usage(_task())
+    with pytest.raises(TaskNotFound):
+        runtime.limits(_task())
+
+
+def test_stop_without_remove_keeps_the_logs(runtime):
+    task = _task()
+    script = "trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.1; done"
+    runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", script)), labels={})
+
+    def greeted() -> None:
+        assert b"hello" in runtime.logs(task)
+
+    _poll(greeted, "first output")  # the trap is set by then
+    final = runtime.stop(task, grace=5, remove=False)
+    assert (final.status, final.exit_code) == ("exited", 0)
+    assert runtime.logs(task).split() == [b"hello", b"bye"]
+    assert runtime.status(task).exit_code == 0
+    runtime.remove(task)
+    with pytest.raises(TaskNotFound):
+        runtime.logs(task)
+
+
+# --- pulls from a registry of our own ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    """``127.0.0.1:<port>``: a docker-registry of our own with temporary storage."""
+    if not os.access(REGISTRY, os.X_OK):
+        pytest.skip(f"{REGISTRY} missing: apt-get install docker-registry")
+    workdir = Path(tempfile.mkdtemp(prefix="sonm-registry-"))
+    address = f"127.0.0.1:{_free_port()}"
+    (workdir / "config.yml").write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
+        f"http:\n  addr: {address}\n"
+    )
+    log = (workdir / "registry.log").open("wb")
+    process = subprocess.Popen(
+        [REGISTRY, "serve", str(workdir / "config.yml")], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+
+        def answers() -> None:
+            assert process.poll() is None, (workdir / "registry.log").read_text()
+            with NO_PROXY.open(f"http://{address}/v2/", timeout=2) as response:
+                assert response.status == 200
+
+        _poll(answers, "the registry answering", within=15)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pushed_image(client, registry, test_label) -> Iterator[str]:
+    """An image only ``registry`` has: sonm-test/web plus a layer of random bytes, pushed, then
+    removed locally (its sonm-test/web layers stay local: the engine reports them as present)."""
+    ref = f"{registry}/sonm-test/web:1"
+    context = Path(tempfile.mkdtemp(prefix="sonm-image-"))
+    try:
+        (context / "blob").write_bytes(os.urandom(4 << 20))
+        (context / "Dockerfile").write_text(f"FROM {WEB}\nCOPY blob /blob\n")
+        client.images.build(path=str(context), tag=ref, rm=True, labels={"sonm.test": test_label})
+        for message in client.api.push(
+            f"{registry}/sonm-test/web", tag="1", stream=True, decode=True
+        ):
+            assert "error" not in message, message
+        client.images.remove(ref)
+        yield ref
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+        for image in client.images.list(filters={"label": f"sonm.test={test_label}"}):
+            client.images.remove(image.id, force=True)
+
+
+def test_pull_reports_progress(client, runtime, pushed_image):
+    reports: list[PullProgress] = []
+    runtime.ensure_image(pushed_image, timeout=60, progress=reports.append)
+    client.images.get(pushed_image)  # local now
+    assert reports, "no progress reported"
+    assert any(p.layers_total >= 1 for p in reports)
+    final = reports[-1]
+    assert final.layers_done == final.layers_total >= 2  # sonm-test/web's layers + the blob
+    assert final.current_bytes == final.total_bytes >= 1 << 20  # the blob, compressed
+    assert {p.image for p in reports} == {pushed_image}
+    assert all(a.current_bytes <= b.current_bytes for a, b in itertools.pairwise(reports))
+    reports.clear()
+    runtime.ensure_image(pushed_image, progress=reports.append)  # local: no pull, no progress
+    assert reports == []
+
+
+def test_pull_of_an_unknown_tag_says_so(runtime, registry):
+    image = f"{registry}/sonm-test/web:nope"
+    with pytest.raises(ImageNotFound, match="manifest unknown") as caught:
+        runtime.ensure_image(image, timeout=30, progress=lambda p: None)
+    assert image in str(caught.value)

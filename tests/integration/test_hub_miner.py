@@ -147,3 +147,20 @@ def test_miner_accepts_a_full_multiaddr(net):
     assert "/p2p/" in addr
     m1 = net.miner(addr, "m1", runtime="memory")
     wait_for(lambda: m1.node_id in hub.online(), "miner listed via multiaddr")
+
+
+def test_only_the_owner_may_stop_a_task_or_read_its_output(net, tmp_path):
+    hub = net.hub()
+    m1 = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: m1.node_id in hub.online(), "miner listed")
+    job = _start(hub, m1.node_id)
+    mallory = tmp_path / "mallory"
+    for argv in (["stop", job], ["logs", job]):
+        res = sonmcli("--hub", hub.grpc_target, *argv, home=mallory)
+        assert res.returncode == 8, res.stderr
+        assert "only the task's owner" in res.stderr
+    # reading its state is open to anyone
+    assert sonmcli("--hub", hub.grpc_target, "status", job, home=mallory).returncode == 0
+    # the hub's operator (holding the hub's key) may stop it
+    res = sonmcli("--hub", hub.grpc_target, "stop", job, home=hub.home)
+    assert res.returncode == 0, res.stderr

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sonm/v1/common.proto\x12\x07sonm.v1\"\x07\n\x05\x45mpty\"\x1b\n\tPingReply\x12\x0e\n\x06status\x18\x01 \x01(\t\"X\n\x08\x45ndpoint\x12\x16\n\x0e\x63ontainer_port\x18\x01 \x01(\r\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0f\n\x07host_ip\x18\x03 \x01(\t\x12\x11\n\thost_port\x18\x04 \x01(\r\"\xa3\x01\n\x08TaskSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\'\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1a.sonm.v1.TaskSpec.EnvEntry\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x91\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08miner_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.sonm.v1.TaskState\x12$\n\tendpoints\x18\x05 \x03(\x0b\x32\x11.sonm.v1.Endpoint\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x15\n\rupdated_at_ms\x18\n \x01(\x03\x12\x14\n\x0c\x63ontainer_id\x18\x0b \x01(\t\x12\x15\n\rhas_exit_code\x18\x0c \x01(\x08\"t\n\tResources\x12\x11\n\tcpu_cores\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\n\n\x02os\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x16\n\x0e\x64ocker_version\x18\x05 \x01(\t\x12\x0c\n\x04gpus\x18\x06 \x03(\t*~\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PULLING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\n\n\x06\x45XITED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x0b\n\x07STOPPED\x10\x06\x12\x08\n\x04LOST\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sonm/v1/common.proto\x12\x07sonm.v1\"\x07\n\x05\x45mpty\"\x1b\n\tPingReply\x12\x0e\n\x06status\x18\x01 \x01(\t\"X\n\x08\x45ndpoint\x12\x16\n\x0e\x63ontainer_port\x18\x01 \x01(\r\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0f\n\x07host_ip\x18\x03 \x01(\t\x12\x11\n\thost_port\x18\x04 \x01(\r\"\xb4\x01\n\x08TaskSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\'\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1a.sonm.v1.TaskSpec.EnvEntry\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07restart\x18\x06 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x91\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08miner_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.sonm.v1.TaskState\x12$\n\tendpoints\x18\x05 \x03(\x0b\x32\x11.sonm.v1.Endpoint\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x15\n\rupdated_at_ms\x18\n \x01(\x03\x12\x14\n\x0c\x63ontainer_id\x18\x0b \x01(\t\x12\x15\n\rhas_exit_code\x18\x0c \x01(\x08\"t\n\tResources\x12\x11\n\tcpu_cores\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\n\n\x02os\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x16\n\x0e\x64ocker_version\x18\x05 \x01(\t\x12\x0c\n\x04gpus\x18\x06 \x03(\t\"\x84\x01\n\x0cPullProgress\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\rcurrent_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x13\n\x0blayers_done\x18\x04 \x01(\r\x12\x14\n\x0clayers_total\x18\x05 \x01(\r\x12\x0e\n\x06status\x18\x06 \x01(\t\"u\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x11.sonm.v1.TaskInfo\x12\'\n\x08progress\x18\x03 \x01(\x0b\x32\x15.sonm.v1.PullProgress\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"\x80\x01\n\x0bLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04tail\x18\x03 \x01(\r\x12\x10\n\x08has_tail\x18\x04 \x01(\x08\x12\x10\n\x08since_ms\x18\x05 \x01(\x03\x12\x0e\n\x06stdout\x18\x06 \x01(\x08\x12\x0e\n\x06stderr\x18\x07 \x01(\x08\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x1c\n\x08MinerRef\x12\x10\n\x08miner_id\x18\x01 \x01(\t\"q\n\tTaskUsage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cmemory_limit\x18\x04 \x01(\x04\x12\x12\n\ncpus_limit\x18\x05 \x01(\x01\"\xaa\x02\n\x10MinerStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12%\n\tresources\x18\x03 \x01(\x0b\x32\x12.sonm.v1.Resources\x12\x16\n\x0e\x63pus_allocated\x18\x04 \x01(\x01\x12\x18\n\x10memory_allocated\x18\x05 \x01(\x04\x12!\n\x05usage\x18\x06 \x03(\x0b\x32\x12.sonm.v1.TaskUsage\x12 \n\x05tasks\x18\x07 \x03(\x0b\x32\x11.sonm.v1.TaskInfo\x12\x13\n\x0bremote_addr\x18\x08 \x01(\t\x12\x14\n\x0clast_seen_ms\x18\t \x01(\x03\x12\x14\n\x0c\x63pus_offered\x18\n \x01(\x01\x12\x16\n\x0ememory_offered\x18\x0b \x01(\x04*~\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PULLING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\n\n\x06\x45XITED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x0b\n\x07STOPPED\x10\x06\x12\x08\n\x04LOST\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKSPEC_ENVENTRY']._loaded_options = None
   _globals['_TASKSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=749
-  _globals['_TASKSTATE']._serialized_end=875
+  _globals['_TASKSTATE']._serialized_start=1623
+  _globals['_TASKSTATE']._serialized_end=1749
   _globals['_EMPTY']._serialized_start=33
   _globals['_EMPTY']._serialized_end=40
   _globals['_PINGREPLY']._serialized_start=42
@@ -42,13 +42,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT']._serialized_start=71
   _globals['_ENDPOINT']._serialized_end=159
   _globals['_TASKSPEC']._serialized_start=162
-  _globals['_TASKSPEC']._serialized_end=325
-  _globals['_TASKSPEC_ENVENTRY']._serialized_start=283
-  _globals['_TASKSPEC_ENVENTRY']._serialized_end=325
-  _globals['_TASKREF']._serialized_start=327
-  _globals['_TASKREF']._serialized_end=353
-  _globals['_TASKINFO']._serialized_start=356
-  _globals['_TASKINFO']._serialized_end=629
-  _globals['_RESOURCES']._serialized_start=631
-  _globals['_RESOURCES']._serialized_end=747
+  _globals['_TASKSPEC']._serialized_end=342
+  _globals['_TASKSPEC_ENVENTRY']._serialized_start=300
+  _globals['_TASKSPEC_ENVENTRY']._serialized_end=342
+  _globals['_TASKREF']._serialized_start=344
+  _globals['_TASKREF']._serialized_end=370
+  _globals['_TASKINFO']._serialized_start=373
+  _globals['_TASKINFO']._serialized_end=646
+  _globals['_RESOURCES']._serialized_start=648
+  _globals['_RESOURCES']._serialized_end=764
+  _globals['_PULLPROGRESS']._serialized_start=767
+  _globals['_PULLPROGRESS']._serialized_end=899
+  _globals['_TASKEVENT']._serialized_start=901
+  _globals['_TASKEVENT']._serialized_end=1018
+  _globals['_LOGSREQUEST']._serialized_start=1021
+  _globals['_LOGSREQUEST']._serialized_end=1149
+  _globals['_LOGCHUNK']._serialized_start=1151
+  _globals['_LOGCHUNK']._serialized_end=1175
+  _globals['_MINERREF']._serialized_start=1177
+  _globals['_MINERREF']._serialized_end=1205
+  _globals['_TASKUSAGE']._serialized_start=1207
+  _globals['_TASKUSAGE']._serialized_end=1320
+  _globals['_MINERSTATUSREPLY']._serialized_start=1323
+  _globals['_MINERSTATUSREPLY']._serialized_end=1621
 # @@protoc_insertion_point(module_scope)

@@ -49,7 +49,7 @@ class Endpoint(_message.Message):
     def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("image", "env", "command", "cpus", "memory_bytes")
+    __slots__ = ("image", "env", "command", "cpus", "memory_bytes", "restart")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,12 +62,14 @@ class TaskSpec(_message.Message):
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     image: str
     env: _containers.ScalarMap[str, str]
     command: _containers.RepeatedScalarFieldContainer[str]
     cpus: float
     memory_bytes: int
-    def __init__(self, image: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    restart: str
+    def __init__(self, image: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., restart: _Optional[str] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("task_id",)
@@ -118,3 +120,101 @@ class Resources(_message.Message):
     docker_version: str
     gpus: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., docker_version: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PullProgress(_message.Message):
+    __slots__ = ("image", "current_bytes", "total_bytes", "layers_done", "layers_total", "status")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    current_bytes: int
+    total_bytes: int
+    layers_done: int
+    layers_total: int
+    status: str
+    def __init__(self, image: _Optional[str] = ..., current_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+
+class TaskEvent(_message.Message):
+    __slots__ = ("task_id", "task", "progress", "at_ms")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    task: TaskInfo
+    progress: PullProgress
+    at_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[_Union[TaskInfo, _Mapping]] = ..., progress: _Optional[_Union[PullProgress, _Mapping]] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("task_id", "follow", "tail", "has_tail", "since_ms", "stdout", "stderr")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    HAS_TAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    follow: bool
+    tail: int
+    has_tail: bool
+    since_ms: int
+    stdout: bool
+    stderr: bool
+    def __init__(self, task_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_tail: _Optional[bool] = ..., since_ms: _Optional[int] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class MinerRef(_message.Message):
+    __slots__ = ("miner_id",)
+    MINER_ID_FIELD_NUMBER: _ClassVar[int]
+    miner_id: str
+    def __init__(self, miner_id: _Optional[str] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("task_id", "cpu_percent", "memory_bytes", "memory_limit", "cpus_limit")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CPUS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit: int
+    cpus_limit: float
+    def __init__(self, task_id: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_limit: _Optional[int] = ..., cpus_limit: _Optional[float] = ...) -> None: ...
+
+class MinerStatusReply(_message.Message):
+    __slots__ = ("node_id", "online", "resources", "cpus_allocated", "memory_allocated", "usage", "tasks", "remote_addr", "last_seen_ms", "cpus_offered", "memory_offered")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    CPUS_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    CPUS_OFFERED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OFFERED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    online: bool
+    resources: Resources
+    cpus_allocated: float
+    memory_allocated: int
+    usage: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    remote_addr: str
+    last_seen_ms: int
+    cpus_offered: float
+    memory_offered: int
+    def __init__(self, node_id: _Optional[str] = ..., online: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_allocated: _Optional[float] = ..., memory_allocated: _Optional[int] = ..., usage: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., remote_addr: _Optional[str] = ..., last_seen_ms: _Optional[int] = ..., cpus_offered: _Optional[float] = ..., memory_offered: _Optional[int] = ...) -> None: ...

@@ -65,12 +65,16 @@ class ListMinersReply(_message.Message):
     def __init__(self, miners: _Optional[_Mapping[str, TaskIds]] = ..., details: _Optional[_Iterable[_Union[MinerInfo, _Mapping]]] = ...) -> None: ...
 
 class StartTaskRequest(_message.Message):
-    __slots__ = ("miner_id", "spec")
+    __slots__ = ("miner_id", "spec", "detach", "task_id")
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     miner_id: str
     spec: _common_pb2.TaskSpec
-    def __init__(self, miner_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+    detach: bool
+    task_id: str
+    def __init__(self, miner_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., detach: _Optional[bool] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class StartTaskReply(_message.Message):
     __slots__ = ("task_id", "miner_id", "endpoints")

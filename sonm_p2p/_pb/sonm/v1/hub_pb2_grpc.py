@@ -71,6 +71,21 @@ class HubStub:
                 request_serializer=sonm_dot_v1_dot_hub__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=sonm_dot_v1_dot_hub__pb2.ListTasksReply.FromString,
                 _registered_method=True)
+        self.WatchTask = channel.unary_stream(
+                '/sonm.v1.Hub/WatchTask',
+                request_serializer=sonm_dot_v1_dot_common__pb2.TaskRef.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.TaskEvent.FromString,
+                _registered_method=True)
+        self.TaskLogs = channel.unary_stream(
+                '/sonm.v1.Hub/TaskLogs',
+                request_serializer=sonm_dot_v1_dot_common__pb2.LogsRequest.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.MinerStatus = channel.unary_unary(
+                '/sonm.v1.Hub/MinerStatus',
+                request_serializer=sonm_dot_v1_dot_common__pb2.MinerRef.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
@@ -119,6 +134,25 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTask(self, request, context):
+        """The task now, then every change and pull progress; ends when the task is final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TaskLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MinerStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +190,21 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=sonm_dot_v1_dot_hub__pb2.ListTasksRequest.FromString,
                     response_serializer=sonm_dot_v1_dot_hub__pb2.ListTasksReply.SerializeToString,
+            ),
+            'WatchTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTask,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.TaskRef.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.TaskEvent.SerializeToString,
+            ),
+            'TaskLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.TaskLogs,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.LogsRequest.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.LogChunk.SerializeToString,
+            ),
+            'MinerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.MinerStatus,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.MinerRef.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +397,87 @@ class Hub:
             '/sonm.v1.Hub/ListTasks',
             sonm_dot_v1_dot_hub__pb2.ListTasksRequest.SerializeToString,
             sonm_dot_v1_dot_hub__pb2.ListTasksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sonm.v1.Hub/WatchTask',
+            sonm_dot_v1_dot_common__pb2.TaskRef.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sonm.v1.Hub/TaskLogs',
+            sonm_dot_v1_dot_common__pb2.LogsRequest.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MinerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sonm.v1.Hub/MinerStatus',
+            sonm_dot_v1_dot_common__pb2.MinerRef.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

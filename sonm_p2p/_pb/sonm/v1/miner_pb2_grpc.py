@@ -61,6 +61,21 @@ class MinerStub:
                 request_serializer=sonm_dot_v1_dot_common__pb2.TaskRef.SerializeToString,
                 response_deserializer=sonm_dot_v1_dot_common__pb2.TaskInfo.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/sonm.v1.Miner/WatchTasks',
+                request_serializer=sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.TaskEvent.FromString,
+                _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/sonm.v1.Miner/Logs',
+                request_serializer=sonm_dot_v1_dot_common__pb2.LogsRequest.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/sonm.v1.Miner/Status',
+                request_serializer=sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
+                _registered_method=True)
 
 
 class MinerServicer:
@@ -97,6 +112,25 @@ class MinerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """State changes (Docker events) and pull progress of every task, until the call ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MinerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +158,21 @@ def add_MinerServicer_to_server(servicer, server):
                     servicer.TaskStatus,
                     request_deserializer=sonm_dot_v1_dot_common__pb2.TaskRef.FromString,
                     response_serializer=sonm_dot_v1_dot_common__pb2.TaskInfo.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.TaskEvent.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.LogsRequest.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.LogChunk.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +311,87 @@ class Miner:
             '/sonm.v1.Miner/TaskStatus',
             sonm_dot_v1_dot_common__pb2.TaskRef.SerializeToString,
             sonm_dot_v1_dot_common__pb2.TaskInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sonm.v1.Miner/WatchTasks',
+            sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sonm.v1.Miner/Logs',
+            sonm_dot_v1_dot_common__pb2.LogsRequest.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sonm.v1.Miner/Status',
+            sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

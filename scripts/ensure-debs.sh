@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the tests and test images use; installed only when missing (root only).
+set -euo pipefail
+need=()
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)
+bb=$(ldd /bin/busybox 2>&1 || true)
+[[ "$bb" == *"not a dynamic"* ]] || need+=(busybox-static)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "ensure-debs: missing ${need[*]} and not root: install them, or run as root" >&2
+    exit 1
+fi
+echo "ensure-debs: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,126 @@
+"""Signed client requests: who is calling, proven by their key (pure; time passed in).
+
+A client signs ``method``, a timestamp, a nonce and the SHA-256 of the request's deterministic
+serialization with its node key (an Ethereum personal-message signature) and sends them as gRPC
+metadata. The hub recovers the signer's node ID from the signature, refuses stale or future
+timestamps and replayed nonces, and uses the node ID as the task's owner: only the owner (or the
+hub's operator, who holds the hub's key) may stop a task or read its output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from sonm_p2p.errors import PermissionDenied, Unauthenticated
+from sonm_p2p.identity import Identity
+
+__all__ = [
+    "HEADER_ID",
+    "HEADER_NONCE",
+    "HEADER_SIG",
+    "HEADER_TS",
+    "RequestVerifier",
+    "check_owner",
+    "sign_request",
+]
+
+HEADER_ID = "sonm-client-id"
+HEADER_TS = "sonm-ts"
+HEADER_NONCE = "sonm-nonce"
+HEADER_SIG = "sonm-sig"
+
+
+def _message(method: str, ts_ms: int, nonce: str, payload: bytes) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    return f"sonm-request/1\n{method}\n{ts_ms}\n{nonce}\n{digest}".encode()
+
+
+def sign_request(
+    identity: Identity, method: str, payload: bytes, now: float, nonce: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata proving ``identity`` sent ``payload`` to ``method`` at ``now``."""
+    ts_ms = int(now * 1000)
+    nonce = nonce or secrets.token_hex(12)
+    sig = identity.sign(_message(method, ts_ms, nonce, payload))
+    return (
+        (HEADER_ID, identity.node_id),
+        (HEADER_TS, str(ts_ms)),
+        (HEADER_NONCE, nonce),
+        (HEADER_SIG, sig.hex()),
+    )
+
+
+class RequestVerifier:
+    """Checks signed requests; remembers nonces for twice ``max_skew`` to refuse replays.
+
+    max_skew: seconds a request's timestamp may differ from the hub's clock; defaults to 60.
+    max_nonces: nonces remembered at most (the oldest go first); defaults to 100 000.
+    """
+
+    def __init__(self, *, max_skew: float = 60.0, max_nonces: int = 100_000) -> None:
+        self.max_skew = max_skew
+        self.max_nonces = max_nonces
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<RequestVerifier skew={self.max_skew:g}s nonces={len(self._seen)}>"
+
+    def verify(self, method: str, payload: bytes, headers: Mapping[str, str], now: float) -> str:
+        """The node ID that signed this request. Raises Unauthenticated when it is unsigned,
+        badly signed, stale, from the future, or a replay."""
+        try:
+            claimed = headers[HEADER_ID]
+            ts_ms = int(headers[HEADER_TS])
+            nonce = headers[HEADER_NONCE]
+            sig = bytes.fromhex(headers[HEADER_SIG])
+        except (KeyError, ValueError):
+            raise Unauthenticated(
+                f"{method} must be signed by the caller's key (sonmcli does this)"
+            ) from None
+        if not 8 <= len(nonce) <= 64:
+            raise Unauthenticated("bad request nonce")
+        if abs(now - ts_ms / 1000) > self.max_skew:
+            raise Unauthenticated(
+                f"request time is {ts_ms / 1000 - now:+.0f}s off the hub's clock "
+                f"(more than {self.max_skew:g}s): check the clock"
+            )
+        try:
+            signer = Account.recover_message(
+                encode_defunct(_message(method, ts_ms, nonce, payload)), signature=sig
+            )
+        except Exception:
+            raise Unauthenticated("request signature is malformed") from None
+        if signer.lower() != claimed.lower():
+            raise Unauthenticated("request signature does not match the claimed client ID")
+        key = f"{signer}:{nonce}"
+        with self._lock:
+            self._forget(now)
+            if key in self._seen:
+                raise Unauthenticated("replayed request refused")
+            self._seen[key] = now
+            if len(self._seen) > self.max_nonces:
+                self._seen.popitem(last=False)
+        return signer
+
+    def _forget(self, now: float) -> None:
+        horizon = now - 2 * self.max_skew
+        while self._seen:
+            key, seen_at = next(iter(self._seen.items()))
+            if seen_at >= horizon:
+                break
+            del self._seen[key]
+
+
+def check_owner(caller: str, owner: str, operator: str, what: str) -> None:
+    """Raise PermissionDenied unless ``caller`` owns the task or is the hub's operator."""
+    if caller.lower() in (owner.lower(), operator.lower()):
+        return
+    raise PermissionDenied(f"only the task's owner ({owner}) may {what}")

@@ -1,0 +1,426 @@
+"""Hub discovery over GossipSub: the I/O around the validator and the directory.
+
+:class:`HubGossip` runs inside a :class:`~sonm_p2p.transport.node.P2PNode` as one of its
+services: GossipSub v1.1 (1 s heartbeat) and Pubsub on the node's trio thread, subscribed to
+``/sonm/hubs/1`` with the topic validator; verified announcements land in a
+:class:`HubDirectory`. It keeps the node connected to its bootstrap peers (retrying, so a node
+may start before them), finds hubs on the LAN with mDNS when asked, and, on a hub, publishes the
+hub's announcement every few seconds and once at start. Every public method is thread-safe.
+
+Once a node has one overlay connection, GossipSub's mesh forwarding brings it every hub's
+announcements, however far away (a chain A-B-C-D works): nobody needs to dial the hubs it learns.
+
+py-libp2p 0.8.1 settings that matter here (measured, unless said otherwise):
+
+* ``heartbeat_interval`` defaults to 120 s: the mesh would take minutes to form; we use 1 s;
+* ``adaptive_gossip_enabled`` (default on) rewrites ``heartbeat_interval`` to 30-60 s whenever
+  its "network health" score is below 0.7, which a small mesh (fewer peers than the target
+  degree 6) always is: in a 3-node chain the heartbeat went from 1 s to 30 s at the first health
+  update, 30 s after start (health 0.27-0.33); we turn it off;
+* ``spam_protection_enabled`` (default on; read in the source, not measured) stops forwarding
+  more than 10 messages/s per neighbour and topic, which caps the overlay at ~30 hubs
+  announcing every 3 s; our validator rate-limits instead;
+* GossipSub v1.2 (``/meshsub/1.2.0``) makes a publisher send an IDONTWANT for its own message
+  to each mesh peer along with the message: two RPCs per publish in a per-peer outbound queue of
+  32, so a burst of 60 publishes lost 20 at the sender (none over v1.1). Our messages are
+  smaller than the IDONTWANTs would save; we speak v1.1 only;
+* ``Pubsub`` starts a cleanup thread for its seen-messages cache in its constructor and never
+  stops it (it sleeps 60 s at a time); we stop it when the service ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
+from sonm_p2p.discovery.directory import HubDirectory, HubEntry
+from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer, local_ips
+from sonm_p2p.discovery.validator import AnnouncementValidator, ValidatorOptions
+from sonm_p2p.errors import SonmError, Timeout
+from sonm_p2p.identity import Identity
+from sonm_p2p.transport import addrs as _addrs
+from sonm_p2p.transport.node import P2PNode
+
+__all__ = ["GossipOptions", "HubGossip", "expand_addrs", "hub_announcer"]
+
+log = logging.getLogger(__name__)
+
+Announcer = Callable[[], HubAnnouncement]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipOptions:
+    """How a node takes part in hub discovery.
+
+    bootstrap: peers to stay connected to: multiaddrs with ``/p2p/<peer id>``, or ``host:port``
+        / multiaddrs without it (the peer ID is then learned by a Noise handshake). Defaults to
+        none. Checked when the HubGossip is created (ConfigError on a bad one).
+    mdns: browse the LAN for hubs with mDNS (and advertise, on a hub); defaults to False.
+    mdns_namespace: nodes only see hubs of their namespace; 1-9 of ``a-z0-9-``; defaults to
+        "hub". Tests pass a random one so that parallel tests do not see each other.
+    announce_interval: seconds between a hub's announcements; defaults to 3.
+    heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
+    redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
+        (attempts start at 0.25 s apart and double).
+    validator: limits of the topic validator; see ValidatorOptions.
+    """
+
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = False
+    mdns_namespace: str = DEFAULT_NAMESPACE
+    announce_interval: float = 3.0
+    heartbeat_interval: float = 1.0
+    redial_interval: float = 5.0
+    validator: ValidatorOptions = field(default_factory=ValidatorOptions)
+
+
+class HubGossip:
+    """Hub discovery on one node. Create it before ``node.start()``; it adds itself as a service.
+
+    announce: on a hub, a callable returning the hub's current signed announcement (see
+        :func:`hub_announcer`); it is called in a worker thread every ``announce_interval``
+        and the result published. Nodes that announce also advertise on mDNS.
+
+    The service stops when the node closes; nothing is left running (threads included).
+    """
+
+    def __init__(
+        self,
+        node: P2PNode,
+        options: GossipOptions | None = None,
+        *,
+        announce: Announcer | None = None,
+    ) -> None:
+        self.node = node
+        self.options = options or GossipOptions()
+        self._announce = announce
+        self._targets = [_addrs.parse_target(t) for t in self.options.bootstrap]
+        self._lock = threading.Condition()
+        self._directory = HubDirectory()
+        self._validator = AnnouncementValidator(self.options.validator)
+        self._published = 0
+        self._pubsub: Any = None
+        self._router: Any = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._lan_send: trio.MemorySendChannel[LanPeer] | None = None
+        self._dialling: set[str] = set()
+        self._self_id = ""
+        node.add_service(self.serve)
+
+    # -- thread-safe API -----------------------------------------------------------------------
+
+    def publish(self, announcement: HubAnnouncement | bytes) -> None:
+        """Publish one announcement now (from any thread but the node's).
+
+        Raises SonmError when the node is not running.
+        """
+        data = announcement.encode() if isinstance(announcement, HubAnnouncement) else announcement
+        if self._pubsub is None:
+            raise SonmError("hub gossip is not running")
+        self.node.run(self._publish, data)
+
+    def hubs(self) -> list[HubEntry]:
+        """Live hubs, by node ID (on a hub, itself included)."""
+        with self._lock:
+            return self._directory.live(time.time())
+
+    def directory(self) -> HubDirectory:
+        """A copy of the directory (pure: query it with your own ``now``)."""
+        with self._lock:
+            return self._directory.copy()
+
+    def choose(
+        self, *, allow: set[str] | None = None, exclude: tuple[str, ...] | set[str] = ()
+    ) -> HubEntry | None:
+        """The hub to use now, by :meth:`HubDirectory.choose`'s policy, or None."""
+        with self._lock:
+            return self._directory.choose(time.time(), allow=allow, exclude=exclude)
+
+    def record_latency(self, node_id: str, seconds: float) -> None:
+        """Tell the choice policy how long a round trip to hub ``node_id`` took."""
+        with self._lock:
+            self._directory.record_latency(node_id, seconds)
+
+    def wait_for_hubs(self, count: int = 1, timeout: float = 10.0) -> list[HubEntry]:
+        """Block until at least ``count`` hubs are live; return them. Raises Timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                live = self._directory.live(time.time())
+                if len(live) >= count:
+                    return live
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"found {len(live)} of {count} hubs within {timeout:g}s")
+                self._lock.wait(min(left, 1.0))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``sonmcli``/metrics: ``accepted``, ``dropped`` (reason -> count, every
+        reason present), ``published``, ``hubs`` (live), ``peers`` (pubsub peers) and ``mesh``
+        (peers in this node's mesh for the topic)."""
+        with self._lock:
+            out = {
+                "accepted": self._validator.accepted,
+                "dropped": dict(self._validator.drops),
+                "published": self._published,
+                "hubs": len(self._directory.live(time.time())),
+            }
+        pubsub, router = self._pubsub, self._router
+        out["peers"] = len(pubsub.peers) if pubsub is not None else 0
+        out["mesh"] = len(router.mesh.get(TOPIC, ())) if router is not None else 0
+        return out
+
+    def __repr__(self) -> str:
+        state = "running" if self._pubsub is not None else "stopped"
+        with self._lock:
+            return f"<HubGossip {state} {self._directory!r} {self._validator!r}>"
+
+    # -- the service ---------------------------------------------------------------------------
+
+    async def serve(self, host: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run discovery on ``host`` until cancelled (P2PNode calls this; see add_service)."""
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+        from libp2p.pubsub.pubsub import Pubsub
+        from libp2p.tools.anyio_service import background_trio_service
+
+        o = self.options
+        router = GossipSub(
+            protocols=[PROTOCOL_ID_V11],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=o.heartbeat_interval,  # type: ignore[arg-type]  # float works
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+        )
+        self._self_id = host.get_id().to_base58()
+        pubsub = Pubsub(host, router, allowed_topics={TOPIC})
+        try:
+            async with background_trio_service(pubsub), background_trio_service(router):
+                await pubsub.wait_until_ready()
+                pubsub.set_topic_validator(TOPIC, self._validate, False)
+                subscription = await pubsub.subscribe(TOPIC)
+                lan_send, lan_recv = trio.open_memory_channel[LanPeer](64)
+                async with trio.open_nursery() as nursery:
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._lan_send = lan_send
+                    self._pubsub, self._router = pubsub, router
+                    nursery.start_soon(self._read, subscription)
+                    nursery.start_soon(self._expire)
+                    for maddr, peer_id in self._targets:
+                        nursery.start_soon(self._keep_connected, maddr, peer_id)
+                    if o.mdns:
+                        nursery.start_soon(self._run_mdns, host, lan_recv, nursery)
+                    if self._announce is not None:
+                        nursery.start_soon(self._announce_forever)
+                    task_status.started()
+        finally:
+            self._pubsub = self._router = self._lan_send = None
+            # Pubsub never stops its seen-cache thread itself; it would outlive the node.
+            pubsub.seen_messages.stop()
+
+    async def _publish(self, data: bytes) -> None:
+        await self._pubsub.publish(TOPIC, data)
+        with self._lock:
+            self._published += 1
+
+    def _validate(self, forwarder: Any, msg: Any) -> bool:
+        # Runs on the trio thread for every new message, ours included: must not raise or block.
+        try:
+            from libp2p.peer.id import ID
+
+            fwd = forwarder.to_base58()
+            origin = ID(msg.from_id).to_base58()
+            with self._lock:
+                verdict = self._validator.check(
+                    msg.data,
+                    now=time.time(),
+                    origin="" if origin == self._self_id else origin,
+                    forwarder="" if fwd == self._self_id else fwd,
+                )
+            return bool(verdict)
+        except Exception:
+            log.exception("hub announcement validator failed; message dropped")
+            return False
+
+    async def _read(self, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                ann = HubAnnouncement.decode(msg.data)
+            except Exception:  # validated already; cannot happen, must not kill the reader
+                continue
+            with self._lock:
+                if self._directory.update(ann, time.time()):
+                    self._lock.notify_all()
+
+    async def _expire(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            with self._lock:
+                gone = self._directory.expire(time.time())
+            if gone:
+                log.info("hubs expired: %s", ", ".join(gone))
+
+    async def _announce_forever(self) -> None:
+        assert self._announce is not None
+        while True:
+            try:
+                ann = await trio.to_thread.run_sync(self._announce)
+                await self._publish(ann.encode())
+            except Exception:
+                log.exception("cannot publish the hub announcement")
+            await trio.sleep(self.options.announce_interval)
+
+    # -- staying connected ---------------------------------------------------------------------
+
+    async def _keep_connected(self, maddr: str, peer_id: str | None) -> None:
+        """Connect to a bootstrap peer, and again whenever the connection is lost."""
+        import multiaddr
+
+        node = self.node
+        delay = 0.25
+        learned = peer_id
+        while True:
+            if learned is not None and node.is_connected(learned):
+                await trio.sleep(1.0)
+                continue
+            try:
+                if learned is None:
+                    with trio.fail_after(node.options.dial_timeout):
+                        learned = await node._probe_peer_id(multiaddr.Multiaddr(maddr))
+                if learned == self._self_id:
+                    log.debug("bootstrap %s is this node", maddr)
+                    return
+                await node._connect(maddr, learned)
+                log.debug("connected to bootstrap %s", maddr)
+                delay = 0.25
+                await trio.sleep(1.0)
+                continue
+            except Exception as exc:  # DialError, Timeout, and whatever a half-open peer throws
+                log.debug("bootstrap %s: %s (retry in %.2gs)", maddr, exc, delay)
+                if peer_id is None:
+                    learned = None  # host:port may now be someone else: probe again
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.options.redial_interval)
+
+    async def _run_mdns(
+        self, host: Any, lan_recv: trio.MemoryReceiveChannel[LanPeer], nursery: trio.Nursery
+    ) -> None:
+        advertise = None
+        if self._announce is not None:
+            advertise = [str(a) for a in host.get_addrs()]
+        lan = LanDiscovery(
+            peer_id=self._self_id,
+            on_found=self._lan_found,
+            advertise=advertise,
+            namespace=self.options.mdns_namespace,
+        )
+        try:
+            try:
+                await trio.to_thread.run_sync(lan.start)
+            except Exception as exc:
+                log.warning("mDNS unavailable, LAN discovery off: %s", exc)
+                return
+            async for peer in lan_recv:
+                if peer.peer_id not in self._dialling and not self.node.is_connected(peer.peer_id):
+                    self._dialling.add(peer.peer_id)
+                    nursery.start_soon(self._dial_lan_peer, peer)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lan.close)
+
+    def _lan_found(self, peer: LanPeer) -> None:
+        # zeroconf's thread: hand the peer over to the trio thread, never block.
+        token = self._token
+
+        def deliver() -> None:
+            send = self._lan_send
+            if send is not None:
+                try:
+                    send.send_nowait(peer)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+        if token is not None:
+            try:
+                token.run_sync_soon(deliver)
+            except trio.RunFinishedError:
+                pass
+
+    async def _dial_lan_peer(self, peer: LanPeer) -> None:
+        try:
+            for maddr in peer.multiaddrs:
+                try:
+                    await self.node._connect(maddr, peer.peer_id)
+                    log.info("connected to LAN hub %s at %s", peer.peer_id, maddr)
+                    return
+                except Exception as exc:
+                    log.debug("LAN hub %s at %s: %s", peer.peer_id, maddr, exc)
+        finally:
+            self._dialling.discard(peer.peer_id)
+
+
+def hub_announcer(
+    identity: Identity,
+    node: P2PNode,
+    *,
+    grpc_endpoint: str,
+    version: str = "",
+    load: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    multiaddrs: Callable[[], list[str]] | None = None,
+    ttl: float = DEFAULT_TTL,
+) -> Announcer:
+    """A callable for HubGossip's ``announce`` that signs the hub's current announcement.
+
+    load: returns (miners online, max miners or 0); called at each announcement.
+    multiaddrs: returns the overlay addresses to announce; defaults to the node's listen
+        addresses, with an unspecified host (0.0.0.0 / ::) replaced by each interface address.
+    Issue times strictly increase, even if the clock steps back, so receivers never take a new
+    announcement for a replay.
+    """
+    last_ms = 0
+
+    def build() -> HubAnnouncement:
+        nonlocal last_ms
+        now_ms = max(int(time.time() * 1000), last_ms + 1)
+        last_ms = now_ms
+        miners, max_miners = load()
+        addrs = multiaddrs() if multiaddrs is not None else expand_addrs(node.addrs)
+        return HubAnnouncement.create(
+            identity,
+            peer_id=node.peer_id,
+            now=now_ms / 1000,
+            multiaddrs=addrs,
+            grpc_endpoint=grpc_endpoint,
+            version=version,
+            miners_online=miners,
+            max_miners=max_miners,
+            ttl=ttl,
+        )
+
+    return build
+
+
+def expand_addrs(addrs: list[str]) -> list[str]:
+    """Multiaddrs with an unspecified host (0.0.0.0, ::) replaced by each of this machine's
+    interface addresses; loopback only when there is nothing else (others cannot dial it)."""
+    ips = local_ips() or local_ips(loopback=True)
+    out: list[str] = []
+    for addr in addrs:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[2] in ("0.0.0.0", "::"):
+            version = "ip4" if parts[2] == "0.0.0.0" else "ip6"
+            for ip in ips:
+                if ("." in ip) == (version == "ip4"):
+                    out.append("/".join([*parts[:1], version, ip, *parts[3:]]))
+        else:
+            out.append(addr)
+    return out

@@ -1,0 +1,569 @@
+""":class:`DockerRuntime`: the :class:`~sonm_p2p.miner.runtime.ContainerRuntime` on a Docker engine.
+
+The class only makes the calls; the engine's payloads (container inspection, pull messages,
+stats) are decoded by pure helpers in :mod:`sonm_p2p.miner.runtime`, tested without an engine.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from sonm_p2p.errors import (
+    ImageNotFound,
+    ImageNotRunnable,
+    InvalidRequest,
+    Refused,
+    RuntimeFailure,
+    SonmError,
+    TaskNotFound,
+    Timeout,
+)
+from sonm_p2p.miner.runtime import (
+    _NO_COMMAND,
+    TASK_LABEL,
+    WATCH_ACTIONS,
+    ContainerState,
+    LogStream,
+    PullProgress,
+    RunSpec,
+    RuntimeInfo,
+    TaskUsage,
+    _check_log_query,
+    _check_run,
+    _check_tail,
+    _cpu_percent,
+    _docker_state,
+    _host_limits,
+    _memory_used,
+    _parse_time,
+    _pull_failure,
+    _PullTally,
+    _restart_policy,
+    _split_image,
+    _task_labels,
+)
+
+__all__ = ["DockerRuntime"]
+
+log = logging.getLogger(__name__)
+
+#: The event watcher retries a broken engine connection after this, doubling up to the maximum.
+_WATCH_BACKOFF = (0.1, 2.0)
+#: How long unwatching waits for the watcher thread (blocked in a connect to a hung engine).
+_WATCH_JOIN = 5.0
+
+
+@contextmanager
+def _engine_errors(what: str, *, task_id: str | None = None) -> Iterator[None]:
+    """Turn whatever the docker SDK raises into a :class:`SonmError` saying ``what`` failed;
+    a missing container is ``TaskNotFound`` if ``task_id`` is given."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        if task_id is None:
+            raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
+        raise TaskNotFound(f"{what}: task {task_id} is gone") from exc
+    except docker.errors.APIError as exc:
+        raise RuntimeFailure(f"{what}: docker engine error: {_explain(exc)}") from exc
+    except docker.errors.DockerException as exc:
+        raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
+    except requests.exceptions.Timeout as exc:
+        raise Timeout(f"{what}: the docker engine did not answer in time") from exc
+    except requests.exceptions.RequestException as exc:
+        raise RuntimeFailure(f"{what}: docker engine unreachable: {exc}") from exc
+
+
+class DockerRuntime:
+    """:class:`~sonm_p2p.miner.runtime.ContainerRuntime` on a Docker engine.
+
+    Args:
+        publish_ip: host address EXPOSEd ports are published on; defaults to all interfaces.
+        labels: fixed labels put on every container this runtime creates; they also scope
+            :meth:`list`, :meth:`watch` and every lookup by task ID. Defaults to none (then every
+            ``sonm.task`` container on the engine is this runtime's).
+        pids_limit: most processes a container may hold; defaults to 1024.
+        client: the engine to use; defaults to ``docker.from_env()``.
+
+    Raises:
+        RuntimeFailure: no ``client`` given and no engine answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        publish_ip: str = "0.0.0.0",
+        labels: Mapping[str, str] | None = None,
+        pids_limit: int = 1024,
+        client: docker.DockerClient | None = None,
+    ) -> None:
+        if client is None:
+            with _engine_errors("connecting to the docker engine"):
+                client = docker.from_env()
+        self._client = client
+        self.publish_ip = publish_ip
+        self.labels: Mapping[str, str] = dict(labels or {})
+        self.pids_limit = pids_limit
+
+    def __repr__(self) -> str:
+        labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
+        url = self._client.api.base_url
+        return f"<DockerRuntime {url} publish_ip={self.publish_ip} labels={{{labels}}}>"
+
+    def info(self) -> RuntimeInfo:
+        """The engine's cores, memory, OS/arch and version."""
+        with _engine_errors("reading docker engine info"):
+            info = self._client.api.info()
+            version = self._client.api.version()
+        return RuntimeInfo(
+            cpu_cores=int(info.get("NCPU", 0)),
+            memory_bytes=int(info.get("MemTotal", 0)),
+            os=str(version.get("Os") or info.get("OSType", "")),
+            arch=str(version.get("Arch") or info.get("Architecture", "")),
+            version=f"docker {version.get('Version') or info.get('ServerVersion', '?')}",
+        )
+
+    def ensure_image(
+        self,
+        image: str,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[PullProgress], None] | None = None,
+    ) -> None:
+        """Make ``image`` present locally: use it if it is, else pull it (tag ``latest`` if none).
+
+        The pull runs in a daemon thread; on timeout this raises at once and abandons the pull:
+        the thread stops at the engine's next message (it never delays process exit), and the
+        engine may still finish the download in the background.
+
+        ``progress``, if given, is called from the pull thread with the progress summed over the
+        layers (see :class:`~sonm_p2p.miner.runtime.PullProgress`), at most every 0.1 s, then
+        once more when the pull succeeded, with ``layers_done == layers_total``. It is not
+        called when the image is local already, nor after this method raised (but for one call
+        that may race with a Timeout). An exception it raises aborts the pull and is raised
+        here.
+
+        Raises:
+            ImageNotFound: the repository or tag does not exist, pull access is denied, or the
+                registry is unreachable; the message says which.
+            InvalidRequest: ``image`` is not a valid reference.
+            Timeout: the pull took longer than ``timeout`` seconds (None: wait as long as it takes).
+        """
+        repo, tag = _split_image(image)
+        if self._image_config(image) is not None:
+            return  # Docker resolves a missing tag to "latest" too
+        abandoned = threading.Event()
+        failure: builtins.list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                self._pull(image, repo, tag, abandoned, progress)
+            except Exception as exc:  # handed to the waiting caller
+                failure.append(exc)
+
+        thread = threading.Thread(target=pull, name=f"sonm-pull {image}", daemon=True)
+        thread.start()
+        thread.join(None if timeout is None else max(timeout, 0.0))
+        if thread.is_alive():
+            abandoned.set()
+            raise Timeout(f"pulling {image} took longer than {timeout:g} s; abandoned")
+        if failure:
+            raise failure[0]
+
+    def _pull(
+        self,
+        image: str,
+        repo: str,
+        tag: str,
+        abandoned: threading.Event,
+        progress: Callable[[PullProgress], None] | None,
+    ) -> None:
+        tally = _PullTally(image)
+        with _engine_errors(f"pulling {image}"):
+            try:
+                stream = self._client.api.pull(repo, tag=tag, stream=True, decode=True)
+                try:
+                    for message in stream:
+                        if abandoned.is_set():
+                            return
+                        if not isinstance(message, dict):
+                            continue
+                        if message.get("error"):
+                            raise _pull_failure(image, str(message["error"]))
+                        update = tally.feed(message, time.monotonic())
+                        if update is not None and progress is not None:
+                            progress(update)
+                finally:
+                    stream.close()
+            except docker.errors.APIError as exc:
+                raise _pull_failure(image, _explain(exc)) from exc
+        if progress is not None and not abandoned.is_set():
+            progress(tally.final())
+
+    def _image_config(self, image: str) -> dict[str, Any] | None:
+        """The local image's ``Config``, or None if the image is not present."""
+        with _engine_errors(f"inspecting image {image}"):
+            try:
+                attrs = self._client.api.inspect_image(image)
+            except docker.errors.NotFound:
+                return None
+            except docker.errors.APIError as exc:
+                # The engine answers 400/500 for malformed references.
+                if "invalid reference format" in _explain(exc):
+                    raise InvalidRequest(f"invalid image reference {image!r}") from exc
+                raise
+        return attrs.get("Config") or {}
+
+    def run(self, task_id: str, spec: RunSpec, *, labels: Mapping[str, str]) -> ContainerState:
+        """Create and start the task's container ``sonm-<task_id>``; return its running state.
+
+        The image must already be present (call :meth:`ensure_image` first). Every EXPOSEd port
+        (tcp and udp) is published on ``publish_ip`` at a random host port; the returned state
+        carries the real ports. Limits: ``spec.cpus``, ``spec.memory_bytes``, ``pids_limit``;
+        ``spec.restart`` becomes the container's restart policy. Labels: ``labels``, then this
+        runtime's fixed labels and ``sonm.task=<task_id>`` on top. If starting fails the
+        container is removed before raising.
+
+        Raises:
+            InvalidRequest: a task ID unusable in a container name, negative limits, or a
+                malformed restart policy.
+            ImageNotFound: the image is not present locally.
+            ImageNotRunnable: the image has neither ENTRYPOINT nor CMD and ``spec.command`` is
+                empty, or its command cannot be executed.
+            Refused: a container for this task ID already exists.
+        """
+        _check_run(task_id, spec)
+        config = self._image_config(spec.image)
+        if config is None:
+            raise ImageNotFound(f"image {spec.image} is not present locally (ensure_image first)")
+        if not spec.command and not config.get("Entrypoint") and not config.get("Cmd"):
+            raise ImageNotRunnable(_NO_COMMAND.format(spec.image))
+        ports = {key: (self.publish_ip,) for key in config.get("ExposedPorts") or {}}
+        name = f"sonm-{task_id}"
+        with _engine_errors(f"creating container {name}"):
+            try:
+                container = self._client.containers.create(
+                    spec.image,
+                    command=list(spec.command) or None,
+                    name=name,
+                    environment=dict(spec.env),
+                    labels=_task_labels(labels, self.labels, task_id),
+                    ports=ports,
+                    nano_cpus=int(spec.cpus * 1e9) or None,
+                    mem_limit=spec.memory_bytes or None,
+                    pids_limit=self.pids_limit,
+                    restart_policy=_restart_policy(spec.restart),
+                )
+            except docker.errors.ImageNotFound as exc:
+                raise ImageNotFound(f"image {spec.image} is not present locally") from exc
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise Refused(f"task {task_id}: {_explain(exc)}") from exc
+                raise
+        try:
+            with _engine_errors(f"starting container {name}"):
+                container.start()
+                container.reload()
+        except BaseException as exc:
+            with suppress(SonmError):  # best effort: already raising
+                self._remove_container(container)
+            why = _explain(exc.__cause__) if isinstance(exc, RuntimeFailure) else ""
+            if "exec" in why:  # 'exec: "x": executable file not found', 'exec format error'
+                raise ImageNotRunnable(
+                    f"image {spec.image}: cannot run its command: {why}"
+                ) from exc
+            raise
+        return _docker_state(container.attrs)
+
+    def stop(self, task_id: str, *, grace: float = 10.0, remove: bool = True) -> ContainerState:
+        """Stop the task (SIGTERM, SIGKILL after ``grace`` seconds) and return its final state
+        (with the exit code); its restart policy no longer applies.
+
+        With ``remove`` (the default) the container is removed too and its logs are gone: read
+        them first. With ``remove=False`` the stopped container stays, so :meth:`logs` and
+        :meth:`status` still work, until :meth:`remove`.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+        """
+        container = self._find(task_id)
+        with _engine_errors("stopping", task_id=task_id):
+            container.stop(timeout=max(0, math.ceil(grace)))
+            container.reload()
+        if remove:
+            self._remove_container(container)
+        return _docker_state(container.attrs)
+
+    def remove(self, task_id: str) -> None:
+        """Force-remove the task's container (killing it if running); no error if there is none."""
+        for container in self._containers(task_id):
+            self._remove_container(container)
+
+    def _remove_container(self, container: Any) -> None:
+        with _engine_errors(f"removing container {container.name}"):
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or "in progress" not in _explain(exc):
+                    raise
+
+    def status(self, task_id: str) -> ContainerState:
+        """The task's current state.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+        """
+        return _docker_state(self._find(task_id).attrs)
+
+    def list(self) -> builtins.list[ContainerState]:
+        """Every container carrying this runtime's labels (running or not), by task ID."""
+        states = [_docker_state(c.attrs) for c in self._containers(None)]
+        return sorted(states, key=lambda s: s.task_id)
+
+    def logs(self, task_id: str, *, tail: int | None = None) -> bytes:
+        """The task's stdout and stderr, interleaved; only the last ``tail`` lines if given.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+            InvalidRequest: a negative ``tail``.
+        """
+        _check_tail(tail)
+        container = self._find(task_id)
+        with _engine_errors("reading logs", task_id=task_id):
+            out = container.logs(stdout=True, stderr=True, tail="all" if tail is None else tail)
+        return bytes(out)
+
+    def stream_logs(
+        self,
+        task_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogStream:
+        """The task's output as it comes, in chunks (stdout and stderr interleaved).
+
+        Args:
+            follow: keep streaming new output; the stream ends when the container stops.
+                Without it the stream ends after the output written so far.
+            tail: start with only the last ``tail`` lines of the output so far.
+            since: only output written at or after this unix time.
+            stdout, stderr: which of the two to include.
+
+        The stream holds a connection to the engine until it ends or is closed: close it (from
+        any thread, e.g. when the reader went away; a blocked ``next()`` then ends promptly) or
+        use it as a context manager. Iterating raises RuntimeFailure if the engine fails.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+            InvalidRequest: a negative ``tail`` or ``since``, or neither stdout nor stderr.
+        """
+        since = _check_log_query(tail, since, stdout, stderr)
+        container = self._find(task_id)
+        with _engine_errors("reading logs", task_id=task_id):
+            stream = container.logs(
+                stream=True,
+                follow=follow,
+                tail="all" if tail is None else tail,
+                since=since,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        return LogStream(_engine_chunks(stream, task_id), stream.close, what=f"logs of {task_id}")
+
+    def watch(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call ``callback(task_id, action)`` on lifecycle events of this runtime's containers.
+
+        ``action`` is one of "start", "die" (exited on its own, stopped or killed; read
+        :meth:`status` for the exit code), "destroy" (removed) or "oom" (hit its memory limit;
+        "die" follows). Calls come from one daemon thread, in the engine's order, as the engine
+        reports them (a container's exit arrives within milliseconds); an exception raised by
+        ``callback`` is logged and ignored. If the connection to the engine breaks, the watcher
+        logs it and reconnects after a short backoff, asking the engine to replay what it missed
+        meanwhile (the engine keeps a bounded backlog), so an event may occasionally be seen
+        twice: treat events as hints and read :meth:`status`.
+
+        Events that happen after this returns are reported. Returns the function that stops
+        watching: idempotent, it closes the engine connection and waits (at most 5 s) for the
+        thread to end; it may be called from ``callback`` itself.
+
+        Raises:
+            RuntimeFailure: the engine cannot be reached to subscribe.
+        """
+        labels = [f"{k}={v}" for k, v in self.labels.items()] + [TASK_LABEL]
+        filters = {"type": ["container"], "event": sorted(WATCH_ACTIONS), "label": labels}
+        return _EventWatch(self._client.api, filters, callback).close
+
+    def usage(self, task_id: str) -> TaskUsage:
+        """The task's CPU and memory use now, and its limits (from its HostConfig).
+
+        Takes about a second on a running task: the engine samples CPU time twice.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+        """
+        container = self._find(task_id)
+        cpus, memory = _host_limits(container.attrs)
+        if (container.attrs.get("State") or {}).get("Status") != "running":
+            return TaskUsage(task_id, 0.0, 0, memory, cpus)
+        with _engine_errors("reading usage", task_id=task_id):
+            stats = container.stats(stream=False)
+        return TaskUsage(task_id, _cpu_percent(stats), _memory_used(stats), memory, cpus)
+
+    def limits(self, task_id: str) -> tuple[float, int]:
+        """The task's (CPU cores, memory bytes) limits from its HostConfig; 0 means none.
+
+        Raises:
+            TaskNotFound: this runtime has no container for ``task_id``.
+        """
+        return _host_limits(self._find(task_id).attrs)
+
+    def _containers(self, task_id: str | None) -> builtins.list[Any]:
+        filters = [f"{k}={v}" for k, v in self.labels.items()]
+        filters.append(TASK_LABEL if task_id is None else f"{TASK_LABEL}={task_id}")
+        with _engine_errors("listing containers"):
+            return self._client.containers.list(
+                all=True, filters={"label": filters}, ignore_removed=True
+            )
+
+    def _find(self, task_id: str) -> Any:
+        found = self._containers(task_id)
+        if not found:
+            raise TaskNotFound(f"no task {task_id} on this runtime")
+        return found[0]
+
+
+def _engine_chunks(stream: Iterator[bytes], task_id: str) -> Iterator[bytes]:
+    """``stream``'s chunks, with whatever the SDK or the connection raises as RuntimeFailure."""
+    try:
+        yield from stream
+    except SonmError:
+        raise
+    except Exception as exc:
+        raise RuntimeFailure(f"reading logs of task {task_id}: {_explain(exc)}") from exc
+
+
+class _EventWatch:
+    """One :meth:`DockerRuntime.watch` subscription: a daemon thread reading the engine's events.
+
+    The first connection is made in the constructor, so the caller learns at once if the engine
+    is unreachable and no event after the constructor returns is missed.
+    """
+
+    def __init__(
+        self, api: docker.APIClient, filters: dict[str, Any], callback: Callable[[str, str], None]
+    ) -> None:
+        self._api = api
+        self._filters = filters
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._wake = threading.Event()
+        # Resume point on reconnect: the engine's time of the last event seen, or of subscribing.
+        self._since: str | None = None
+        self._seen: deque[tuple[Any, ...]] = deque(maxlen=256)
+        with _engine_errors("subscribing to docker events"):
+            now = _parse_time(api.info().get("SystemTime"))
+            self._since = None if now is None else _since_param(round(now * 1e9))
+            self._stream: Any = api.events(decode=True, filters=filters, since=self._since)
+        self._thread = threading.Thread(target=self._run, name="sonm-watch", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<_EventWatch {'stopped' if self._stopped else 'watching'} since={self._since}>"
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopped = True
+            stream, self._stream = self._stream, None
+        self._wake.set()
+        if stream is not None:
+            with suppress(Exception):  # half-gone already
+                stream.close()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_WATCH_JOIN)
+
+    def _run(self) -> None:
+        backoff = _WATCH_BACKOFF[0]
+        while True:
+            with self._lock:
+                stream = self._stream
+            opened = time.monotonic()
+            if stream is not None:
+                try:
+                    for event in stream:
+                        self._deliver(event)
+                    why = "the engine ended the stream"
+                except Exception as exc:  # whatever the broken connection raised
+                    why = repr(exc)
+                with suppress(Exception):
+                    stream.close()
+                if self._stopped:
+                    return
+                log.warning("docker event stream broke (%s); reconnecting", why)
+                if time.monotonic() - opened > 5 * _WATCH_BACKOFF[1]:
+                    backoff = _WATCH_BACKOFF[0]  # it had been healthy: retry quickly
+            if self._wake.wait(backoff):
+                return
+            backoff = min(backoff * 2, _WATCH_BACKOFF[1])
+            try:
+                with _engine_errors("resubscribing to docker events"):
+                    stream = self._api.events(decode=True, filters=self._filters, since=self._since)
+            except SonmError as exc:
+                log.warning("%s; retrying in %.2g s", exc, backoff)
+                stream = None
+            with self._lock:
+                if self._stopped:
+                    if stream is not None:
+                        with suppress(Exception):
+                            stream.close()
+                    return
+                self._stream = stream
+
+    def _deliver(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            return
+        actor = event.get("Actor") or {}
+        task_id = (actor.get("Attributes") or {}).get(TASK_LABEL)
+        action = event.get("Action") or event.get("status")
+        when = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
+        key = (actor.get("ID") or event.get("id"), action, when)
+        if not task_id or action not in WATCH_ACTIONS or key in self._seen:
+            return  # a replayed duplicate after a reconnect, or not a task event
+        self._seen.append(key)
+        if when:
+            self._since = _since_param(int(when))
+        if self._stopped:
+            return
+        try:
+            self._callback(task_id, action)
+        except Exception:
+            log.exception("watch callback failed on task %s %s", task_id, action)
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def _explain(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _since_param(nanos: int) -> str:
+    """Unix nanoseconds as the engine's ``since`` parameter: ``"<seconds>.<nanoseconds>"``."""
+    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"

@@ -2,33 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sonm_p2p.client import HubClient
-from sonm_p2p.identity import load_or_create
+from sonm_p2p.identity import Identity, load_or_create
 from sonm_p2p.tasks import Endpoint, Task
 from sonm_p2p.transport.addrs import parse_hostport
 
-__all__ = ["DEFAULT_HUB", "CliContext", "endpoints_json", "task_json"]
-
-DEFAULT_HUB = "127.0.0.1:10001"
+__all__ = ["CliContext", "endpoints_json", "task_json"]
 
 
 @dataclass
 class CliContext:
+    """``hub``: host:port, a multiaddr, a hub node ID (or prefix), or "" (discover one)."""
+
     hub: str
     timeout: float
     as_json: bool
     home: Path
+    bootstrap: tuple[str, ...] = ()
+    stack: ExitStack = field(default_factory=ExitStack)  # closed when the command ends
+
+    def identity(self) -> Identity:
+        return load_or_create(self.home)
+
+    def target(self) -> str:
+        """The gRPC target of the chosen hub (joins the overlay only when it must)."""
+        from cli._discover import classify, open_hub
+
+        if classify(self.hub) == "direct":
+            host, port = parse_hostport(self.hub, default_port=10001)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        from sonm_p2p.config import bootstrap_list, mdns_namespace
+
+        boot = bootstrap_list(self.bootstrap, self.home)
+        return open_hub(
+            self.stack, self.hub, self.identity(), boot, mdns_namespace(), timeout=self.timeout
+        )
 
     def client(self, *, timeout: float | None = -1.0) -> HubClient:
         """A client of the chosen hub; each call's deadline is ``--timeout`` unless given."""
-        host, port = parse_hostport(self.hub, default_port=10001)
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        target = self.target()
         deadline = self.timeout if timeout == -1.0 else timeout
-        return HubClient(target, timeout=deadline, identity=load_or_create(self.home))
+        return HubClient(target, timeout=deadline, identity=self.identity())
 
 
 def endpoints_json(eps: tuple[Endpoint, ...]) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli._common import emit_json
+from cli._common import Duration, emit_json
 from cli._context import CliContext
+from sonm_p2p.client import HubSummary
 
 
 @click.command()
@@ -36,3 +37,46 @@ def info(c: CliContext) -> None:
         click.echo(f"Overlay    {a}")
     click.echo(f"Miners     {i.miners_online} online")
     click.echo(f"Version    {i.version}, up {i.uptime_seconds}s")
+
+
+@click.command()
+@click.option(
+    "--wait",
+    type=Duration(),
+    default="3s",
+    show_default=True,
+    help="How long to listen to the overlay (one announcement period finds every hub).",
+)
+@click.pass_obj
+def hubs(c: CliContext, wait: float) -> None:
+    """Hubs known on the overlay: node ID, client API, miners, latency.
+
+    With --hub HOST:PORT, that hub's own list is printed (no overlay needed); otherwise this
+    command joins the overlay through --bootstrap peers and mDNS for --wait seconds.
+    """
+    from cli._discover import classify, discover_hubs, ping_endpoints
+
+    if c.hub and classify(c.hub) == "direct":
+        with c.client() as client:
+            found = client.list_hubs()
+    else:
+        from sonm_p2p.config import bootstrap_list, mdns_namespace
+
+        boot = bootstrap_list(c.bootstrap, c.home)
+        _, entries = discover_hubs(
+            c.stack, c.identity(), boot, mdns_namespace(), wait=c.timeout, settle=wait
+        )
+        found = [HubSummary.from_entry(e) for e in entries]
+    rtts = ping_endpoints([h.grpc_endpoint for h in found if h.grpc_endpoint])
+    rows = [h.with_latency(rtts.get(h.grpc_endpoint)) for h in found]
+    if c.as_json:
+        emit_json({"hubs": [r.as_dict() for r in rows]})
+        return
+    if not rows:
+        click.echo("no hubs")
+        return
+    click.echo(f"{'NODE ID':42}  {'CLIENT API':21}  {'MINERS':>6}  {'LATENCY':>8}  OVERLAY")
+    for r in rows:
+        lat = f"{r.latency * 1000:.1f}ms" if r.latency is not None else "-"
+        first = r.multiaddrs[0] if r.multiaddrs else "-"
+        click.echo(f"{r.node_id:42}  {r.grpc_endpoint:21}  {r.miners_online:6}  {lat:>8}  {first}")

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from cli._common import Duration, SonmGroup, default_home
-from cli._context import DEFAULT_HUB, CliContext
-from cli.cmd_hub import info, ping
+from cli._context import CliContext
+from cli.cmd_hub import hubs, info, ping
 from cli.cmd_miners import list_, miner_status
 from cli.cmd_tasks import logs, start, status, stop, tasks
 
@@ -21,10 +21,17 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
 @click.option(
     "--hub",
     envvar="SONM_HUB",
-    default=DEFAULT_HUB,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="The hub's client API (port 10001). Env: SONM_HUB.",
+    default="",
+    metavar="HUB",
+    help="The hub: HOST:PORT of its client API (port 10001), a multiaddr of its overlay port, "
+    "its node ID (or a unique prefix), or nothing: a hub is found on the LAN or through "
+    "bootstrap peers. Env: SONM_HUB.",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR|HOST:PORT",
+    help="Overlay peer to find hubs through (repeatable). Env: SONM_BOOTSTRAP.",
 )
 @click.option(
     "--timeout",
@@ -41,11 +48,19 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
     help="Where this client's key lives [default: $SONM_HOME/client or ~/.sonm/client].",
 )
 @click.pass_context
-def main(ctx: click.Context, hub: str, timeout: float, as_json: bool, home: Path | None) -> None:
+def main(
+    ctx: click.Context,
+    hub: str,
+    bootstrap: tuple[str, ...],
+    timeout: float,
+    as_json: bool,
+    home: Path | None,
+) -> None:
     """Talk to a sonm hub: see its miners, start, inspect and stop tasks.
 
     \b
     Examples:
+      sonmcli hubs                                 # hubs on the LAN / via bootstrap
       sonmcli --hub 192.0.2.10:10001 ping
       sonmcli --hub 192.0.2.10:10001 list
       sonmcli --hub 192.0.2.10:10001 --timeout=3000s start --image IMG --miner=0xMINER
@@ -56,10 +71,11 @@ def main(ctx: click.Context, hub: str, timeout: float, as_json: bool, home: Path
     5 timed out, 6 refused, 7 the miner's container engine failed,
     8 not allowed (only a task's owner may stop it or read its output).
     """
-    ctx.obj = CliContext(hub, timeout, as_json, home or default_home("client"))
+    ctx.obj = CliContext(hub, timeout, as_json, home or default_home("client"), bootstrap)
+    ctx.call_on_close(ctx.obj.stack.close)
 
 
-for command in (ping, info, list_, miner_status, start, stop, status, tasks, logs):
+for command in (ping, info, hubs, list_, miner_status, start, stop, status, tasks, logs):
     main.add_command(command)
 
 

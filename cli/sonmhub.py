@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli._common import Duration, default_home, fail, serve_until_signalled, setup_logging
+from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import SonmError
 from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
 from sonm_p2p.hub.hub import HubOptions
@@ -39,6 +40,21 @@ from sonm_p2p.hub.hub import HubOptions
 @click.option(
     "--max-missed-pings", type=int, default=3, help="Missed pings that make a miner offline."
 )
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR|HOST:PORT",
+    help="Overlay peer (another hub) to stay connected to (repeatable). "
+    "Env: SONM_BOOTSTRAP; file: bootstrap in <home>/config.toml.",
+)
+@click.option("--mdns/--no-mdns", default=True, help="Advertise this hub on the LAN with mDNS.")
+@click.option(
+    "--announce-grpc",
+    default="",
+    metavar="HOST:PORT",
+    help="Client-API endpoint to announce [default: --grpc-listen, with this "
+    "machine's address for 0.0.0.0].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -47,6 +63,9 @@ def main(
     ping_interval: float,
     ping_timeout: float,
     max_missed_pings: int,
+    bootstrap: tuple[str, ...],
+    mdns: bool,
+    announce_grpc: str,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -58,17 +77,22 @@ def main(
       sonmcli --hub <hubip:10001> list
     """
     setup_logging(verbose)
-    options = HubDaemonOptions(
-        home=home or default_home("hub"),
-        grpc_listen=grpc_listen,
-        p2p_listen=tuple(p2p_listen),
-        hub=HubOptions(
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            max_missed_pings=max_missed_pings,
-        ),
-    )
+    home = home or default_home("hub")
     try:
+        options = HubDaemonOptions(
+            home=home,
+            grpc_listen=grpc_listen,
+            p2p_listen=tuple(p2p_listen),
+            announce_grpc=announce_grpc,
+            bootstrap=bootstrap_list(bootstrap, home),
+            mdns=mdns and load_config(home).get("mdns", True),
+            mdns_namespace=mdns_namespace(),
+            hub=HubOptions(
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                max_missed_pings=max_missed_pings,
+            ),
+        )
         daemon = HubDaemon(options)
     except SonmError as err:
         fail(err, as_json=False, prog="sonmhub")

@@ -14,6 +14,7 @@ from cli._common import (
     serve_until_signalled,
     setup_logging,
 )
+from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import SonmError
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
 from sonm_p2p.miner.hub_link import LinkOptions
@@ -38,7 +39,8 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     envvar="SONM_HUB_P2P",
     default=None,
     metavar="HOST:PORT|MULTIADDR",
-    help="The hub to work for: its overlay address (port 10002), or a full multiaddr.",
+    help="The hub to work for: its overlay address (port 10002), or a full multiaddr. "
+    "Without it the miner finds hubs itself (bootstrap peers, mDNS on the LAN).",
 )
 @click.option(
     "--listen",
@@ -90,6 +92,21 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     default=None,
     help="Memory offered to tasks in all, e.g. 8g (default: all of it).",
 )
+@click.option(
+    "--hub-id",
+    "hub_ids",
+    multiple=True,
+    metavar="0xNODEID",
+    help="Only work for this hub (repeatable): found through discovery wherever it is.",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR|HOST:PORT",
+    help="Overlay peer to discover hubs through (repeatable). Env: SONM_BOOTSTRAP; "
+    "file: bootstrap in <home>/config.toml.",
+)
+@click.option("--mdns/--no-mdns", default=True, help="Look for hubs on the LAN with mDNS.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str | None,
@@ -101,21 +118,34 @@ def main(
     hub_silence: float,
     max_cpu: float,
     max_memory: str | None,
+    hub_ids: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    mdns: bool,
     verbose: bool,
 ) -> None:
     """Run a miner: connect to a hub and run its tasks as Docker containers.
 
     \b
     Example:
+      sonmminer                                  # find a hub on the LAN / via bootstrap
       sonmminer -h 192.0.2.10:10002
       sonmminer -h /ip4/192.0.2.10/tcp/10002/p2p/16Uiu2…
+      sonmminer --hub-id 0xHUB --bootstrap 192.0.2.10:10002
     """
     setup_logging(verbose)
-    if not hub:
-        raise click.UsageError("no hub given: use -h HOST:10002 (or set SONM_HUB_P2P)")
+    home = home or default_home("miner")
+    try:
+        boot = bootstrap_list(bootstrap, home)
+        mdns = mdns and load_config(home).get("mdns", True)
+    except SonmError as err:
+        fail(err, as_json=False, prog="sonmminer")
     options = MinerOptions(
-        home=home or default_home("miner"),
-        hub=hub,
+        home=home,
+        hub=hub or "",
+        hub_ids=hub_ids,
+        bootstrap=boot,
+        mdns=mdns,
+        mdns_namespace=mdns_namespace(),
         listen=tuple(listen),
         publish_ip=publish_ip,
         labels=_labels(labels),

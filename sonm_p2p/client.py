@@ -29,7 +29,15 @@ from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import Endpoint, Task
 
-__all__ = ["HubClient", "HubInfo", "MinerReport", "MinerSummary", "StartedTask", "Stream"]
+__all__ = [
+    "HubClient",
+    "HubInfo",
+    "HubSummary",
+    "MinerReport",
+    "MinerSummary",
+    "StartedTask",
+    "Stream",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,49 @@ class HubInfo:
     version: str
     miners_online: int
     uptime_seconds: int
+
+
+@dataclass(frozen=True)
+class HubSummary:
+    """A hub as the overlay announces it (``sonmcli hubs``)."""
+
+    node_id: str
+    peer_id: str
+    multiaddrs: tuple[str, ...]
+    grpc_endpoint: str
+    version: str
+    miners_online: int
+    last_seen: float
+    expires_at: float
+    latency: float | None = None  # seconds
+
+    @classmethod
+    def from_entry(cls, e: object) -> HubSummary:
+        """From a discovery ``HubEntry``."""
+        a = e.announcement  # type: ignore[attr-defined]
+        return cls(
+            e.node_id,
+            e.peer_id,
+            tuple(e.multiaddrs),
+            e.grpc_endpoint,
+            a.version,  # type: ignore[attr-defined]
+            e.miners_online,
+            e.last_seen,
+            e.expires_at,
+            e.latency,
+        )  # type: ignore[attr-defined]
+
+    def with_latency(self, seconds: float | None) -> HubSummary:
+        from dataclasses import replace
+
+        return replace(self, latency=seconds if seconds is not None else self.latency)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["multiaddrs"] = list(self.multiaddrs)
+        d["latency_ms"] = None if self.latency is None else round(self.latency * 1000, 3)
+        del d["latency"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -218,3 +269,21 @@ class HubClient:
     def miner_status(self, miner: str) -> MinerReport:
         r = self._call("MinerStatus", common_pb2.MinerRef(miner_id=miner))
         return MinerReport(r.online, r.remote_addr, r.last_seen_ms / 1000, status_from_pb(r))
+
+    def list_hubs(self) -> list[HubSummary]:
+        """The hubs this hub knows from the overlay (itself included)."""
+        r = self._call("ListHubs", common_pb2.Empty())
+        return [
+            HubSummary(
+                h.node_id,
+                h.peer_id,
+                tuple(h.multiaddrs),
+                h.grpc_endpoint,
+                h.version,
+                h.miners_online,
+                h.last_seen_ms / 1000,
+                h.expires_at_ms / 1000,
+                h.latency_ms / 1000 if h.latency_ms else None,
+            )
+            for h in r.hubs
+        ]

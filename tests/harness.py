@@ -135,8 +135,7 @@ class Network:
         target = hub.p2p_target if isinstance(hub, Hub) else hub
         argv = [
             str(BIN / "sonmminer"),
-            "-h",
-            target,
+            *(["-h", target] if target else []),  # no target: the miner discovers a hub
             "--home",
             str(home),
             "--publish-ip",
@@ -224,13 +223,16 @@ class Miner:
         self.proc = self.net.spawn(self.name, self.argv)
 
 
-def sonmcli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def sonmcli(
+    *args: str, home: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "sonmcli"), "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 

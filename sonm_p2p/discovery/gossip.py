@@ -372,7 +372,7 @@ def hub_announcer(
     identity: Identity,
     node: P2PNode,
     *,
-    grpc_endpoint: str,
+    grpc_endpoint: str | Callable[[], str],
     version: str = "",
     load: Callable[[], tuple[int, int]] = lambda: (0, 0),
     multiaddrs: Callable[[], list[str]] | None = None,
@@ -380,6 +380,7 @@ def hub_announcer(
 ) -> Announcer:
     """A callable for HubGossip's ``announce`` that signs the hub's current announcement.
 
+    grpc_endpoint: the hub's client API, or a callable returning it (bound after start).
     load: returns (miners online, max miners or 0); called at each announcement.
     multiaddrs: returns the overlay addresses to announce; defaults to the node's listen
         addresses, with an unspecified host (0.0.0.0 / ::) replaced by each interface address.
@@ -399,7 +400,7 @@ def hub_announcer(
             peer_id=node.peer_id,
             now=now_ms / 1000,
             multiaddrs=addrs,
-            grpc_endpoint=grpc_endpoint,
+            grpc_endpoint=grpc_endpoint() if callable(grpc_endpoint) else grpc_endpoint,
             version=version,
             miners_online=miners,
             max_miners=max_miners,

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import grpc
 
+from sonm_p2p import __version__
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
+from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
+from sonm_p2p.discovery.mdns import local_ips
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.servicer import HubServicer
@@ -30,11 +33,19 @@ class HubDaemonOptions:
 
     grpc_listen: ``host:port`` of the plain-gRPC client API; defaults to 0.0.0.0:10001.
     p2p_listen: libp2p listen multiaddrs; defaults to TCP 10002 on IPv4.
+    announce_grpc: the client-API endpoint put in announcements; defaults to ``grpc_listen``
+        with an unspecified host replaced by this machine's first address.
+    bootstrap: overlay peers to stay connected to (other hubs); defaults to none.
+    mdns: advertise on the LAN with mDNS; defaults to True. mdns_namespace: see GossipOptions.
     """
 
     home: Path
     grpc_listen: str = "0.0.0.0:10001"
     p2p_listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/10002",)
+    announce_grpc: str = ""
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    mdns_namespace: str = "hub"
     hub: HubOptions = field(default_factory=HubOptions)
 
 
@@ -49,6 +60,21 @@ class HubDaemon:
         self.node = P2PNode(self.identity, NodeOptions(listen=options.p2p_listen))
         self.hub = Hub(self.identity, self.node, self.state, options.hub)
         self.grpc_port = 0
+        self.gossip = HubGossip(
+            self.node,
+            GossipOptions(
+                bootstrap=options.bootstrap,
+                mdns=options.mdns,
+                mdns_namespace=options.mdns_namespace,
+            ),
+            announce=hub_announcer(
+                self.identity,
+                self.node,
+                grpc_endpoint=lambda: self.grpc_endpoint,
+                version=__version__,
+                load=lambda: (len(self.hub.online_miners()), 0),
+            ),
+        )
         self._server: grpc.Server | None = None
 
     def __repr__(self) -> str:
@@ -64,8 +90,9 @@ class HubDaemon:
             self.grpc_port = 0
         if not self.grpc_port:
             raise ConfigError(f"cannot listen for gRPC on {endpoint}: address in use or invalid")
-        bound = f"{host}:{self.grpc_port}" if ":" not in host else f"[{host}]:{self.grpc_port}"
-        hub_pb2_grpc.add_HubServicer_to_server(HubServicer(self.hub, bound), self._server)
+        self.grpc_endpoint = self.options.announce_grpc or _announced(host, self.grpc_port)
+        servicer = HubServicer(self.hub, self.grpc_endpoint, self.gossip)
+        hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -73,8 +100,9 @@ class HubDaemon:
         self._server.start()
         self.hub.start()
         log.info(
-            "hub %s: gRPC on %s, overlay on %s", self.node_id, bound, " ".join(self.node.addrs)
-        )
+            "hub %s: gRPC on %s (announced as %s), overlay on %s",
+            self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
+        )  # fmt: skip
 
     def close(self) -> None:
         self.hub.close()
@@ -83,3 +111,10 @@ class HubDaemon:
             self._server.stop(grace=1).wait()
             self._server = None
         self.state.close()
+
+
+def _announced(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        ips = [ip for ip in local_ips() if ":" not in ip] or ["127.0.0.1"]
+        host = ips[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -20,6 +20,7 @@ from sonm_p2p._convert import (
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
 from sonm_p2p.auth import RequestVerifier, check_owner
+from sonm_p2p.discovery import HubGossip
 from sonm_p2p.hub.hub import Hub
 
 __all__ = ["HubServicer"]
@@ -27,9 +28,10 @@ __all__ = ["HubServicer"]
 
 @translate_errors
 class HubServicer(hub_pb2_grpc.HubServicer):
-    def __init__(self, hub: Hub, grpc_endpoint: str) -> None:
+    def __init__(self, hub: Hub, grpc_endpoint: str, gossip: HubGossip | None = None) -> None:
         self.hub = hub
         self.grpc_endpoint = grpc_endpoint
+        self.gossip = gossip
         self.verifier = RequestVerifier()
 
     def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:
@@ -167,3 +169,24 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         reply.remote_addr = record.remote_addr
         reply.last_seen_ms = int(record.last_seen * 1000)
         return reply
+
+    def ListHubs(
+        self, request: common_pb2.Empty, context: grpc.ServicerContext
+    ) -> hub_pb2.ListHubsReply:
+        entries = self.gossip.hubs() if self.gossip is not None else []
+        return hub_pb2.ListHubsReply(
+            hubs=[
+                hub_pb2.HubSummary(
+                    node_id=e.node_id,
+                    peer_id=e.peer_id,
+                    multiaddrs=list(e.multiaddrs),
+                    grpc_endpoint=e.grpc_endpoint,
+                    version=e.announcement.version,
+                    miners_online=e.miners_online,
+                    last_seen_ms=int(e.last_seen * 1000),
+                    expires_at_ms=int(e.expires_at * 1000),
+                    latency_ms=(e.latency or 0.0) * 1000,
+                )
+                for e in entries
+            ]
+        )

@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
-from sonm_p2p.errors import ConfigError
+from sonm_p2p.discovery import GossipOptions, HubGossip
+from sonm_p2p.errors import ConfigError, Timeout
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
 from sonm_p2p.miner.miner import Miner, Offer
@@ -29,7 +30,10 @@ log = logging.getLogger(__name__)
 class MinerOptions:
     """A miner process's settings (the CLI fills them from flags > env > defaults).
 
-    home: where the key lives. hub: the hub to dial (``host:port`` or a multiaddr).
+    home: where the key lives. hub: the hub to dial (``host:port`` or a multiaddr); "" finds
+        one through discovery (bootstrap peers and mDNS) and picks it by policy.
+    hub_ids: only these hubs (node IDs) are allowed; with discovery, the first found of them.
+    bootstrap: overlay peers for discovery. mdns: browse the LAN for hubs (with discovery).
     listen: libp2p listen multiaddrs (an ephemeral port by default: no inbound port is needed).
     publish_ip: where container ports are published (all interfaces by default).
     labels: extra labels on every container (tests use them to clean up).
@@ -39,7 +43,11 @@ class MinerOptions:
     """
 
     home: Path
-    hub: str
+    hub: str = ""
+    hub_ids: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    mdns_namespace: str = "hub"
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     publish_ip: str = "0.0.0.0"
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -64,13 +72,48 @@ class MinerDaemon:
             self.node_id, self.runtime, logs_dir=options.home / "logs", offer=options.offer
         )
         self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
+        self._allowed = {h.lower() for h in options.hub_ids}
+        self.gossip: HubGossip | None = None
+        if not options.hub:
+            self.gossip = HubGossip(
+                self.node,
+                GossipOptions(
+                    bootstrap=options.bootstrap,
+                    mdns=options.mdns,
+                    mdns_namespace=options.mdns_namespace,
+                ),
+            )
         self.link = HubLink(
-            self.node, options.hub, lambda: self.miner.hub_clock.last_ping, options.link
+            self.node,
+            self._targets,
+            lambda: self.miner.hub_clock.last_ping,
+            options.link,
+            allow_hub=lambda node_id: not self._allowed or node_id.lower() in self._allowed,
+            connected_in=self._connected_in,
         )
         self._server: grpc.Server | None = None
 
     def __repr__(self) -> str:
-        return f"<MinerDaemon {self.node_id} hub={self.options.hub}>"
+        return f"<MinerDaemon {self.node_id} {self.link!r}>"
+
+    def _targets(self, avoid: set[str]) -> list[tuple[str, str]]:
+        if self.options.hub:
+            return [(self.options.hub, "")]
+        assert self.gossip is not None
+        try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
+            self.gossip.wait_for_hubs(1, timeout=2.0)
+        except Timeout:
+            return []
+        allow = {h for h in (e.node_id for e in self.gossip.hubs()) if h.lower() in self._allowed}
+        pick = self.gossip.choose(allow=allow if self._allowed else None, exclude=avoid)
+        pick = pick or self.gossip.choose(allow=allow if self._allowed else None)
+        if pick is None:
+            return []
+        return [(addr, pick.node_id) for addr in pick.multiaddrs]
+
+    def _connected_in(self, node_id: str, seconds: float) -> None:
+        if self.gossip is not None:
+            self.gossip.record_latency(node_id, seconds)
 
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
@@ -82,9 +125,8 @@ class MinerDaemon:
         self.node.start()
         serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
         self.link.start()
-        log.info(
-            "miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, self.options.hub
-        )
+        hub = self.options.hub or "from discovery"
+        log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)
 
     def close(self) -> None:
         self.link.close()

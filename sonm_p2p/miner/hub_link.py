@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sonm_p2p.errors import SonmError
+from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.transport.bridge import SESSION
 from sonm_p2p.transport.node import P2PNode
 
@@ -25,11 +26,14 @@ class LinkOptions:
     backoff_max: longest wait between attempts, seconds; defaults to 15.
     hub_silence: a hub that has not pinged for this long is taken as gone (a half-open link);
         defaults to 35 s (three missed 10 s pings plus the 5 s timeout).
+    avoid_for: a hub just lost is tried after the others for this long, seconds; defaults to 30
+        (so a miner moves to another allowed hub, and returns to this one if it is the only one).
     """
 
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     hub_silence: float = 35.0
+    avoid_for: float = 30.0
 
 
 class Backoff:
@@ -49,7 +53,11 @@ class Backoff:
 
 
 class HubLink:
-    """Keeps the miner connected to the hub at ``target`` until :meth:`close`.
+    """Keeps the miner connected to a hub until :meth:`close`.
+
+    ``targets(avoid)`` returns (dial target, expected hub node ID or "") candidates in order;
+    ``avoid`` holds hubs lost recently, which it should put last or leave out (a hub it must
+    keep returning to may stay). ``allow_hub(node_id)`` vets the hub actually reached.
 
     ``last_hub_contact()`` returns the monotonic time the hub last called us (its pings); a
     session quieter than ``hub_silence`` is dropped and redialled. ``hub_peer`` is the hub's
@@ -59,22 +67,30 @@ class HubLink:
     def __init__(
         self,
         node: P2PNode,
-        target: str,
+        targets: Callable[[set[str]], list[tuple[str, str]]],
         last_hub_contact: Callable[[], float],
         options: LinkOptions | None = None,
+        *,
+        allow_hub: Callable[[str], bool] = lambda node_id: True,
+        connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
     ) -> None:
         self.node = node
-        self.target = target
+        self._targets = targets
         self.options = options or LinkOptions()
         self._last_contact = last_hub_contact
+        self._allow_hub = allow_hub
+        self._connected_in = connected_in
         self.hub_peer = ""
+        self.hub_id = ""
+        self.target = ""
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._avoid: dict[str, float] = {}  # hub node ID -> when we lost it (monotonic)
 
     def __repr__(self) -> str:
-        state = f"connected to {self.hub_peer[:16]}…" if self.hub_peer else "disconnected"
-        return f"<HubLink {self.target} {state}>"
+        state = f"connected to {self.hub_id} at {self.target}" if self.hub_peer else "disconnected"
+        return f"<HubLink {state}>"
 
     def start(self) -> None:
         if self._thread is None:
@@ -91,20 +107,51 @@ class HubLink:
         """Whether ``peer_id`` may call this miner's gRPC (only its current hub may)."""
         return bool(peer_id) and peer_id == self.hub_peer
 
+    def _dial(self) -> tuple[str, str, str] | None:
+        """Connect to the first allowed candidate: (peer ID, hub node ID, target) or None."""
+        now = time.monotonic()
+        self._avoid = {h: t for h, t in self._avoid.items() if now - t < self.options.avoid_for}
+        candidates = self._targets(set(self._avoid))
+        if not candidates:
+            log.info("no hub known yet: waiting for discovery")
+            return None
+        for target, expected in candidates:
+            t0 = time.monotonic()
+            try:
+                peer = self.node.connect(target)
+            except SonmError as exc:
+                log.warning("hub %s: %s", target, exc)
+                if expected:
+                    self._avoid[expected] = time.monotonic()
+                continue
+            node_id = node_id_from_peer_id(peer) or ""
+            if (expected and node_id != expected) or not self._allow_hub(node_id):
+                log.warning("hub at %s is %s, which is not allowed here", target, node_id or peer)
+                self.node.disconnect(peer)
+                continue
+            self._connected_in(node_id, time.monotonic() - t0)
+            return peer, node_id, target
+        return None
+
     def _run(self) -> None:
         backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
         while not self._stop.is_set():
-            try:
-                peer = self.node.connect(self.target)
-                self.hub_peer = peer
-                session = self.node.open_session(peer, SESSION)
-            except SonmError as exc:
+            picked = self._dial()
+            session = None
+            if picked is not None:
+                peer, node_id, target = picked
+                self.hub_peer, self.hub_id, self.target = peer, node_id, target
+                try:
+                    session = self.node.open_session(peer, SESSION)
+                except SonmError as exc:
+                    log.warning("hub %s: %s", target, exc)
+            if session is None:
                 self.hub_peer = ""
                 delay = backoff.next()
-                log.warning("hub %s: %s; retrying in %.1fs", self.target, exc, delay)
+                log.info("retrying in %.1fs", delay)
                 self._stop.wait(delay)
                 continue
-            log.info("connected to hub %s (peer %s)", self.target, peer)
+            log.info("connected to hub %s at %s (peer %s)", node_id, target, peer)
             self.connected.set()
             opened = time.monotonic()
             backoff.reset()
@@ -115,8 +162,9 @@ class HubLink:
                 self.hub_peer = ""
                 session.close()
             if not self._stop.is_set():
+                self._avoid[node_id] = time.monotonic()
                 delay = backoff.next()
-                log.warning("lost the hub %s; reconnecting in %.1fs", self.target, delay)
+                log.warning("lost the hub %s; reconnecting in %.1fs", node_id, delay)
                 self._stop.wait(delay)
 
     def _hold(self, session: object, opened: float) -> None:

@@ -7,6 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HubSummary(_message.Message):
+    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "last_seen_ms", "expires_at_ms", "latency_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MINERS_ONLINE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    multiaddrs: _containers.RepeatedScalarFieldContainer[str]
+    grpc_endpoint: str
+    version: str
+    miners_online: int
+    last_seen_ms: int
+    expires_at_ms: int
+    latency_ms: float
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ListHubsReply(_message.Message):
+    __slots__ = ("hubs",)
+    HUBS_FIELD_NUMBER: _ClassVar[int]
+    hubs: _containers.RepeatedCompositeFieldContainer[HubSummary]
+    def __init__(self, hubs: _Optional[_Iterable[_Union[HubSummary, _Mapping]]] = ...) -> None: ...
+
 class HubInfo(_message.Message):
     __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -86,6 +86,11 @@ class HubStub:
                 request_serializer=sonm_dot_v1_dot_common__pb2.MinerRef.SerializeToString,
                 response_deserializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
                 _registered_method=True)
+        self.ListHubs = channel.unary_unary(
+                '/sonm.v1.Hub/ListHubs',
+                request_serializer=sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=sonm_dot_v1_dot_hub__pb2.ListHubsReply.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
@@ -153,6 +158,13 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHubs(self, request, context):
+        """The hubs this hub knows from the overlay (itself included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +217,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.MinerStatus,
                     request_deserializer=sonm_dot_v1_dot_common__pb2.MinerRef.FromString,
                     response_serializer=sonm_dot_v1_dot_common__pb2.MinerStatusReply.SerializeToString,
+            ),
+            'ListHubs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHubs,
+                    request_deserializer=sonm_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=sonm_dot_v1_dot_hub__pb2.ListHubsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +495,33 @@ class Hub:
             '/sonm.v1.Hub/MinerStatus',
             sonm_dot_v1_dot_common__pb2.MinerRef.SerializeToString,
             sonm_dot_v1_dot_common__pb2.MinerStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHubs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sonm.v1.Hub/ListHubs',
+            sonm_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            sonm_dot_v1_dot_hub__pb2.ListHubsReply.FromString,
             options,
             channel_credentials,
             insecure,

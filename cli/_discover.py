@@ -1,0 +1,150 @@
+"""How sonmcli finds and reaches a hub when ``--hub`` is not a plain ``host:port``.
+
+Joining the overlay costs an ``import libp2p`` (most of a second), so only the commands that need
+it pay: a ``host:port`` hub is called with plain gRPC and never imports this module's I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from concurrent import futures
+from contextlib import ExitStack
+
+from sonm_p2p.client import HubClient
+from sonm_p2p.errors import HubUnavailable, SonmError, Timeout
+from sonm_p2p.identity import Identity
+
+__all__ = ["HubRef", "classify", "discover_hubs", "open_hub", "ping_endpoints"]
+
+_NODE_ID = re.compile(r"(0x)?[0-9a-fA-F]{1,40}")
+
+
+def classify(hub: str) -> str:
+    """ "direct" (host:port), "multiaddr", "node-id" (an ID or prefix) or "discover" (empty)."""
+    hub = hub.strip()
+    if not hub:
+        return "discover"
+    if hub.startswith("/"):
+        return "multiaddr"
+    if hub.lower().startswith("0x") and _NODE_ID.fullmatch(hub) and ":" not in hub:
+        return "node-id"
+    return "direct"
+
+
+class HubRef:
+    """Where a discovered hub can be reached."""
+
+    def __init__(self, node_id: str, grpc_endpoint: str, multiaddrs: tuple[str, ...]) -> None:
+        self.node_id, self.grpc_endpoint, self.multiaddrs = node_id, grpc_endpoint, multiaddrs
+
+
+def _overlay(stack: ExitStack, identity: Identity, bootstrap: tuple[str, ...], mdns_ns: str):  # noqa: ANN202
+    from sonm_p2p.discovery import GossipOptions, HubGossip
+    from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+    node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+    gossip = HubGossip(node, GossipOptions(bootstrap=bootstrap, mdns=True, mdns_namespace=mdns_ns))
+    node.start()
+    stack.callback(node.close)
+    return node, gossip
+
+
+def discover_hubs(
+    stack: ExitStack,
+    identity: Identity,
+    bootstrap: tuple[str, ...],
+    mdns_ns: str,
+    *,
+    wait: float,
+    settle: float = 0.5,
+) -> tuple[object, list]:
+    """Join the overlay and collect live hubs: at least one within ``wait`` seconds (Timeout
+    otherwise), then ``settle`` seconds more for the rest. Returns (node, entries)."""
+    node, gossip = _overlay(stack, identity, bootstrap, mdns_ns)
+    try:
+        gossip.wait_for_hubs(1, timeout=wait)
+    except Timeout:
+        where = "its bootstrap peers and the LAN" if bootstrap else "the LAN (mDNS)"
+        raise HubUnavailable(
+            f"no hub found on {where} within {wait:g}s: give one with --hub HOST:10001 "
+            "or a bootstrap peer with --bootstrap / SONM_BOOTSTRAP"
+        ) from None
+    time.sleep(settle)  # one more round of announcements from hubs further away
+    return node, gossip.hubs()
+
+
+def ping_endpoints(endpoints: list[str], timeout: float = 1.0) -> dict[str, float | None]:
+    """Round-trip time of a gRPC Ping to each endpoint (None when it does not answer)."""
+
+    def one(ep: str) -> float | None:
+        try:
+            with HubClient(ep, timeout=timeout) as c:
+                return c.ping()
+        except SonmError:
+            return None
+
+    if not endpoints:
+        return {}
+    with futures.ThreadPoolExecutor(max_workers=min(8, len(endpoints))) as pool:
+        return dict(zip(endpoints, pool.map(one, endpoints), strict=True))
+
+
+def open_hub(
+    stack: ExitStack,
+    hub: str,
+    identity: Identity,
+    bootstrap: tuple[str, ...],
+    mdns_ns: str,
+    *,
+    timeout: float,
+) -> str:
+    """A gRPC target (``host:port``) for the hub named by ``hub`` (see :func:`classify`).
+
+    A multiaddr is dialled over the overlay and tunnelled; a node ID (prefix) or nothing means
+    discovery: the hub's announced endpoint is used when it answers, else the overlay. Says on
+    stderr which hub it picked.
+    """
+    from sonm_p2p.tasks import resolve_prefix
+
+    kind = classify(hub)
+    if kind == "multiaddr":
+        node, _ = _overlay(stack, identity, (), mdns_ns)
+        peer = node.connect(hub)
+        return _tunnel(stack, node, peer)
+    node, entries = discover_hubs(stack, identity, bootstrap, mdns_ns, wait=min(timeout, 10))
+    by_id = {e.node_id: e for e in entries}
+    if kind == "node-id":
+        chosen = by_id[resolve_prefix(by_id, hub, kind="miner").strip()]
+    else:
+        rtts = ping_endpoints([e.grpc_endpoint for e in entries if e.grpc_endpoint])
+        ranked = sorted(
+            entries,
+            key=lambda e: (
+                rtts.get(e.grpc_endpoint) is None,
+                rtts.get(e.grpc_endpoint) or 0,
+                e.miners_online,
+                e.node_id,
+            ),
+        )
+        chosen = ranked[0]
+    if chosen.grpc_endpoint and ping_endpoints([chosen.grpc_endpoint]).get(chosen.grpc_endpoint):
+        print(f"using hub {chosen.node_id} at {chosen.grpc_endpoint}", file=sys.stderr)
+        return chosen.grpc_endpoint
+    for addr in chosen.multiaddrs:
+        try:
+            peer = node.connect(addr)  # type: ignore[attr-defined]
+        except SonmError:
+            continue
+        print(f"using hub {chosen.node_id} over the overlay ({addr})", file=sys.stderr)
+        return _tunnel(stack, node, peer)
+    raise HubUnavailable(f"hub {chosen.node_id} was announced but cannot be reached")
+
+
+def _tunnel(stack: ExitStack, node: object, peer: str) -> str:
+    from sonm_p2p.transport.bridge import GRPC_HUB
+
+    tunnel = node.open_tunnel(peer, GRPC_HUB)  # type: ignore[attr-defined]
+    stack.callback(tunnel.close)
+    return tunnel.target

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -11,12 +14,21 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 
 
-async def splice(stream, tcp: trio.SocketStream) -> None:  # noqa: ANN001 - libp2p INetStream
+async def splice(
+    stream,  # noqa: ANN001 - libp2p INetStream
+    tcp: trio.SocketStream,
+    *,
+    first: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Run until both directions ended; then close both ends.
 
     End of data in one direction is passed on as a half-close (FIN) so request/response
     protocols over TCP keep working; an error in either direction resets the stream and
-    closes the socket at once, so the far side sees the failure instead of a hang.
+    resets the socket (RST) at once, so the far side sees the failure instead of a hang or a
+    normal end.
+
+    first: awaited before any stream byte goes to the socket (e.g. reading a protocol reply);
+    an exception from it fails the splice like any other error.
     """
     from libp2p.network.stream.exceptions import StreamEOF
 
@@ -25,6 +37,8 @@ async def splice(stream, tcp: trio.SocketStream) -> None:  # noqa: ANN001 - libp
     async def stream_to_tcp() -> None:
         nonlocal failed
         try:
+            if first is not None:
+                await first()
             while True:
                 try:
                     data = await stream.read(CHUNK)
@@ -64,9 +78,18 @@ async def splice(stream, tcp: trio.SocketStream) -> None:  # noqa: ANN001 - libp
         with trio.CancelScope(shield=True):
             if failed:
                 await _quiet(stream.reset())
+                abort(tcp)
             else:
                 await _quiet(stream.close())
             await _quiet(tcp.aclose())
+
+
+def abort(tcp: trio.SocketStream) -> None:
+    """Make the coming close of ``tcp`` a reset (RST): the peer sees an error, not an end."""
+    try:
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
 
 
 async def _quiet(aw) -> None:  # noqa: ANN001

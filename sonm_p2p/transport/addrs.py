@@ -6,7 +6,14 @@ import ipaddress
 
 from sonm_p2p.errors import ConfigError
 
-__all__ = ["parse_hostport", "parse_target", "tcp_multiaddr"]
+__all__ = [
+    "expand_listen",
+    "interface_ips",
+    "local_ips_of",
+    "parse_hostport",
+    "parse_target",
+    "tcp_multiaddr",
+]
 
 
 def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
@@ -63,3 +70,56 @@ def parse_target(text: str) -> tuple[str, str | None]:
     except Exception as exc:
         raise ConfigError(f"bad multiaddr {text!r}: {exc}") from None
     return base, peer or None
+
+
+def interface_ips() -> list[str]:
+    """This machine's (this network namespace's) interface addresses, IPv4 first, without
+    link-local ones; loopback included."""
+    import ifaddr
+
+    v4: list[str] = []
+    v6: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                addr = ipaddress.ip_address(text.split("%")[0])
+            except ValueError:
+                continue
+            if addr.is_link_local:
+                continue
+            bucket = v4 if addr.version == 4 else v6
+            if str(addr) not in bucket:
+                bucket.append(str(addr))
+    return v4 + v6
+
+
+def expand_listen(addrs: list[str], ips: list[str] | None = None) -> list[str]:
+    """Listen multiaddrs with a wildcard host (0.0.0.0, ::) replaced by each interface address
+    of that family (``ips``, default :func:`interface_ips`); loopback only when a family has
+    nothing else, since other machines cannot dial it."""
+    out: list[str] = []
+    for addr in addrs:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[2] in ("0.0.0.0", "::"):
+            version = 4 if parts[2] == "0.0.0.0" else 6
+            pool = interface_ips() if ips is None else ips
+            same = [ip for ip in pool if ipaddress.ip_address(ip).version == version]
+            usable = [ip for ip in same if not ipaddress.ip_address(ip).is_loopback] or same
+            for ip in usable:
+                expanded = "/".join([*parts[:1], f"ip{version}", ip, *parts[3:]])
+                if expanded not in out:
+                    out.append(expanded)
+        elif addr not in out:
+            out.append(addr)
+    return out
+
+
+def local_ips_of(addrs: list[str]) -> list[str]:
+    """The IP addresses in a list of ``/ip4`` / ``/ip6`` multiaddrs."""
+    ips: list[str] = []
+    for addr in addrs:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6") and parts[2] not in ips:
+            ips.append(parts[2])
+    return ips

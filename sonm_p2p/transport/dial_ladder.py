@@ -134,7 +134,9 @@ def classify(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Scope:
     return Scope.SITE if ip in _ULA else Scope.PUBLIC
 
 
-def _same_site(ip: ipaddress._BaseAddress, ours: Iterable[ipaddress._BaseAddress], o: LadderOptions) -> bool:
+def _same_site(
+    ip: ipaddress._BaseAddress, ours: Iterable[ipaddress._BaseAddress], o: LadderOptions
+) -> bool:
     prefix = o.v4_site_prefix if ip.version == 4 else o.v6_site_prefix
     net = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
     return any(own.version == ip.version and own in net for own in ours)
@@ -193,7 +195,9 @@ def plan(
             if scope is Scope.UNUSABLE:
                 continue
             rank = (0 if relay_id in connected_relays else 1, int(scope), index)
-            relayed.append((rank, Attempt(AttemptKind.RELAY, relay_addr, o.relay_timeout, relay_id, scope)))
+            relayed.append(
+                (rank, Attempt(AttemptKind.RELAY, relay_addr, o.relay_timeout, relay_id, scope))
+            )
             continue
         base = _strip_peer(addr, peer_id)
         ip = _ip_of(base) if base else None
@@ -209,7 +213,9 @@ def plan(
             continue
         timeout = o.direct_timeout if scope is Scope.PUBLIC else o.local_timeout
         family = 0 if ip.version == 6 else 1
-        direct.append(((int(scope), family, index), Attempt(AttemptKind.DIRECT, base, timeout, None, scope)))
+        direct.append(
+            ((int(scope), family, index), Attempt(AttemptKind.DIRECT, base, timeout, None, scope))
+        )
     direct.sort(key=lambda item: item[0])
     relayed.sort(key=lambda item: item[0])
     return [a for _, a in direct] + [a for _, a in relayed]

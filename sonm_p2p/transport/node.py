@@ -10,6 +10,13 @@ host's trio token. Streams are exposed in two shapes that need no trio on the ca
   stream to a peer (the near end of the bridge);
 * :meth:`P2PNode.accept_sessions` / :meth:`P2PNode.open_session` hold one long-lived stream whose
   end tells both sides that the peer went away.
+
+NAT traversal: every node accepts relayed connections (circuit relay v2, STOP) and takes part in
+DCUtR hole punches; with ``NodeOptions.relay_service`` it relays for others (a hub). A node behind
+NAT reserves on a relay (:meth:`P2PNode.reserve`) and advertises the circuit address
+(:attr:`P2PNode.advertised_addrs`). :meth:`P2PNode.connect_peer` reaches a peer by the dial ladder
+(``dial_ladder.py``: direct IPv6, direct IPv4, relayed, then a hole-punch upgrade) and
+:meth:`P2PNode.path` tells which path a peer is on, with its RTT.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -26,9 +35,12 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport import addrs as _addrs
+from sonm_p2p.transport._paths import Path, PeerPaths, dcutr_service
 from sonm_p2p.transport._splice import splice
+from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
+from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
 
-__all__ = ["NodeOptions", "P2PNode", "Session", "Tunnel"]
+__all__ = ["NodeOptions", "P2PNode", "Path", "Session", "Tunnel"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +53,37 @@ class NodeOptions:
 
     listen: multiaddrs to listen on (defaults to an ephemeral TCP port on all IPv4 interfaces).
     dial_timeout: seconds a dial (including the peer-ID probe) may take; defaults to 10.
+    relay_service: serve as a circuit relay v2 for others within these limits (hubs); defaults
+        to None (not a relay; relayed connections *to* this node are always accepted).
+    reserve_on: relays (``host:port`` or multiaddrs) to reserve on from the start, because this
+        node is not reachable directly; kept refreshed in the background; defaults to none.
+        See :meth:`P2PNode.reserve` to do it later (and learn whether it worked).
+    hole_punch: take part in DCUtR upgrades of relayed connections; defaults to True.
+    punch_dial_timeout: seconds for each hole-punch dial; defaults to 3 (py-libp2p's 10 made an
+        upgrade take ~11 s).
+    upgrade_wait: seconds :meth:`P2PNode.connect_peer` waits for the first hole punch of a
+        relayed path before returning it as relayed (the punch goes on); defaults to 3.
+    relay_linger: seconds a relayed connection may keep carrying the streams opened on it before
+        an upgrade, once a direct one exists; defaults to 600. New streams always go direct.
+    keepalive_interval / keepalive_timeout: every ``interval`` seconds a peer whose
+        connection carries streams is pinged; one silent for ``timeout`` seconds is
+        disconnected, so streams over a cut link end with an error instead of hanging; default
+        10 s and 10 s; an interval of 0 turns it off.
+    ladder / upgrade: the dial ladder's timeouts and when to retry hole punches.
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     dial_timeout: float = 10.0
+    relay_service: RelayOptions | None = None
+    reserve_on: tuple[str, ...] = ()
+    hole_punch: bool = True
+    punch_dial_timeout: float = 3.0
+    upgrade_wait: float = 3.0
+    relay_linger: float = 600.0
+    keepalive_interval: float = 10.0
+    keepalive_timeout: float = 10.0
+    ladder: LadderOptions = LadderOptions()
+    upgrade: UpgradePolicy = UpgradePolicy()
 
 
 class Tunnel:
@@ -111,6 +150,8 @@ class P2PNode:
         self._host: Any = None
         self._handlers: dict[str, StreamHandler] = {}
         self._services: list[Callable[..., Awaitable[None]]] = []
+        self._paths: PeerPaths | None = None
+        self._reservations: list[RelayReservation] = []
         self.peer_id = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -192,6 +233,33 @@ class P2PNode:
             self._token = trio.lowlevel.current_trio_token()
             if not host.get_addrs():
                 raise DialError(f"could not listen on {list(self.options.listen)}")
+            await nursery.start(relay_service, host, self.options.relay_service)
+            dcutr = None
+            if self.options.hole_punch:
+                dcutr = await nursery.start(
+                    partial(
+                        dcutr_service,
+                        host,
+                        dial_timeout=self.options.punch_dial_timeout,
+                        linger=self.options.relay_linger,
+                    )
+                )
+            self._paths = PeerPaths(
+                host,
+                nursery,
+                dcutr=dcutr,
+                ladder=self.options.ladder,
+                policy=self.options.upgrade,
+                local_ips=self._local_ips,
+            )
+            if self.options.keepalive_interval > 0:
+                await nursery.start(
+                    self._paths.keepalive,
+                    self.options.keepalive_interval,
+                    self.options.keepalive_timeout,
+                )
+            for target in self.options.reserve_on:
+                nursery.start_soon(self._reserve_in_background, target)
             for service in self._services:
                 await nursery.start(service, host)
             self._ready.set()
@@ -215,6 +283,12 @@ class P2PNode:
         if self._token is None:
             raise SonmError("p2p node is not running")
         return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """(trio thread) Run ``fn(*args)`` in the node's nursery; it ends when the node closes."""
+        if self._nursery is None:
+            raise SonmError("p2p node is not running")
+        self._nursery.start_soon(fn, *args)
 
     def _call_soon(self, fn: Callable[[], Any]) -> None:
         if self._token is None:
@@ -302,6 +376,163 @@ class P2PNode:
 
         self.run(self._host.disconnect, ID.from_base58(peer_id))
 
+    # -- NAT traversal: relays, the dial ladder, paths -------------------------------------------
+
+    @property
+    def nat_type(self) -> str | None:
+        """This node's NAT type as STUN reported it (``stun.NatType`` value), if the caller set
+        it; a symmetric NAT makes the node skip hole punches it would start."""
+        return self._paths.nat_type if self._paths is not None else None
+
+    @nat_type.setter
+    def nat_type(self, value: str | None) -> None:
+        if self._paths is None:
+            raise SonmError("p2p node is not running")
+        self._paths.nat_type = None if value is None else str(value)
+
+    @property
+    def reservations(self) -> list[RelayReservation]:
+        """Relay reservations this node keeps (see :meth:`reserve`)."""
+        return list(self._reservations)
+
+    @property
+    def advertised_addrs(self) -> list[str]:
+        """What to tell others to reach this node at: its listen addresses (a wildcard replaced
+        by each interface address, loopback only when there is nothing else) and the circuit
+        address of every active relay reservation (``/…/p2p/<relay>/p2p-circuit/p2p/<self>``)."""
+        if self._token is None:
+            return []
+        # Interface addresses are read on the node's thread: it may live in another network
+        # namespace than the caller (tests run nodes in namespaces).
+        direct = self.run(self._expanded_listen_addrs)
+        out = [f"{a}/p2p/{self.peer_id}" for a in direct]
+        for res in self._reservations:
+            out += [a for a in res.circuit_addrs if a not in out]
+        return out
+
+    def _listen_addrs(self) -> list[str]:
+        if self._host is None:
+            return []
+        return [str(a) for a in self._host.get_transport_addrs()]
+
+    async def _expanded_listen_addrs(self) -> list[str]:
+        return _addrs.expand_listen(self._listen_addrs())
+
+    def _local_ips(self) -> list[str]:
+        return _addrs.local_ips_of(_addrs.expand_listen(self._listen_addrs()))
+
+    def reserve(
+        self, relay: str, *, wait: bool = True, timeout: float | None = None
+    ) -> RelayReservation:
+        """Reserve a slot on ``relay`` (``host:port`` or a multiaddr, /p2p optional) and keep it.
+
+        This node becomes reachable at the relay's circuit address (see :attr:`advertised_addrs`);
+        the reservation is refreshed before it expires and renewed whenever the connection to
+        the relay comes back, until ``cancel()`` or close. With ``wait`` this blocks until the
+        first reservation is granted and raises what prevented it (DialError, RelayRefused,
+        Timeout) - the background keeper is then stopped. Reserving twice on one relay returns
+        the existing reservation.
+        """
+        timeout = self.options.dial_timeout if timeout is None else timeout
+        relay_id = self.connect(relay)
+        for res in self._reservations:
+            if res.relay_id == relay_id:
+                return res
+        maddr, _ = _addrs.parse_target(relay)
+        res = RelayReservation(relay_id, [maddr], self.peer_id)
+        self._reservations.append(res)
+        self.run(self._start_reservation, res)
+        if not wait:
+            return res
+        deadline = time.monotonic() + timeout
+        while not res.granted.wait(0.05):
+            if res.error is not None or time.monotonic() >= deadline:
+                res.cancel()
+                self._reservations.remove(res)
+                if res.error is None:
+                    raise Timeout(f"relay {relay} granted no reservation within {timeout:g}s")
+                raise DialError(f"cannot reserve on relay {relay}: {res.error}")
+        return res
+
+    async def _start_reservation(self, res: RelayReservation) -> None:
+        scope = trio.CancelScope()
+
+        async def keep() -> None:
+            with scope:
+                await res.keep(self._host)
+
+        res._cancel = lambda: self._call_soon(scope.cancel)
+        self._nursery.start_soon(keep)
+
+    async def _reserve_in_background(self, target: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                maddr, peer_id = _addrs.parse_target(target)
+                relay_id = await self._connect(maddr, peer_id)
+                break
+            except SonmError as exc:
+                log.debug("relay %s: %s (retry in %.1fs)", target, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        res = RelayReservation(relay_id, [maddr], self.peer_id)
+        self._reservations.append(res)
+        await self._start_reservation(res)
+
+    def connect_peer(
+        self,
+        peer_id: str,
+        addrs: Sequence[str] = (),
+        *,
+        remote_nat: str | None = None,
+        upgrade_wait: float | None = None,
+    ) -> Path:
+        """Reach ``peer_id`` by the dial ladder and return the path it is on.
+
+        addrs: what the peer advertises (direct multiaddrs and circuit addresses, with or
+            without /p2p); remembered, so later streams redial it the same way.
+        remote_nat: the peer's NAT type when known (no hole punch towards a symmetric NAT).
+        upgrade_wait: seconds to wait for a hole punch of a relayed path (defaults to
+            ``NodeOptions.upgrade_wait``); the punch goes on in the background after it.
+        Already connected: returns the current path (starting an upgrade if it is relayed).
+        Raises DialError naming every attempt when none worked.
+        """
+        wait = self.options.upgrade_wait if upgrade_wait is None else upgrade_wait
+        return self.run(self._connect_peer, peer_id, list(addrs), remote_nat, wait)
+
+    async def _connect_peer(
+        self, peer_id: str, addrs: list[str], remote_nat: str | None, wait: float
+    ) -> Path:
+        assert self._paths is not None
+        return await self._paths.connect(peer_id, addrs, remote_nat=remote_nat, upgrade_wait=wait)
+
+    def path(self, peer_id: str, *, rtt: bool = True) -> Path | None:
+        """The path new streams to ``peer_id`` take (None when not connected); with ``rtt`` its
+        round-trip time is measured by a libp2p ping on it."""
+        if self._paths is None:
+            return None
+        if not rtt:
+            return self.run(self._path_now, peer_id)
+        return self.run(self._paths.measured_path, peer_id)
+
+    async def _path_now(self, peer_id: str) -> Path | None:
+        assert self._paths is not None
+        return self._paths.path(peer_id)
+
+    def upgrade(self, peer_id: str) -> bool:
+        """Try one hole punch now on a relayed path to ``peer_id``; True when it went direct."""
+        if self._paths is None:
+            raise SonmError("p2p node is not running")
+        return self.run(self._paths.upgrade_once, peer_id)
+
+    async def open_stream(self, peer_id: str, protocol: str) -> Any:
+        """(trio thread) A new ``protocol`` stream to ``peer_id`` on its best connection: direct
+        over relayed; redialled by the ladder when the connection is gone and its addresses
+        were given to :meth:`connect_peer`."""
+        if self._paths is None:
+            raise SonmError("p2p node is not running")
+        return await self._paths.open_stream(peer_id, [protocol])
+
     # -- streams -----------------------------------------------------------------------------
 
     def handle(self, protocol: str, handler: StreamHandler) -> None:
@@ -339,9 +570,6 @@ class P2PNode:
         return self.run(self._open_tunnel, peer_id, protocol)
 
     async def _open_tunnel(self, peer_id: str, protocol: str) -> Tunnel:
-        from libp2p.peer.id import ID
-
-        pid = ID.from_base58(peer_id)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         tunnel = Tunnel(self, peer_id, protocol, port)
@@ -350,7 +578,7 @@ class P2PNode:
 
         async def on_conn(tcp: trio.SocketStream) -> None:
             try:
-                stream = await self._host.new_stream(pid, [protocol])
+                stream = await self.open_stream(peer_id, protocol)
             except Exception as exc:
                 log.debug("tunnel %s: cannot open stream: %r", protocol, exc)
                 await _aclose_quietly(tcp)

@@ -19,6 +19,7 @@ All functions here run on the node's trio thread (see ``node.py``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "STOP",
     "RelayOptions",
     "RelayRefused",
+    "RelayReservation",
     "circuit_addr",
     "dial_relayed",
     "is_circuit",
@@ -168,6 +170,34 @@ def _relay_protocol_class() -> type:
                         if src_stream in pair or dst_stream in pair:
                             del self._active_relays[key]
 
+        async def handle_incoming_connection(  # noqa: ANN202 - overrides a py-libp2p method
+            self, stream: Any, remote_peer_id: bytes
+        ):
+            # py-libp2p names *this* node as the relay in the connection's address; the relay is
+            # the peer at the other end of the STOP stream.
+            import multiaddr
+            from libp2p.connection_types import ConnectionType
+            from libp2p.network.connection.raw_connection import RawConnection
+            from libp2p.peer.id import ID
+
+            relay = stream.muxed_conn.peer_id.to_base58()
+            source = ID(remote_peer_id)
+            addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source.to_base58()}")
+            raw = RawConnection(
+                stream=stream,
+                initiator=False,
+                connection_type=ConnectionType.RELAYED,
+                addresses=[addr],
+            )
+            try:
+                muxed = await self.host.upgrade_inbound_connection(raw, addr)
+            except Exception as exc:
+                await _end_stream(stream, reset=True)
+                raise ConnectionError(f"relayed connection from {source} failed: {exc}") from None
+            for conn in self.host.get_network().get_connections(source):
+                if getattr(conn, "muxed_conn", None) is muxed:
+                    conn.set_transport_info([addr], ConnectionType.RELAYED)
+
     return _RelayProtocol
 
 
@@ -295,3 +325,119 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
                 raise DialError(f"circuit to {target_id[:16]}… failed: {exc}") from None
             raise
 
+
+class RelayReservation:
+    """A reservation on one relay, kept refreshed in the background until cancelled.
+
+    The keeper re-reserves at half the remaining TTL, and at once whenever the connection to the
+    relay comes back (a relay honours a reservation only while the peer is connected to it, and a
+    restarted relay has forgotten it). Read the state from any thread.
+    """
+
+    def __init__(self, relay_id: str, relay_addrs: list[str], self_id: str) -> None:
+        self.relay_id = relay_id
+        self.self_id = self_id
+        self._given = [a for a in relay_addrs if a]
+        self._reported: list[str] = []
+        self._seen: str | None = None
+        self._lock = threading.Lock()
+        #: Unix time the current reservation expires (0 before the first one).
+        self.expires_at = 0.0
+        #: Set when a reservation was granted at least once.
+        self.granted = threading.Event()
+        #: Why the last attempt failed (None after a success).
+        self.error: str | None = None
+        self.refreshes = 0
+        self._connected = False
+        self._cancel: Any = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the relay holds a live reservation for us (and we are connected to it)."""
+        return self._connected and self.expires_at > time.time()
+
+    @property
+    def relay_addrs(self) -> list[str]:
+        """Transport addresses of the relay (no /p2p): given, reported by it, and dialled."""
+        out: list[str] = []
+        with self._lock:
+            candidates = [*self._given, *self._reported, *([self._seen] if self._seen else [])]
+        for addr in candidates:
+            base = addr.split("/p2p/")[0].rstrip("/")
+            parts = base.split("/")
+            if len(parts) < 3 or parts[2] in ("0.0.0.0", "::") or base in out:
+                continue
+            out.append(base)
+        return out
+
+    @property
+    def circuit_addrs(self) -> list[str]:
+        """The addresses others reach us at through this relay (empty while not active)."""
+        if not self.active:
+            return []
+        return [circuit_addr(a, self.relay_id, self.self_id) for a in self.relay_addrs]
+
+    def cancel(self) -> None:
+        """Stop refreshing (the relay lets the reservation expire). Idempotent."""
+        cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else f"inactive ({self.error or 'pending'})"
+        return f"<RelayReservation on {self.relay_id[:16]}… {state}>"
+
+    # -- trio side ----------------------------------------------------------------------------
+
+    async def keep(
+        self, host: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Reserve and refresh until cancelled (runs in the node's nursery)."""
+        import multiaddr
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        relay = ID.from_base58(self.relay_id)
+        task_status.started()
+        backoff = 0.5
+        while True:
+            try:
+                if not _connected(host, relay):
+                    self._connected = False
+                    info = PeerInfo(relay, [multiaddr.Multiaddr(a) for a in self.relay_addrs])
+                    with trio.fail_after(EXCHANGE_TIMEOUT):
+                        await host.connect(info)
+                expire, reported = await reserve(host, self.relay_id)
+                with self._lock:
+                    self._reported = reported
+                    self._seen = _remote_tcp_addr(host, relay) or self._seen
+                self.expires_at, self.error, self._connected = expire, None, True
+                self.refreshes += 1
+                self.granted.set()
+                backoff = 0.5
+                refresh_at = time.time() + max(1.0, (expire - time.time()) / 2)
+                while time.time() < refresh_at and _connected(host, relay):
+                    await trio.sleep(min(1.0, max(refresh_at - time.time(), 0.01)))
+                continue
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                self.error = str(exc) or type(exc).__name__
+                self._connected = _connected(host, relay)
+                log.debug("reservation on %s: %s (retry in %.1fs)", self.relay_id, exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+def _connected(host: Any, peer: Any) -> bool:
+    return any(not getattr(c, "is_closed", False) for c in host.get_network().get_connections(peer))
+
+
+def _remote_tcp_addr(host: Any, peer: Any) -> str | None:
+    for conn in host.get_network().get_connections(peer):
+        try:
+            ip, port = conn.muxed_conn.secured_conn.get_remote_address()
+        except Exception:
+            continue
+        return f"/ip{6 if ':' in ip else 4}/{ip}/tcp/{port}"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -35,7 +36,12 @@ def registry(tmp_path, net):
         "the registry to answer",
     )
     ref = f"127.0.0.1:{port}/sonm-test/web:1"
-    subprocess.run(["docker", "tag", "sonm-test/web", ref], check=True)
+    # a layer of our own on top of sonm-test/web, so the pull really downloads something
+    ctx = tmp_path / "image"
+    ctx.mkdir()
+    (ctx / "blob").write_bytes(os.urandom(2 << 20))
+    (ctx / "Dockerfile").write_text("FROM sonm-test/web\nCOPY blob /blob\n")
+    subprocess.run(["docker", "build", "-q", "-t", ref, str(ctx)], check=True, capture_output=True)
     subprocess.run(["docker", "push", ref], check=True, capture_output=True)
     subprocess.run(["docker", "rmi", ref], check=True, capture_output=True)
     yield port

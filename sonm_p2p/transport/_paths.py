@@ -1,0 +1,604 @@
+"""Executing the dial ladder, DCUtR upgrades, and what path a peer is on (trio thread only).
+
+The policy (what to try, in which order, when to hole-punch) is ``dial_ladder.py``; this module does
+the I/O for :class:`~sonm_p2p.transport.node.P2PNode`.
+
+py-libp2p's ``DCUtRProtocol`` is used with four changes (:func:`_dcutr_class`):
+
+* ``dial_timeout=3``: its default (10 s) makes an upgrade take ~11 s;
+* no auto-drive loop: the side that dialled through the relay initiates the upgrade when the
+  ladder says so (py-libp2p's loop makes both sides initiate at once, every 2 s);
+* no "unilateral" direct dial first: the ladder has just tried the peer's direct addresses;
+* the relayed leg is retired when it carries no stream any more (or after ``linger`` seconds),
+  instead of being closed 60 s after the upgrade whatever runs on it. While both legs exist, the
+  peer is protected from py-libp2p's per-peer trimming, which would close the older (relayed) leg
+  at once. New streams always go on the direct leg (py-libp2p's "best connection" rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from sonm_p2p.errors import DialError
+from sonm_p2p.transport.dial_ladder import (
+    AttemptKind,
+    LadderOptions,
+    PathKind,
+    Scope,
+    UpgradePolicy,
+    UpgradeState,
+    _ip_of,
+    classify,
+    plan,
+)
+from sonm_p2p.transport.relay import dial_relayed, is_circuit
+
+__all__ = [
+    "Path",
+    "PeerPaths",
+    "best_connection",
+    "connections",
+    "dcutr_service",
+    "describe",
+    "ping",
+]
+
+log = logging.getLogger(__name__)
+
+PING = "/ipfs/ping/1.0.0"
+_PROTECT_TAG = "sonm-upgrade"
+_PUNCH_RETRY = 0.001  #: seconds between hole-punch connects while the far NAT refuses
+
+
+@dataclass(frozen=True)
+class Path:
+    """The connection a peer's new streams go on.
+
+    kind: direct, relayed or hole-punched.
+    remote: the far end: ``/ip4/…/tcp/…`` for a direct or hole-punched path, the circuit address
+        ``/p2p/<relay>/p2p-circuit/p2p/<peer>`` for a relayed one.
+    rtt: seconds of one round trip on it (libp2p ping), None when not measured.
+    relay_id: the relay's peer ID on a relayed path.
+    """
+
+    peer_id: str
+    kind: PathKind
+    remote: str
+    rtt: float | None = None
+    relay_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "kind": str(self.kind),
+            "remote": self.remote,
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            "relay_id": self.relay_id,
+        }
+
+    def __str__(self) -> str:
+        rtt = "" if self.rtt is None else f" rtt={self.rtt * 1000:.1f}ms"
+        return f"{self.kind} {self.remote}{rtt}"
+
+
+def _is_relayed(conn: Any) -> bool:
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:
+        return False
+
+
+def connections(host: Any, peer: Any) -> list[Any]:
+    """Open connections to ``peer`` (a libp2p ID)."""
+    conns = host.get_network().get_connections(peer)
+    return [c for c in conns if not getattr(c, "is_closed", False)]
+
+
+def best_connection(host: Any, peer: Any) -> Any | None:
+    """The connection new streams to ``peer`` go on: direct first, then the busiest."""
+    conns = connections(host, peer)
+    if not conns:
+        return None
+    return max(conns, key=lambda c: (not _is_relayed(c), len(c.get_streams())))
+
+
+def describe(conn: Any, peer_id: str, punched: weakref.WeakSet[Any]) -> Path:
+    """The :class:`Path` (without RTT) of one connection."""
+    if _is_relayed(conn):
+        remote = str(conn.get_transport_addresses()[0])
+        relay = remote.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
+        return Path(peer_id, PathKind.RELAYED, remote, None, relay)
+    kind = PathKind.HOLE_PUNCHED if conn in punched else PathKind.DIRECT
+    remote = ""
+    try:
+        ip, port = conn.muxed_conn.secured_conn.get_remote_address()
+        remote = f"/ip{6 if ':' in ip else 4}/{ip}/tcp/{port}"
+    except Exception:
+        addrs = conn.get_transport_addresses()
+        remote = str(addrs[0]) if addrs else ""
+    return Path(peer_id, kind, remote)
+
+
+async def ping(host: Any, peer: Any, *, rounds: int = 2, timeout: float = 5.0) -> float:
+    """Best of ``rounds`` libp2p pings (seconds) on the connection new streams use."""
+    best = float("inf")
+    with trio.fail_after(timeout):
+        stream = await host.new_stream(peer, [PING])
+        try:
+            for _ in range(rounds):
+                payload = secrets.token_bytes(32)
+                began = time.perf_counter()
+                await stream.write(payload)
+                got = b""
+                while len(got) < 32:
+                    chunk = await stream.read(32 - len(got))
+                    if not chunk:
+                        raise EOFError("ping stream closed")
+                    got += chunk
+                best = min(best, time.perf_counter() - began)
+                if got != payload:
+                    raise ValueError("ping payload mismatch")
+        finally:
+            try:
+                with trio.move_on_after(1):
+                    await stream.close()
+            except Exception:
+                pass
+    return best
+
+
+def _punchable(addr: Any) -> bool:
+    ip = _ip_of(str(addr))
+    return ip is not None and classify(ip) in (Scope.PUBLIC, Scope.SITE)
+
+
+def _tcp_target(addr: Any) -> tuple[str, int] | None:
+    parts = str(addr).split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        return None
+    return parts[2], int(parts[4])
+
+
+async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any | None:
+    """One TCP connect from ``source`` (shared with the listener: SO_REUSEPORT) to ``target``;
+    a raw libp2p connection, or None when refused. Kept lean: the punch loop runs it back to
+    back (tens of thousands of times a second in the tests' zero-latency internet)."""
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    if (":" in source[0]) != (family == socket.AF_INET6):
+        return None
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(source)
+        await sock.connect(target)
+    except OSError:
+        sock.close()
+        await trio.sleep(0)
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return RawConnection(TrioTCPStream(trio.SocketStream(sock)), True)
+
+
+def _dcutr_class() -> type:
+    import multiaddr
+    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+
+    class _DCUtR(DCUtRProtocol):
+        """DCUtRProtocol driven by the dial ladder (see the module docstring)."""
+
+        def __init__(self, host: Any, *, dial_timeout: float, linger: float) -> None:
+            super().__init__(host, dial_timeout=dial_timeout)  # type: ignore[arg-type]
+            self.linger = linger
+            #: Direct connections made by a hole punch (to report them as such).
+            self.punched: weakref.WeakSet[Any] = weakref.WeakSet()
+
+        async def _auto_drive_loop(self) -> None:
+            await trio.sleep_forever()
+
+        async def _try_unilateral_upgrade(self, peer_id: Any) -> bool:
+            return False
+
+        async def _dial_peer(
+            self,
+            peer_id: Any,
+            addr: Any,
+            source: tuple[str, int] | None = None,
+            as_responder: bool = False,
+        ) -> None:
+            # py-libp2p dials once (or thrice, 0.1-0.4 s apart). A SYN that reaches the far NAT
+            # before the far side's own SYN left it is dropped, or answered with a RST by a
+            # router that has no listener on that port (Linux): then only SYNs that cross
+            # within about one link latency make a connection. So the TCP connect is retried
+            # back to back from the same port until it connects or ``dial_timeout`` passes;
+            # only then is the connection upgraded (Noise, Yamux), once.
+            if not _punchable(addr):
+                return
+            network = self.host.get_network()
+            target = _tcp_target(addr)
+            if target is None or source is None:
+                return
+            raw = None
+            tries = 0
+            began = trio.current_time()
+            with trio.move_on_after(self.dial_timeout):
+                while raw is None:
+                    tries += 1
+                    if tries % 64 == 0 and await self._verify_direct_connection(peer_id):
+                        return
+                    raw = await _connect_from(source, target)
+            log.debug(
+                "punch dial %s: %s after %d connects in %.3fs",
+                addr,
+                "connected" if raw is not None else "nothing",
+                tries,
+                trio.current_time() - began,
+            )
+            if raw is None:
+                return
+            try:
+                with trio.fail_after(self.dial_timeout):
+                    if as_responder:
+                        full = multiaddr.Multiaddr(f"{addr}/p2p/{peer_id}")
+                        muxed = await network.upgrade_inbound_raw_conn(raw, full)
+                        if getattr(muxed, "peer_id", None) != peer_id:
+                            await muxed.close()
+                            return
+                    else:
+                        await network.upgrade_outbound_raw_conn(raw, peer_id)
+            except Exception as exc:
+                log.debug("punch upgrade %s: %s", addr, _reason(exc))
+                with trio.move_on_after(1):
+                    await raw.close()
+                return
+            if await self._verify_direct_connection(peer_id):
+                self._direct_connections.add(peer_id)
+
+        async def _perform_hole_punch(
+            self, peer_id: Any, addrs: list[Any], as_responder: bool = False
+        ) -> bool:
+            # Both legs must survive py-libp2p's per-peer trimming until the relayed one is idle.
+            network = self.host.get_network()
+            network.protect(peer_id, _PROTECT_TAG)
+            ok = False
+            try:
+                ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
+                return ok
+            finally:
+                if not ok:
+                    network.unprotect(peer_id, _PROTECT_TAG)
+
+        def _schedule_relay_close(self, peer_id: Any) -> None:
+            for conn in connections(self.host, peer_id):
+                if not _is_relayed(conn):
+                    self.punched.add(conn)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._retire_relayed, peer_id)
+
+        async def _retire_relayed(self, peer_id: Any) -> None:
+            network = self.host.get_network()
+            deadline = trio.current_time() + self.linger
+            try:
+                while True:
+                    relayed = [c for c in connections(self.host, peer_id) if _is_relayed(c)]
+                    direct = [c for c in connections(self.host, peer_id) if not _is_relayed(c)]
+                    if not relayed or not direct:
+                        return
+                    idle = [c for c in relayed if not c.get_streams()]
+                    if trio.current_time() >= deadline:
+                        idle = relayed
+                    for conn in idle:
+                        log.debug("closing the relayed leg to %s", peer_id)
+                        await conn.close()
+                    if len(idle) == len(relayed):
+                        return
+                    await trio.sleep(1.0)
+            except Exception as exc:
+                log.debug("retiring the relayed leg to %s: %r", peer_id, exc)
+            finally:
+                network.unprotect(peer_id, _PROTECT_TAG)
+
+    return _DCUtR
+
+
+async def dcutr_service(
+    host: Any,
+    *,
+    dial_timeout: float,
+    linger: float,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run DCUtR on ``host`` until cancelled; ``started()`` with the protocol object."""
+    from libp2p.tools.anyio_service import background_trio_service
+
+    proto = _dcutr_class()(host, dial_timeout=dial_timeout, linger=linger)
+    async with background_trio_service(proto):
+        await proto.event_started.wait()
+        task_status.started(proto)
+        await trio.sleep_forever()
+
+
+class PeerPaths:
+    """Reaching peers by the ladder, upgrading relayed paths, and reporting paths (trio side).
+
+    known: addresses learned for each peer (``connect``), used again to redial it when a stream is
+        wanted and the connection is gone.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        nursery: trio.Nursery,
+        *,
+        dcutr: Any | None,
+        ladder: LadderOptions,
+        policy: UpgradePolicy,
+        local_ips: Callable[[], list[str]],
+    ) -> None:
+        self.host = host
+        self.dcutr = dcutr
+        self.ladder = ladder
+        self.policy = policy
+        self.nat_type: str | None = None
+        self.known: dict[str, list[str]] = {}
+        self.remote_nat: dict[str, str | None] = {}
+        self.upgrades: dict[str, UpgradeState] = {}
+        #: (succeeded, seconds) of the last hole punch per peer.
+        self.last_upgrade: dict[str, tuple[bool, float]] = {}
+        self._nursery = nursery
+        self._local_ips = local_ips
+        self._locks: dict[str, trio.Lock] = {}
+        self._driving: dict[str, trio.Event] = {}
+
+    def _punched(self) -> weakref.WeakSet[Any]:
+        return self.dcutr.punched if self.dcutr is not None else weakref.WeakSet()
+
+    def path(self, peer_id: str) -> Path | None:
+        from libp2p.peer.id import ID
+
+        conn = best_connection(self.host, ID.from_base58(peer_id))
+        return None if conn is None else describe(conn, peer_id, self._punched())
+
+    async def measured_path(self, peer_id: str) -> Path | None:
+        from libp2p.peer.id import ID
+
+        path = self.path(peer_id)
+        if path is None:
+            return None
+        try:
+            rtt = await ping(self.host, ID.from_base58(peer_id))
+        except Exception as exc:
+            log.debug("ping %s: %r", peer_id, exc)
+            return path
+        now = self.path(peer_id) or path
+        return Path(now.peer_id, now.kind, now.remote, rtt, now.relay_id)
+
+    def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
+        known = self.known.setdefault(peer_id, [])
+        for addr in addrs:
+            if addr not in known:
+                known.append(addr)
+
+    async def connect(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        *,
+        remote_nat: str | None = None,
+        upgrade_wait: float = 0.0,
+    ) -> Path:
+        """Reach ``peer_id`` by the ladder (unless connected); see ``P2PNode.connect_peer``."""
+        from libp2p.peer.id import ID
+
+        pid = ID.from_base58(peer_id)
+        self.remember(peer_id, addrs)
+        if remote_nat is not None:
+            self.remote_nat[peer_id] = remote_nat
+        lock = self._locks.setdefault(peer_id, trio.Lock())
+        async with lock:
+            conn = best_connection(self.host, pid)
+            if conn is None:
+                conn = await self._climb(peer_id, pid)
+        path = describe(conn, peer_id, self._punched())
+        if path.kind is PathKind.RELAYED:
+            done = self._drive_upgrades(peer_id)
+            if done is not None and upgrade_wait > 0:
+                with trio.move_on_after(upgrade_wait):
+                    await done.wait()
+            path = self.path(peer_id) or path
+        return path
+
+    async def _climb(self, peer_id: str, pid: Any) -> Any:
+        import multiaddr
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        addrs = self.known.get(peer_id, [])
+        relays = {a.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1] for a in addrs if is_circuit(a)}
+        connected = [r for r in relays if _safe_connected(self.host, r)]
+        attempts = plan(
+            peer_id,
+            addrs,
+            local_ips=self._local_ips(),
+            connected_relays=connected,
+            options=self.ladder,
+        )
+        if not attempts:
+            raise DialError(f"no usable address for {peer_id[:16]}… (known: {addrs or 'none'})")
+        failures: list[str] = []
+        network = self.host.get_network()
+        for attempt in attempts:
+            try:
+                with trio.fail_after(attempt.timeout):
+                    if attempt.kind is AttemptKind.DIRECT:
+                        return await network.dial_addr(multiaddr.Multiaddr(attempt.addr), pid)
+                    relay = ID.from_base58(attempt.relay_id or "")
+                    if not _safe_connected(self.host, attempt.relay_id or ""):
+                        maddrs = [multiaddr.Multiaddr(attempt.addr)] if attempt.addr else []
+                        await self.host.connect(PeerInfo(relay, maddrs))
+                    return await dial_relayed(self.host, attempt.relay_id or "", peer_id)
+            except trio.TooSlowError:
+                failures.append(f"{attempt}: no answer within {attempt.timeout:g}s")
+            except Exception as exc:
+                failures.append(f"{attempt}: {_reason(exc)}")
+            log.debug("ladder to %s: %s", peer_id, failures[-1])
+        raise DialError(f"cannot reach {peer_id[:16]}…: " + "; ".join(failures))
+
+    def _drive_upgrades(self, peer_id: str) -> trio.Event | None:
+        """Start upgrading a relayed path (once per peer); the event is set after an attempt."""
+        if self.dcutr is None:
+            return None
+        state = self.upgrades.get(peer_id, UpgradeState())
+        nat = self.remote_nat.get(peer_id)
+        if (
+            self.policy.next_attempt(
+                state, path=PathKind.RELAYED, local_nat=self.nat_type, remote_nat=nat
+            )
+            is None
+        ):
+            return None
+        event = self._driving.get(peer_id)
+        if event is None:
+            event = self._driving[peer_id] = trio.Event()
+            self._nursery.start_soon(self._drive, peer_id, event)
+        return event
+
+    async def _drive(self, peer_id: str, event: trio.Event) -> None:
+        from libp2p.peer.id import ID
+
+        pid = ID.from_base58(peer_id)
+        try:
+            while True:
+                conn = best_connection(self.host, pid)
+                if conn is None or not _is_relayed(conn):
+                    self.upgrades.pop(peer_id, None)  # a new relayed connection starts afresh
+                    return
+                state = self.upgrades.get(peer_id, UpgradeState())
+                at = self.policy.next_attempt(
+                    state,
+                    path=PathKind.RELAYED,
+                    local_nat=self.nat_type,
+                    remote_nat=self.remote_nat.get(peer_id),
+                )
+                if at is None:
+                    return
+                now = trio.current_time()
+                if at > now:
+                    await trio.sleep(at - now)
+                    continue
+                ok = await self.upgrade_once(peer_id)
+                self.upgrades[peer_id] = self.policy.record(state, now, succeeded=ok)
+                event.set()
+                if ok:
+                    return
+        finally:
+            event.set()
+            self._driving.pop(peer_id, None)
+
+    async def upgrade_once(self, peer_id: str) -> bool:
+        """One DCUtR hole punch to a peer we reach through a relay; True on a direct path."""
+        from libp2p.peer.id import ID
+
+        if self.dcutr is None:
+            return False
+        began = time.perf_counter()
+        await self._wait_observed()
+        log.debug("hole punch to %s: observed address after %.3fs", peer_id, time.perf_counter() - began)
+        try:
+            ok = bool(await self.dcutr.initiate_hole_punch(ID.from_base58(peer_id)))
+        except Exception as exc:
+            log.debug("hole punch to %s failed: %r", peer_id, exc)
+            ok = False
+        self.last_upgrade[peer_id] = (ok, time.perf_counter() - began)
+        log.info(
+            "hole punch to %s: %s in %.2fs",
+            peer_id,
+            "ok" if ok else "failed",
+            self.last_upgrade[peer_id][1],
+        )
+        return ok
+
+    async def _wait_observed(self, timeout: float = 2.0) -> None:
+        # DCUtR tells the peer our address as a relay observed it (identify); right after
+        # connecting to the relay that observation may still be on its way.
+        manager = getattr(self.host, "_observed_addr_manager", None)
+        if manager is None:
+            return
+        with trio.move_on_after(timeout):
+            while not manager.addrs(min_observers=1):
+                await trio.sleep(0.02)
+
+    async def keepalive(
+        self,
+        interval: float,
+        timeout: float,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Ping every peer whose connection carries streams each ``interval`` seconds; close
+        the connections of one that does not answer within ``timeout`` (a cut link otherwise
+        leaves its streams hanging: TCP says nothing until it has data to retransmit)."""
+        checking: set[Any] = set()
+
+        async def check(peer: Any) -> None:
+            try:
+                await ping(self.host, peer, rounds=1, timeout=timeout)
+            except trio.TooSlowError:
+                log.info("peer %s silent for %gs: closing its connections", peer, timeout)
+                with trio.move_on_after(5):
+                    await self.host.disconnect(peer)
+            except Exception as exc:  # e.g. no ping protocol there: not a sign of a dead link
+                log.debug("keepalive ping %s: %r", peer, exc)
+            finally:
+                checking.discard(peer)
+
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(interval)
+                for peer, conns in list(self.host.get_network().connections.items()):
+                    busy = any(c.get_streams() for c in conns if not getattr(c, "is_closed", False))
+                    if busy and peer not in checking:
+                        checking.add(peer)
+                        nursery.start_soon(check, peer)
+
+    async def open_stream(self, peer_id: str, protocols: Sequence[str]) -> Any:
+        """A new stream to ``peer_id`` on its best connection, redialling by the ladder when the
+        connection is gone and addresses are known."""
+        from libp2p.peer.id import ID
+
+        pid = ID.from_base58(peer_id)
+        if best_connection(self.host, pid) is None and self.known.get(peer_id):
+            await self.connect(peer_id, ())
+        return await self.host.new_stream(pid, list(protocols))
+
+
+def _safe_connected(host: Any, peer_id: str) -> bool:
+    from libp2p.peer.id import ID
+
+    try:
+        return bool(connections(host, ID.from_base58(peer_id)))
+    except Exception:
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text

@@ -87,13 +87,15 @@ def bench_seed_flow(net: Network, runs: int = 10) -> str:
         [
             "## Seed flow: start + stop, ping",
             "",
-            f"`sonmcli start --image sonm-test/web` then `sonmcli stop`, against `docker run -d -P` then "
-            f"`docker rm -f` of the same image, {runs} runs each (medians; each sonmcli call is a "
+            "`sonmcli start --image sonm-test/web` then `sonmcli stop`, against "
+            f"`docker run -d -P` then `docker rm -f` of the same image, {runs} runs each "
+            "(medians; each sonmcli call is a "
             "new process, ~0.3 s of which is Python start-up and imports).",
             "",
             "| what | median | p95 |",
             "|---|---|---|",
-            f"| sonmcli start + stop | {fmt_ms(statistics.median(ours))} | {fmt_ms(pct(ours, 95))} |",
+            f"| sonmcli start + stop | {fmt_ms(statistics.median(ours))} | "
+            f"{fmt_ms(pct(ours, 95))} |",
             f"| docker run -d -P + docker rm -f | {fmt_ms(statistics.median(docker_times))} | "
             f"{fmt_ms(pct(docker_times, 95))} |",
             f"| `sonmcli ping` (whole process) | {fmt_ms(statistics.median(cli_pings))} | "
@@ -191,8 +193,9 @@ def bench_propagation(nodes: int = 20, rounds: int = 10) -> str:
         [
             f"## Announcement propagation, {nodes} nodes",
             "",
-            f"{nodes} P2PNodes in one process on 127.0.0.1, each bootstrapped to one or two earlier "
-            f"nodes (a sparse overlay, not a mesh); the hub publishes {rounds} announcements and we "
+            f"{nodes} P2PNodes in one process on 127.0.0.1, each bootstrapped to one or two "
+            f"earlier nodes (a sparse overlay, not a mesh); the hub publishes {rounds} "
+            "announcements and we "
             "time each one's arrival in every other node's directory (validated and verified).",
             "",
             "| median | p95 | max |",

@@ -120,7 +120,9 @@ def bench_zero_config_miner(net: Network, runs: int = 5) -> str:
             m = net.miner("", f"z{i}", runtime="memory")
             node_id = m.node_id
             wait_for(
-                lambda: any(x.node_id == node_id and x.online for x in client.list_miners()),
+                lambda nid=node_id: any(
+                    x.node_id == nid and x.online for x in client.list_miners()
+                ),
                 "zero-flag miner listed",
                 timeout=30,
                 every=0.02,

@@ -15,11 +15,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
 from sonm_p2p.errors import PermissionDenied, Unauthenticated
-from sonm_p2p.identity import Identity
+from sonm_p2p.identity import Identity, recover_signer
 
 __all__ = [
     "HEADER_ID",
@@ -93,9 +90,7 @@ class RequestVerifier:
                 f"(more than {self.max_skew:g}s): check the clock"
             )
         try:
-            signer = Account.recover_message(
-                encode_defunct(_message(method, ts_ms, nonce, payload)), signature=sig
-            )
+            signer = recover_signer(_message(method, ts_ms, nonce, payload), sig)
         except Exception:
             raise Unauthenticated("request signature is malformed") from None
         if signer.lower() != claimed.lower():

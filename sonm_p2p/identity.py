@@ -2,6 +2,12 @@
 
 The same key is the node's libp2p key, so its peer ID (which embeds the public key) proves the node
 ID too: :func:`node_id_from_peer_id` recovers a peer's node ID from a Noise-authenticated peer ID.
+
+Signatures are Ethereum personal messages (EIP-191, 65 bytes r‖s‖v), exactly what eth-account's
+``sign_message``/``recover_message`` produce and accept (tests/unit/test_identity.py checks it
+against eth-account). They are computed with coincurve (libsecp256k1, which py-libp2p uses too)
+and eth-hash's keccak, eth-account's own building blocks, because importing eth-account costs
+~1.1 s (it pulls in BLS pairing code) and every ``sonmcli`` call would pay it.
 """
 
 from __future__ import annotations
@@ -11,12 +17,19 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account
-from eth_keys import keys as eth_keys
+import coincurve
+from eth_hash.auto import keccak
 
 from sonm_p2p.errors import ConfigError
 
-__all__ = ["Identity", "load_or_create", "node_id_from_public_key", "node_id_from_peer_id"]
+__all__ = [
+    "Identity",
+    "checksum_address",
+    "load_or_create",
+    "node_id_from_peer_id",
+    "node_id_from_public_key",
+    "recover_signer",
+]
 
 KEY_FILE = "key"
 
@@ -30,11 +43,11 @@ class Identity:
     @property
     def node_id(self) -> str:
         """The Ethereum (EIP-55 checksummed) address of the key: ``0x…``."""
-        return Account.from_key(self.private_key).address
+        return node_id_from_public_key(self.public_key_compressed)
 
     @property
     def public_key_compressed(self) -> bytes:
-        return eth_keys.PrivateKey(self.private_key).public_key.to_compressed_bytes()
+        return coincurve.PrivateKey(self.private_key).public_key.format(compressed=True)
 
     def libp2p_key_pair(self):  # noqa: ANN201 - libp2p types are imported lazily (import cost)
         """The libp2p ``KeyPair`` for this key (imports libp2p)."""
@@ -46,9 +59,10 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         """An Ethereum personal-message signature (65 bytes) over ``message``."""
-        from eth_account.messages import encode_defunct
-
-        return bytes(Account.sign_message(encode_defunct(message), self.private_key).signature)
+        sig = coincurve.PrivateKey(self.private_key).sign_recoverable(
+            _personal_hash(message), hasher=None
+        )
+        return sig[:64] + bytes([sig[64] + 27])
 
     def __repr__(self) -> str:
         return f"<Identity {self.node_id}>"
@@ -84,15 +98,45 @@ def load_or_create(home: Path) -> Identity:
     return ident
 
 
+def checksum_address(address20: bytes) -> str:
+    """The EIP-55 mixed-case ``0x…`` form of a 20-byte address."""
+    hexaddr = address20.hex()
+    digest = keccak(hexaddr.encode()).hex()
+    return "0x" + "".join(
+        c.upper() if int(digest[i], 16) >= 8 else c for i, c in enumerate(hexaddr)
+    )
+
+
 def node_id_from_public_key(public_key: bytes) -> str:
     """Node ID (checksummed address) of a compressed or uncompressed secp256k1 public key."""
-    if len(public_key) == 33:
-        pk = eth_keys.PublicKey.from_compressed_bytes(public_key)
-    elif len(public_key) == 65:
-        pk = eth_keys.PublicKey(public_key[1:])
-    else:
-        pk = eth_keys.PublicKey(public_key)
-    return pk.to_checksum_address()
+    if len(public_key) == 64:
+        public_key = b"\x04" + public_key
+    try:
+        raw = coincurve.PublicKey(public_key).format(compressed=False)
+    except ValueError as exc:
+        raise ValueError(f"not a secp256k1 public key: {exc}") from None
+    return checksum_address(keccak(raw[1:])[-20:])
+
+
+def _personal_hash(message: bytes) -> bytes:
+    return keccak(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
+
+
+def recover_signer(message: bytes, signature: bytes) -> str:
+    """The node ID whose key made ``signature`` (EIP-191) over ``message``.
+
+    Raises ValueError for a malformed signature.
+    """
+    if len(signature) != 65 or signature[64] not in (0, 1, 27, 28):
+        raise ValueError("a signature is 65 bytes r‖s‖v")
+    v = signature[64] - 27 if signature[64] >= 27 else signature[64]
+    try:
+        pub = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v]), _personal_hash(message), hasher=None
+        )
+    except Exception as exc:
+        raise ValueError(f"bad signature: {exc}") from None
+    return node_id_from_public_key(pub.format(compressed=False))
 
 
 def node_id_from_peer_id(peer_id: str) -> str | None:

@@ -252,10 +252,9 @@ def _str(text: str) -> bytes:
 
 
 def _recover(payload: bytes, signature: bytes) -> str | None:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
+    from sonm_p2p.identity import recover_signer
 
     try:
-        return Account.recover_message(encode_defunct(payload), signature=signature)
+        return recover_signer(payload, signature)
     except Exception:  # malformed r/s/v: the key cannot be recovered
         return None

@@ -517,7 +517,9 @@ class PeerPaths:
             return False
         began = time.perf_counter()
         await self._wait_observed()
-        log.debug("hole punch to %s: observed address after %.3fs", peer_id, time.perf_counter() - began)
+        log.debug(
+            "hole punch to %s: observed address after %.3fs", peer_id, time.perf_counter() - began
+        )
         try:
             ok = bool(await self.dcutr.initiate_hole_punch(ID.from_base58(peer_id)))
         except Exception as exc:

@@ -53,3 +53,33 @@ def test_signature_recovers_to_node_id():
     ident = Identity.generate()
     sig = ident.sign(b"hello")
     assert Account.recover_message(encode_defunct(b"hello"), signature=sig) == ident.node_id
+
+
+def test_signatures_are_eth_account_personal_messages_both_ways():
+    import random
+
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    from sonm_p2p.identity import checksum_address, recover_signer
+
+    rng = random.Random(0)
+    for _ in range(20):
+        ident = Identity(rng.randbytes(32))
+        msg = rng.randbytes(rng.randrange(0, 300))
+        acct = Account.from_key(ident.private_key)
+        assert ident.node_id == acct.address
+        ours = ident.sign(msg)
+        theirs = bytes(Account.sign_message(encode_defunct(msg), ident.private_key).signature)
+        assert ours == theirs  # RFC 6979 deterministic nonces: byte-identical
+        assert recover_signer(msg, theirs) == acct.address
+    assert checksum_address(bytes.fromhex("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")) == (
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # EIP-55's own example
+    )
+
+
+def test_malformed_signature_is_a_value_error():
+    from sonm_p2p.identity import recover_signer
+
+    with pytest.raises(ValueError):
+        recover_signer(b"x", b"\x00" * 10)

@@ -137,6 +137,10 @@ def test_logs_follow_tail_and_after_stop(net, fast_hub):
     assert sorted(tail.stdout.split()) == ["err5", "out5"]
     errors = hub.cli("logs", "--stderr", job)
     assert errors.stdout.split() == [f"err{i}" for i in range(1, 6)]
+    recent = hub.cli("logs", "--since", "1h", "--stdout", job)
+    assert recent.stdout.split() == [f"out{i}" for i in range(1, 6)]
+    later = hub.cli("logs", "--since", str(time.time() + 5), job)
+    assert later.returncode == 0 and later.stdout == ""
 
     web = _start(hub, m1, "sonm-test/web")
     assert hub.cli("stop", web).returncode == 0

@@ -164,3 +164,34 @@ def test_only_the_owner_may_stop_a_task_or_read_its_output(net, tmp_path):
     # the hub's operator (holding the hub's key) may stop it
     res = sonmcli("--hub", hub.grpc_target, "stop", job, home=hub.home)
     assert res.returncode == 0, res.stderr
+
+
+def test_frozen_miner_is_offline_after_three_missed_pings_and_comes_back(net):
+    import os
+    import signal
+
+    hub = net.hub(extra=["--ping-interval", "1s", "--ping-timeout", "0.5s"])
+    m1 = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: m1.node_id in hub.online(), "miner listed")
+    job = _start(hub, m1.node_id)
+    os.kill(m1.proc.pid, signal.SIGSTOP)  # its connection stays open; it just stops answering
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: m1.node_id not in hub.online(), "miner offline", timeout=15)
+        assert time.monotonic() - t0 >= 2  # not at the first missed ping
+        assert hub.cli_json("status", job)["state"] == "LOST"
+    finally:
+        os.kill(m1.proc.pid, signal.SIGCONT)
+    wait_for(lambda: m1.node_id in hub.online(), "miner back after it thawed", timeout=30)
+    wait_for(lambda: hub.cli_json("status", job)["state"] == "RUNNING", "its task RUNNING again")
+
+
+def test_detached_start_returns_at_once_and_the_task_comes_up(net):
+    hub = net.hub()
+    m1 = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: m1.node_id in hub.online(), "miner listed")
+    res = hub.cli("start", "--detach", "--image", "sonm-test/web", f"--miner={m1.node_id}")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ID ") and "Endpoint" not in res.stdout
+    job = res.stdout.split()[1]
+    wait_for(lambda: hub.cli_json("status", job)["state"] == "RUNNING", "detached task running")

@@ -174,15 +174,17 @@ class _Since(click.ParamType):
     def convert(self, value: object, param: object, ctx: object) -> float:
         text = str(value).strip()
         try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None:  # a bare number: unix time, or seconds ago when small
+            return number if number > 1e8 else time.time() - number
+        try:
             return time.time() - Duration().convert(text, param, ctx)  # type: ignore[arg-type]
         except click.BadParameter:
             pass
         try:
             return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass
-        try:
-            return float(text)
         except ValueError:
             self.fail(
                 f"{text!r}: expected a duration (10m), an ISO time or unix seconds", param, ctx

@@ -90,5 +90,3 @@ def _reason(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text}: {cause}"
     return text
-
-

@@ -35,6 +35,7 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport import addrs as _addrs
+from sonm_p2p.transport._handles import Session, Tunnel, _aclose_quietly, _read_until_end, _reason
 from sonm_p2p.transport._paths import Path, PeerPaths, dcutr_service
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy

@@ -1,0 +1,242 @@
+"""DCUtR hole punching as the dial ladder drives it (trio thread only).
+
+py-libp2p's ``DCUtRProtocol`` is used with five changes (:func:`_dcutr_class`):
+
+* ``dial_timeout=3``: its default (10 s) makes an upgrade take ~11 s;
+* no auto-drive loop: the side that dialled through the relay initiates the upgrade when the
+  ladder says so (py-libp2p's loop makes both sides initiate at once, every 2 s);
+* no "unilateral" direct dial first: the ladder has just tried the peer's direct addresses;
+* the punch dial is a tight loop of TCP connects from the listen port (see ``_dial_peer``), and
+  skips unusable addresses (py-libp2p dials the ``0.0.0.0`` listen address identify reports);
+* the relayed leg is retired when it carries no stream any more (or after ``linger`` seconds),
+  instead of being closed 60 s after the upgrade whatever runs on it. While both legs exist, the
+  peer is protected from py-libp2p's per-peer trimming, which would close the older (relayed) leg
+  at once. New streams always go on the direct leg (py-libp2p's "best connection" rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import weakref
+from typing import Any
+
+import trio
+
+from sonm_p2p.transport._handles import _reason
+from sonm_p2p.transport.dial_ladder import Scope, _ip_of, classify
+
+__all__ = ["connections", "dcutr_service", "is_relayed"]
+
+log = logging.getLogger("sonm_p2p.transport._paths")
+
+_PROTECT_TAG = "sonm-upgrade"
+_PUNCH_RETRY = 0.001  #: seconds between hole-punch connects while the far NAT refuses
+
+
+def is_relayed(conn: Any) -> bool:
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:
+        return False
+
+
+def connections(host: Any, peer: Any) -> list[Any]:
+    """Open connections to ``peer`` (a libp2p ID)."""
+    conns = host.get_network().get_connections(peer)
+    return [c for c in conns if not getattr(c, "is_closed", False)]
+
+
+def _punchable(addr: Any) -> bool:
+    ip = _ip_of(str(addr))
+    return ip is not None and classify(ip) in (Scope.PUBLIC, Scope.SITE)
+
+
+def _tcp_target(addr: Any) -> tuple[str, int] | None:
+    parts = str(addr).split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        return None
+    return parts[2], int(parts[4])
+
+
+async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any | None:
+    """One TCP connect from ``source`` (shared with the listener: SO_REUSEPORT) to ``target``;
+    a raw libp2p connection, or None when refused. Kept lean: the punch loop runs it back to
+    back (tens of thousands of times a second in the tests' zero-latency internet)."""
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    if (":" in source[0]) != (family == socket.AF_INET6):
+        return None
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(source)
+        await sock.connect(target)
+    except OSError:
+        sock.close()
+        await trio.sleep(0)
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return RawConnection(TrioTCPStream(trio.SocketStream(sock)), True)
+
+
+def _dcutr_class() -> type:
+    import multiaddr
+    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+
+    class _DCUtR(DCUtRProtocol):
+        """DCUtRProtocol driven by the dial ladder (see the module docstring)."""
+
+        def __init__(self, host: Any, *, dial_timeout: float, linger: float) -> None:
+            super().__init__(host, dial_timeout=dial_timeout)  # type: ignore[arg-type]
+            self.linger = linger
+            #: Direct connections made by a hole punch (to report them as such).
+            self.punched: weakref.WeakSet[Any] = weakref.WeakSet()
+
+        async def _auto_drive_loop(self) -> None:
+            await trio.sleep_forever()
+
+        async def _try_unilateral_upgrade(self, peer_id: Any) -> bool:
+            return False
+
+        async def _dial_peer(
+            self,
+            peer_id: Any,
+            addr: Any,
+            source: tuple[str, int] | None = None,
+            as_responder: bool = False,
+        ) -> None:
+            # py-libp2p dials once (or thrice, 0.1-0.4 s apart). A SYN that reaches the far NAT
+            # before the far side's own SYN left it is dropped, or answered with a RST by a
+            # router that has no listener on that port (Linux): then only SYNs that cross
+            # within about one link latency make a connection. So the TCP connect is retried
+            # back to back from the same port until it connects or ``dial_timeout`` passes;
+            # only then is the connection upgraded (Noise, Yamux), once.
+            if not _punchable(addr):
+                return
+            network = self.host.get_network()
+            target = _tcp_target(addr)
+            if target is None or source is None:
+                return
+            raw = None
+            tries = 0
+            began = trio.current_time()
+            with trio.move_on_after(self.dial_timeout):
+                while raw is None:
+                    tries += 1
+                    if tries % 64 == 0 and await self._verify_direct_connection(peer_id):
+                        return
+                    raw = await _connect_from(source, target)
+            log.debug(
+                "punch dial %s: %s after %d connects in %.3fs",
+                addr,
+                "connected" if raw is not None else "nothing",
+                tries,
+                trio.current_time() - began,
+            )
+            if raw is None:
+                return
+            try:
+                with trio.fail_after(self.dial_timeout):
+                    if as_responder:
+                        full = multiaddr.Multiaddr(f"{addr}/p2p/{peer_id}")
+                        muxed = await network.upgrade_inbound_raw_conn(raw, full)
+                        if getattr(muxed, "peer_id", None) != peer_id:
+                            await muxed.close()
+                            return
+                    else:
+                        await network.upgrade_outbound_raw_conn(raw, peer_id)
+            except Exception as exc:
+                log.debug("punch upgrade %s: %s", addr, _reason(exc))
+                with trio.move_on_after(1):
+                    await raw.close()
+                return
+            if await self._verify_direct_connection(peer_id):
+                self._direct_connections.add(peer_id)
+
+        async def _perform_hole_punch(
+            self, peer_id: Any, addrs: list[Any], as_responder: bool = False
+        ) -> bool:
+            # Both legs must survive py-libp2p's per-peer trimming until the relayed one is idle.
+            network = self.host.get_network()
+            network.protect(peer_id, _PROTECT_TAG)
+            ok = False
+            try:
+                ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
+                return ok
+            finally:
+                if not ok:
+                    network.unprotect(peer_id, _PROTECT_TAG)
+
+        def _schedule_relay_close(self, peer_id: Any) -> None:
+            for conn in connections(self.host, peer_id):
+                if not _is_relayed(conn):
+                    self.punched.add(conn)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._retire_relayed, peer_id)
+
+        async def _retire_relayed(self, peer_id: Any) -> None:
+            network = self.host.get_network()
+            deadline = trio.current_time() + self.linger
+            try:
+                while True:
+                    relayed = [c for c in connections(self.host, peer_id) if _is_relayed(c)]
+                    direct = [c for c in connections(self.host, peer_id) if not _is_relayed(c)]
+                    if not relayed or not direct:
+                        return
+                    idle = [c for c in relayed if not c.get_streams()]
+                    if trio.current_time() >= deadline:
+                        idle = relayed
+                    for conn in idle:
+                        log.debug("closing the relayed leg to %s", peer_id)
+                        await conn.close()
+                    if len(idle) == len(relayed):
+                        return
+                    await trio.sleep(1.0)
+            except Exception as exc:
+                log.debug("retiring the relayed leg to %s: %r", peer_id, exc)
+            finally:
+                network.unprotect(peer_id, _PROTECT_TAG)
+
+    return _DCUtR
+
+
+async def dcutr_service(
+    host: Any,
+    *,
+    dial_timeout: float,
+    linger: float,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run DCUtR on ``host`` until cancelled; ``started()`` with the protocol object."""
+    from libp2p.tools.anyio_service import background_trio_service
+
+    proto = _dcutr_class()(host, dial_timeout=dial_timeout, linger=linger)
+    async with background_trio_service(proto):
+        await proto.event_started.wait()
+        task_status.started(proto)
+        await trio.sleep_forever()
+
+
+
+
+async def dcutr_service(
+    host: Any,
+    *,
+    dial_timeout: float,
+    linger: float,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run DCUtR on ``host`` until cancelled; ``started()`` with the protocol object."""
+    from libp2p.tools.anyio_service import background_trio_service
+
+    proto = _dcutr_class()(host, dial_timeout=dial_timeout, linger=linger)
+    async with background_trio_service(proto):
+        await proto.event_started.wait()
+        task_status.started(proto)
+        await trio.sleep_forever()

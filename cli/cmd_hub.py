@@ -80,3 +80,22 @@ def hubs(c: CliContext, wait: float) -> None:
         lat = f"{r.latency * 1000:.1f}ms" if r.latency is not None else "-"
         first = r.multiaddrs[0] if r.multiaddrs else "-"
         click.echo(f"{r.node_id:42}  {r.grpc_endpoint:21}  {r.miners_online:6}  {lat:>8}  {first}")
+
+
+@click.command()
+@click.pass_obj
+def nat(c: CliContext) -> None:
+    """What the transport sees from here: public address, NAT type, path to the hub, RTT.
+
+    The NAT type comes from STUN against the hub's responder (RFC 5780 tests when the hub has a
+    second address, else the mapping alone); the path is how libp2p reached the hub (direct,
+    relayed or hole-punched) and the RTT of a gRPC Ping over it.
+    """
+    from cli._natcheck import check, render
+
+    with c.client() as client:
+        report = check(client, c.identity())
+    if c.as_json:
+        emit_json(report)
+    else:
+        click.echo(render(report))

@@ -43,6 +43,16 @@ def _pick(port: int) -> int:
         return s.getsockname()[1]
 
 
+def _pick_udp(port: int) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
 class Devnet:
     """Processes started here are stopped (by PID) in :meth:`close`."""
 
@@ -53,6 +63,7 @@ class Devnet:
         self.procs: list[subprocess.Popen] = []
         self.grpc_port = _pick(10001)
         self.p2p_port = _pick(10002)
+        self.stun_port = _pick_udp(3478)
 
     @property
     def hub_target(self) -> str:
@@ -77,6 +88,8 @@ class Devnet:
                 self.hub_target,
                 "--p2p-listen",
                 f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
+                "--stun-listen",
+                f"127.0.0.1:{self.stun_port}",
             ],
         )
         client = HubClient(

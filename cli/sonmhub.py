@@ -55,6 +55,18 @@ from sonm_p2p.hub.hub import HubOptions
     help="Client-API endpoint to announce [default: --grpc-listen, with this "
     "machine's address for 0.0.0.0].",
 )
+@click.option(
+    "--stun-listen",
+    default="0.0.0.0:3478",
+    metavar="HOST:PORT",
+    help="STUN responder (UDP) address; '' turns it off.",
+)
+@click.option(
+    "--stun-alternate",
+    default="",
+    metavar="IP:PORT",
+    help="Second STUN address (other IP and port) for full NAT classification.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -66,6 +78,8 @@ def main(
     bootstrap: tuple[str, ...],
     mdns: bool,
     announce_grpc: str,
+    stun_listen: str,
+    stun_alternate: str,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -87,6 +101,8 @@ def main(
             bootstrap=bootstrap_list(bootstrap, home),
             mdns=mdns and load_config(home).get("mdns", True),
             mdns_namespace=mdns_namespace(),
+            stun_listen=stun_listen,
+            stun_alternate=stun_alternate,
             hub=HubOptions(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,

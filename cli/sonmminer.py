@@ -107,6 +107,12 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     "file: bootstrap in <home>/config.toml.",
 )
 @click.option("--mdns/--no-mdns", default=True, help="Look for hubs on the LAN with mDNS.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print what the transport sees (public address, NAT type, path to the hub, RTT) and exit.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --check: print JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str | None,
@@ -121,6 +127,8 @@ def main(
     hub_ids: tuple[str, ...],
     bootstrap: tuple[str, ...],
     mdns: bool,
+    check: bool,
+    as_json: bool,
     verbose: bool,
 ) -> None:
     """Run a miner: connect to a hub and run its tasks as Docker containers.
@@ -139,6 +147,9 @@ def main(
         mdns = mdns and load_config(home).get("mdns", True)
     except SonmError as err:
         fail(err, as_json=False, prog="sonmminer")
+    if check:
+        _check(home, hub or "", hub_ids, boot, as_json)
+        return
     options = MinerOptions(
         home=home,
         hub=hub or "",
@@ -158,6 +169,49 @@ def main(
     except SonmError as err:
         fail(err, as_json=False, prog="sonmminer")
     serve_until_signalled(daemon.start, daemon.close, "sonmminer")
+
+
+def _check(
+    home: Path, hub: str, hub_ids: tuple[str, ...], boot: tuple[str, ...], as_json: bool
+) -> None:
+    """``--check``: reach the hub the way the miner would, then report (exit 4 if none)."""
+    from contextlib import ExitStack
+
+    from cli._common import emit_json
+    from cli._discover import open_hub
+    from cli._natcheck import check, render
+    from sonm_p2p.client import HubClient
+    from sonm_p2p.identity import load_or_create
+    from sonm_p2p.transport.bridge import GRPC_HUB
+    from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+    try:
+        identity = load_or_create(home)
+        with ExitStack() as stack:
+            if hub:
+                node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+                node.start()
+                stack.callback(node.close)
+                tunnel = node.open_tunnel(node.connect(hub), GRPC_HUB)
+                stack.callback(tunnel.close)
+                target = tunnel.target
+            else:
+                target = open_hub(
+                    stack,
+                    hub_ids[0] if hub_ids else "",
+                    identity,
+                    boot,
+                    mdns_namespace(),
+                    timeout=10,
+                )
+            with HubClient(target, timeout=10, identity=identity) as client:
+                report = check(client, identity)
+    except SonmError as err:
+        fail(err, as_json=as_json, prog="sonmminer")
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(render(report))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class HubInfo:
     version: str
     miners_online: int
     uptime_seconds: int
+    stun_endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class HubClient:
         r = self._call("Info", common_pb2.Empty())
         return HubInfo(
             r.node_id, r.peer_id, tuple(r.multiaddrs), r.grpc_endpoint, r.version,
-            r.miners_online, r.uptime_seconds,
+            r.miners_online, r.uptime_seconds, r.stun_endpoint,
         )  # fmt: skip
 
     def list_miners(self) -> list[MinerSummary]:

@@ -117,6 +117,8 @@ class Network:
             f"127.0.0.1:{grpc_port}",
             "--p2p-listen",
             f"/ip4/127.0.0.1/tcp/{p2p_port}",
+            "--stun-listen",
+            "127.0.0.1:0",
             *(extra or []),
         ]
         hub = Hub(self, name, self.spawn(name, argv), home, grpc_port, p2p_port, argv)

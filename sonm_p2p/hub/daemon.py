@@ -21,6 +21,7 @@ from sonm_p2p.identity import load_or_create
 from sonm_p2p.transport.addrs import parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
+from sonm_p2p.transport.stun import ResponderAddresses, StunResponder
 
 __all__ = ["HubDaemon", "HubDaemonOptions"]
 
@@ -37,6 +38,9 @@ class HubDaemonOptions:
         with an unspecified host replaced by this machine's first address.
     bootstrap: overlay peers to stay connected to (other hubs); defaults to none.
     mdns: advertise on the LAN with mDNS; defaults to True. mdns_namespace: see GossipOptions.
+    stun_listen: ``host:port`` of the STUN responder (UDP); defaults to 0.0.0.0:3478; "" turns
+        it off. stun_alternate: a second ``ip:port`` (other IP and port) for RFC 5780's
+        CHANGE-REQUEST and OTHER-ADDRESS, which full NAT classification needs; defaults to none.
     """
 
     home: Path
@@ -46,6 +50,8 @@ class HubDaemonOptions:
     bootstrap: tuple[str, ...] = ()
     mdns: bool = True
     mdns_namespace: str = "hub"
+    stun_listen: str = "0.0.0.0:3478"
+    stun_alternate: str = ""
     hub: HubOptions = field(default_factory=HubOptions)
 
 
@@ -93,6 +99,8 @@ class HubDaemon:
         self.grpc_endpoint = self.options.announce_grpc or _announced(host, self.grpc_port)
         servicer = HubServicer(self.hub, self.grpc_endpoint, self.gossip)
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
+        self._start_stun()
+        servicer.stun_endpoint = self.stun_endpoint
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -104,7 +112,28 @@ class HubDaemon:
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
         )  # fmt: skip
 
+    def _start_stun(self) -> None:
+        if not self.options.stun_listen:
+            return
+        primary = parse_hostport(self.options.stun_listen, allow_zero=True)
+        alternate = None
+        if self.options.stun_alternate:
+            alternate = parse_hostport(self.options.stun_alternate, allow_zero=True)
+        try:
+            self.stun = StunResponder(ResponderAddresses(primary, alternate))
+            bound = self.stun.start()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot run the STUN responder on {self.options.stun_listen}: {exc}"
+            ) from None
+        host, port = bound.primary
+        if host in ("0.0.0.0", "::"):
+            host = parse_hostport(self.grpc_endpoint)[0]
+        self.stun_endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def close(self) -> None:
+        if self.stun is not None:
+            self.stun.close()
         self.hub.close()
         self.node.close()
         if self._server is not None:

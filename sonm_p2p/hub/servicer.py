@@ -32,6 +32,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self.hub = hub
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
+        self.stun_endpoint = ""
         self.verifier = RequestVerifier()
 
     def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:
@@ -62,6 +63,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             version=__version__,
             miners_online=len(self.hub.online_miners()),
             uptime_seconds=int(time.time() - self.hub.started_at),
+            stun_endpoint=self.stun_endpoint,
         )
 
     def ListMiners(

@@ -47,9 +47,16 @@ def connections(host: Any, peer: Any) -> list[Any]:
     return [c for c in conns if not getattr(c, "is_closed", False)]
 
 
-def _punchable(addr: Any) -> bool:
+def _punchable(addr: Any, source: tuple[str, int] | None) -> bool:
+    """Worth a punch: a public or site address; loopback only from a loopback listener (one
+    machine, the tests); never the ``0.0.0.0`` that identify reports for a wildcard listener."""
     ip = _ip_of(str(addr))
-    return ip is not None and classify(ip) in (Scope.PUBLIC, Scope.SITE)
+    if ip is None:
+        return False
+    scope = classify(ip)
+    if scope is Scope.LOOPBACK:
+        return source is not None and source[0].startswith("127.")
+    return scope in (Scope.PUBLIC, Scope.SITE)
 
 
 def _tcp_target(addr: Any) -> tuple[str, int] | None:
@@ -117,7 +124,7 @@ def _dcutr_class() -> type:
             # within about one link latency make a connection. So the TCP connect is retried
             # back to back from the same port until it connects or ``dial_timeout`` passes;
             # only then is the connection upgraded (Noise, Yamux), once.
-            if not _punchable(addr):
+            if not _punchable(addr, source):
                 return
             network = self.host.get_network()
             target = _tcp_target(addr)
@@ -175,7 +182,7 @@ def _dcutr_class() -> type:
 
         def _schedule_relay_close(self, peer_id: Any) -> None:
             for conn in connections(self.host, peer_id):
-                if not _is_relayed(conn):
+                if not is_relayed(conn):
                     self.punched.add(conn)
             if self._nursery is not None:
                 self._nursery.start_soon(self._retire_relayed, peer_id)
@@ -185,8 +192,8 @@ def _dcutr_class() -> type:
             deadline = trio.current_time() + self.linger
             try:
                 while True:
-                    relayed = [c for c in connections(self.host, peer_id) if _is_relayed(c)]
-                    direct = [c for c in connections(self.host, peer_id) if not _is_relayed(c)]
+                    relayed = [c for c in connections(self.host, peer_id) if is_relayed(c)]
+                    direct = [c for c in connections(self.host, peer_id) if not is_relayed(c)]
                     if not relayed or not direct:
                         return
                     idle = [c for c in relayed if not c.get_streams()]
@@ -204,25 +211,6 @@ def _dcutr_class() -> type:
                 network.unprotect(peer_id, _PROTECT_TAG)
 
     return _DCUtR
-
-
-async def dcutr_service(
-    host: Any,
-    *,
-    dial_timeout: float,
-    linger: float,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run DCUtR on ``host`` until cancelled; ``started()`` with the protocol object."""
-    from libp2p.tools.anyio_service import background_trio_service
-
-    proto = _dcutr_class()(host, dial_timeout=dial_timeout, linger=linger)
-    async with background_trio_service(proto):
-        await proto.event_started.wait()
-        task_status.started(proto)
-        await trio.sleep_forever()
-
-
 
 
 async def dcutr_service(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -90,3 +91,17 @@ def _reason(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text}: {cause}"
     return text
+
+
+def _quiet_libp2p_logs() -> None:
+    # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
+    # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
+    # Importing libp2p configures its logger (level WARNING, no propagation): adjust after it.
+    import libp2p  # noqa: F401
+
+    lg = logging.getLogger("libp2p")
+    if os.environ.get("SONM_DEBUG"):
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = True
+    else:
+        lg.setLevel(logging.CRITICAL)

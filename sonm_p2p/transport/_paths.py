@@ -1,25 +1,14 @@
-"""Executing the dial ladder, DCUtR upgrades, and what path a peer is on (trio thread only).
+"""Executing the dial ladder, upgrading relayed paths, and what path a peer is on (trio thread).
 
-The policy (what to try, in which order, when to hole-punch) is ``dial_ladder.py``; this module does
-the I/O for :class:`~sonm_p2p.transport.node.P2PNode`.
-
-py-libp2p's ``DCUtRProtocol`` is used with four changes (:func:`_dcutr_class`):
-
-* ``dial_timeout=3``: its default (10 s) makes an upgrade take ~11 s;
-* no auto-drive loop: the side that dialled through the relay initiates the upgrade when the
-  ladder says so (py-libp2p's loop makes both sides initiate at once, every 2 s);
-* no "unilateral" direct dial first: the ladder has just tried the peer's direct addresses;
-* the relayed leg is retired when it carries no stream any more (or after ``linger`` seconds),
-  instead of being closed 60 s after the upgrade whatever runs on it. While both legs exist, the
-  peer is protected from py-libp2p's per-peer trimming, which would close the older (relayed) leg
-  at once. New streams always go on the direct leg (py-libp2p's "best connection" rule).
+The policy (what to try, in which order, when to hole-punch) is ``dial_ladder.py``; the hole
+punch itself is ``_dcutr.py``; this module does the rest of the I/O for
+:class:`~sonm_p2p.transport.node.P2PNode`.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -29,16 +18,14 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError
+from sonm_p2p.transport._dcutr import connections, is_relayed
 from sonm_p2p.transport._handles import _reason
 from sonm_p2p.transport.dial_ladder import (
     AttemptKind,
     LadderOptions,
     PathKind,
-    Scope,
     UpgradePolicy,
     UpgradeState,
-    _ip_of,
-    classify,
     plan,
 )
 from sonm_p2p.transport.relay import dial_relayed, is_circuit
@@ -48,7 +35,6 @@ __all__ = [
     "PeerPaths",
     "best_connection",
     "connections",
-    "dcutr_service",
     "describe",
     "ping",
 ]
@@ -56,8 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PING = "/ipfs/ping/1.0.0"
-_PROTECT_TAG = "sonm-upgrade"
-_PUNCH_RETRY = 0.001  #: seconds between hole-punch connects while the far NAT refuses
 
 
 @dataclass(frozen=True)
@@ -91,30 +75,17 @@ class Path:
         return f"{self.kind} {self.remote}{rtt}"
 
 
-def _is_relayed(conn: Any) -> bool:
-    try:
-        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
-    except Exception:
-        return False
-
-
-def connections(host: Any, peer: Any) -> list[Any]:
-    """Open connections to ``peer`` (a libp2p ID)."""
-    conns = host.get_network().get_connections(peer)
-    return [c for c in conns if not getattr(c, "is_closed", False)]
-
-
 def best_connection(host: Any, peer: Any) -> Any | None:
     """The connection new streams to ``peer`` go on: direct first, then the busiest."""
     conns = connections(host, peer)
     if not conns:
         return None
-    return max(conns, key=lambda c: (not _is_relayed(c), len(c.get_streams())))
+    return max(conns, key=lambda c: (not is_relayed(c), len(c.get_streams())))
 
 
 def describe(conn: Any, peer_id: str, punched: weakref.WeakSet[Any]) -> Path:
     """The :class:`Path` (without RTT) of one connection."""
-    if _is_relayed(conn):
+    if is_relayed(conn):
         remote = str(conn.get_transport_addresses()[0])
         relay = remote.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
         return Path(peer_id, PathKind.RELAYED, remote, None, relay)
@@ -309,7 +280,7 @@ class PeerPaths:
         try:
             while True:
                 conn = best_connection(self.host, pid)
-                if conn is None or not _is_relayed(conn):
+                if conn is None or not is_relayed(conn):
                     self.upgrades.pop(peer_id, None)  # a new relayed connection starts afresh
                     return
                 state = self.upgrades.get(peer_id, UpgradeState())
@@ -341,10 +312,9 @@ class PeerPaths:
         if self.dcutr is None:
             return False
         began = time.perf_counter()
-        await self._wait_observed()
-        log.debug(
-            "hole punch to %s: observed address after %.3fs", peer_id, time.perf_counter() - began
-        )
+        path = self.path(peer_id)
+        if path is not None and path.relay_id:
+            await self._wait_identified(path.relay_id)
         try:
             ok = bool(await self.dcutr.initiate_hole_punch(ID.from_base58(peer_id)))
         except Exception as exc:
@@ -359,15 +329,18 @@ class PeerPaths:
         )
         return ok
 
-    async def _wait_observed(self, timeout: float = 2.0) -> None:
-        # DCUtR tells the peer our address as a relay observed it (identify); right after
-        # connecting to the relay that observation may still be on its way.
-        manager = getattr(self.host, "_observed_addr_manager", None)
-        if manager is None:
+    async def _wait_identified(self, relay_id: str, timeout: float = 2.0) -> None:
+        # DCUtR tells the peer our address as the relay observed it (identify); right after
+        # connecting to the relay, that exchange may still be under way.
+        from libp2p.peer.id import ID
+
+        identified = getattr(self.host, "_identified_peers", None)
+        if identified is None:
             return
+        relay = ID.from_base58(relay_id)
         with trio.move_on_after(timeout):
-            while not manager.addrs(min_observers=1):
-                await trio.sleep(0.02)
+            while relay not in identified:
+                await trio.sleep(0.01)
 
     async def keepalive(
         self,

@@ -16,8 +16,12 @@ __all__ = [
 ]
 
 
-def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` / ``[v6]:port`` / ``host`` (with ``default_port``) into its parts."""
+def parse_hostport(
+    text: str, *, default_port: int | None = None, allow_zero: bool = False
+) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` / ``host`` (with ``default_port``) into its parts.
+
+    ``allow_zero`` accepts port 0 (an ephemeral port, for listen addresses)."""
     text = text.strip()
     host, port_text = text, ""
     if text.startswith("["):
@@ -36,7 +40,8 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, 
     if not host:
         raise ConfigError(f"bad address {text!r}: no host")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        low = 0 if allow_zero else 1
+        if not port_text.isdigit() or not low <= int(port_text) < 65536:
             raise ConfigError(f"bad address {text!r}: port must be 1-65535")
         return host, int(port_text)
     if default_port is None:

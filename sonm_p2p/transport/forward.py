@@ -30,7 +30,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,8 +280,6 @@ def status_for(exc: BaseException) -> tuple[ForwardStatus, str]:
 #: ``resolve(peer_id, request) -> (host, port)`` of a serving node; raises to refuse.
 Resolver = Callable[[str, ForwardRequest], tuple[str, int]]
 
-_CHUNK = 64 * 1024
-
 
 async def _read_exact(stream: Any, n: int) -> bytes:
     from libp2p.network.stream.exceptions import StreamEOF
@@ -312,59 +310,6 @@ async def _finish(stream: Any, reply: bytes | None = None, *, reset: bool = Fals
             await (stream.reset() if reset else stream.close())
     except Exception as exc:
         log.debug("forward stream close: %r", exc)
-
-
-async def _udp_pump(
-    stream: Any,
-    receive: Callable[[], Awaitable[bytes]],
-    deliver: Callable[[bytes], Awaitable[Any]],
-    idle: float,
-) -> None:
-    """Frame datagrams from ``receive()`` onto the stream and deliver the stream's datagrams,
-    until either side ends or nothing moved for ``idle`` seconds."""
-    last = trio.current_time()
-
-    async def up() -> None:
-        nonlocal last
-        while True:
-            data = await receive()
-            await stream.write(encode_datagram(data))
-            last = trio.current_time()
-
-    async def down() -> None:
-        nonlocal last
-        decoder = FrameDecoder()
-        while True:
-            try:
-                data = await stream.read(_CHUNK)
-            except Exception:
-                data = b""
-            if not data:
-                return
-            for datagram in decoder.feed(data):
-                try:
-                    await deliver(datagram)
-                except ConnectionRefusedError:  # ICMP port unreachable: UDP carries on
-                    pass
-            last = trio.current_time()
-
-    async with trio.open_nursery() as nursery:
-
-        async def run(fn: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await fn()
-            except Exception as exc:
-                log.debug("udp forward ended: %r", exc)
-            nursery.cancel_scope.cancel()
-
-        async def watch_idle() -> None:
-            while trio.current_time() - last < idle:
-                await trio.sleep(idle - (trio.current_time() - last))
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(run, up)
-        nursery.start_soon(run, down)
-        nursery.start_soon(watch_idle)
 
 
 def serve_forward(
@@ -409,7 +354,9 @@ def serve_forward(
         elif request.proto is Proto.TCP:
             await _serve_tcp(stream, (host, port), request, o)
         else:
-            await _serve_udp(stream, (host, port), request, o)
+            from sonm_p2p.transport._forward_udp import serve_udp_stream
+
+            await serve_udp_stream(stream, (host, port), request, o)
 
     node.handle(FORWARD, handler)
 
@@ -432,37 +379,6 @@ async def _serve_tcp(
         await tcp.aclose()
         return
     await splice(stream, tcp)
-
-
-async def _serve_udp(
-    stream: Any, target: tuple[str, int], request: ForwardRequest, o: ForwardOptions
-) -> None:
-    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        await sock.connect(target)
-    except OSError as exc:
-        sock.close()
-        message = f"{request.port}/udp of task {request.task_id} is not reachable: {exc}"
-        await _finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
-        return
-    try:
-        await stream.write(encode_reply(ForwardStatus.OK))
-
-        async def receive() -> bytes:
-            while True:
-                try:
-                    return await sock.recv(MAX_DATAGRAM)
-                except ConnectionRefusedError:  # an earlier datagram found no listener
-                    continue
-
-        await _udp_pump(stream, receive, sock.send, o.udp_idle)
-    except Exception as exc:
-        log.debug("udp forward %s: %r", request, exc)
-    finally:
-        sock.close()
-        with trio.CancelScope(shield=True):
-            await _finish(stream)
 
 
 class Forward:
@@ -504,7 +420,8 @@ class Forward:
     def __repr__(self) -> str:
         host, port = self.local_addr
         state = "closed" if self.closed else f"{self.connections} served"
-        return f"<Forward {host}:{port}/{self.request.proto} -> {self.request} on {self.peer_id[:12]}… {state}>"
+        local = f"{host}:{port}/{self.request.proto}"
+        return f"<Forward {local} -> {self.request} on {self.peer_id[:12]}… {state}>"
 
     async def _open(self, o: ForwardOptions) -> Any:
         """A stream with the request written and the OK reply read (raises the refusal)."""
@@ -546,38 +463,6 @@ class Forward:
                 raise error_for(status, message)
 
         await splice(stream, tcp, first=expect_ok)
-
-    async def _serve_udp(self, sock: Any, o: ForwardOptions) -> None:
-        flows: dict[Any, trio.MemorySendChannel[bytes]] = {}
-
-        async def flow(addr: Any, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
-            stream = None
-            try:
-                stream = await self._open(o)
-                await _udp_pump(stream, inbox.receive, lambda d: sock.sendto(d, addr), o.udp_idle)
-            except Exception as exc:
-                self._failed(f"udp flow from {addr[0]}:{addr[1]}: {exc}")
-            finally:
-                flows.pop(addr, None)
-                if stream is not None:
-                    with trio.CancelScope(shield=True):
-                        await _finish(stream)
-
-        async with trio.open_nursery() as nursery:
-            while True:
-                data, addr = await sock.recvfrom(MAX_DATAGRAM)
-                send = flows.get(addr)
-                if send is None:
-                    if len(flows) >= o.max_udp_flows:
-                        continue
-                    send, receive = trio.open_memory_channel[bytes](256)
-                    flows[addr] = send
-                    self.connections += 1
-                    nursery.start_soon(flow, addr, receive)
-                try:
-                    send.send_nowait(data)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # a full flow drops datagrams, as UDP would
 
 
 def open_forward(
@@ -637,6 +522,8 @@ async def _open_forward(
                             await listener.aclose()
 
     else:
+        from sonm_p2p.transport._forward_udp import serve_udp_flows
+
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -649,7 +536,7 @@ async def _open_forward(
         async def serve() -> None:
             with forward._scope:
                 try:
-                    await forward._serve_udp(sock, o)
+                    await serve_udp_flows(forward, sock, o)
                 finally:
                     sock.close()
 

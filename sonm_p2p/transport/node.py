@@ -22,7 +22,6 @@ NAT reserves on a relay (:meth:`P2PNode.reserve`) and advertises the circuit add
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,8 +34,16 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport import addrs as _addrs
-from sonm_p2p.transport._handles import Session, Tunnel, _aclose_quietly, _read_until_end, _reason
-from sonm_p2p.transport._paths import Path, PeerPaths, dcutr_service
+from sonm_p2p.transport._dcutr import dcutr_service
+from sonm_p2p.transport._handles import (
+    Session,
+    Tunnel,
+    _aclose_quietly,
+    _quiet_libp2p_logs,
+    _read_until_end,
+    _reason,
+)
+from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
 from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
@@ -385,55 +392,54 @@ class P2PNode:
         This node becomes reachable at the relay's circuit address (see :attr:`advertised_addrs`);
         the reservation is refreshed before it expires and renewed whenever the connection to
         the relay comes back, until ``cancel()`` or close. With ``wait`` this blocks until the
-        first reservation is granted and raises what prevented it (DialError, RelayRefused,
-        Timeout) - the background keeper is then stopped. Reserving twice on one relay returns
-        the existing reservation.
+        first reservation is granted, or raises what prevented it (DialError, RelayRefused,
+        Timeout) and stops. Reserving twice on one relay returns the existing reservation.
         """
         timeout = self.options.dial_timeout if timeout is None else timeout
         relay_id = self.connect(relay)
+        res = self.run(self._reservation, relay_id, _addrs.parse_target(relay)[0])
+        deadline = time.monotonic() + timeout
+        while wait and not res.granted.wait(0.05):
+            if res.failure is not None or time.monotonic() >= deadline:
+                res.cancel()
+                if isinstance(res.failure, SonmError):
+                    raise res.failure
+                if res.failure is not None:
+                    raise DialError(f"cannot reserve on relay {relay}: {res.error}")
+                raise Timeout(f"relay {relay} granted no reservation within {timeout:g}s")
+        return res
+
+    async def _reservation(self, relay_id: str, maddr: str) -> RelayReservation:
         for res in self._reservations:
             if res.relay_id == relay_id:
                 return res
-        maddr, _ = _addrs.parse_target(relay)
         res = RelayReservation(relay_id, [maddr], self.peer_id)
         self._reservations.append(res)
-        self.run(self._start_reservation, res)
-        if not wait:
-            return res
-        deadline = time.monotonic() + timeout
-        while not res.granted.wait(0.05):
-            if res.error is not None or time.monotonic() >= deadline:
-                res.cancel()
-                self._reservations.remove(res)
-                if res.error is None:
-                    raise Timeout(f"relay {relay} granted no reservation within {timeout:g}s")
-                raise DialError(f"cannot reserve on relay {relay}: {res.error}")
-        return res
-
-    async def _start_reservation(self, res: RelayReservation) -> None:
         scope = trio.CancelScope()
+        res._cancel = lambda: self._call_soon(scope.cancel)
 
         async def keep() -> None:
-            with scope:
-                await res.keep(self._host)
+            try:
+                with scope:
+                    await res.keep(self._host)
+            finally:
+                self._reservations.remove(res)
 
-        res._cancel = lambda: self._call_soon(scope.cancel)
         self._nursery.start_soon(keep)
+        return res
 
     async def _reserve_in_background(self, target: str) -> None:
+        maddr, peer_id = _addrs.parse_target(target)
         delay = 0.5
         while True:
             try:
-                maddr, peer_id = _addrs.parse_target(target)
                 relay_id = await self._connect(maddr, peer_id)
                 break
             except SonmError as exc:
                 log.debug("relay %s: %s (retry in %.1fs)", target, exc, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        res = RelayReservation(relay_id, [maddr], self.peer_id)
-        self._reservations.append(res)
-        await self._start_reservation(res)
+        await self._reservation(relay_id, maddr)
 
     def connect_peer(
         self,
@@ -603,17 +609,3 @@ class P2PNode:
 
         self._nursery.start_soon(hold)
         return session
-
-
-def _quiet_libp2p_logs() -> None:
-    # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
-    # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
-    # Importing libp2p configures its logger (level WARNING, no propagation): adjust after it.
-    import libp2p  # noqa: F401
-
-    lg = logging.getLogger("libp2p")
-    if os.environ.get("SONM_DEBUG"):
-        lg.setLevel(logging.DEBUG)
-        lg.propagate = True
-    else:
-        lg.setLevel(logging.CRITICAL)

@@ -346,7 +346,7 @@ class RelayReservation:
         #: Set when a reservation was granted at least once.
         self.granted = threading.Event()
         #: Why the last attempt failed (None after a success).
-        self.error: str | None = None
+        self.failure: BaseException | None = None
         self.refreshes = 0
         self._connected = False
         self._cancel: Any = None
@@ -355,6 +355,12 @@ class RelayReservation:
     def active(self) -> bool:
         """Whether the relay holds a live reservation for us (and we are connected to it)."""
         return self._connected and self.expires_at > time.time()
+
+    @property
+    def error(self) -> str | None:
+        """Why the last attempt failed (None after a success)."""
+        exc = self.failure
+        return None if exc is None else (str(exc) or type(exc).__name__)
 
     @property
     def relay_addrs(self) -> list[str]:
@@ -411,7 +417,7 @@ class RelayReservation:
                 with self._lock:
                     self._reported = reported
                     self._seen = _remote_tcp_addr(host, relay) or self._seen
-                self.expires_at, self.error, self._connected = expire, None, True
+                self.expires_at, self.failure, self._connected = expire, None, True
                 self.refreshes += 1
                 self.granted.set()
                 backoff = 0.5
@@ -422,7 +428,7 @@ class RelayReservation:
             except trio.Cancelled:
                 raise
             except Exception as exc:
-                self.error = str(exc) or type(exc).__name__
+                self.failure = exc
                 self._connected = _connected(host, relay)
                 log.debug("reservation on %s: %s (retry in %.1fs)", self.relay_id, exc, backoff)
             await trio.sleep(backoff)

@@ -195,3 +195,31 @@ def test_detached_start_returns_at_once_and_the_task_comes_up(net):
     assert res.stdout.startswith("ID ") and "Endpoint" not in res.stdout
     job = res.stdout.split()[1]
     wait_for(lambda: hub.cli_json("status", job)["state"] == "RUNNING", "detached task running")
+
+
+def test_nat_and_miner_check_report_what_the_transport_sees(net):
+    import subprocess
+
+    from tests.harness import BIN
+
+    hub = net.hub()
+    report = hub.cli_json("nat")
+    assert report["stun"]["nat_type"] == "open"  # 127.0.0.1 talks to itself: no NAT
+    assert report["stun"]["mapped"] == report["stun"]["local"]
+    assert report["overlay"]["path"] == "direct" and report["overlay"]["rtt_ms"] > 0
+    res = subprocess.run(
+        [
+            str(BIN / "sonmminer"),
+            "--home",
+            str(net.root / "checker"),
+            "-h",
+            hub.p2p_target,
+            "--check",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["hub"] == hub.cli_json("info")["node_id"]

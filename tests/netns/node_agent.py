@@ -43,9 +43,7 @@ class Agent:
 
         topo = host.topo
         log = topo.workdir / f"{name}.log"
-        argv = host.exec_argv(
-            [sys.executable, "-m", "tests.netns.node_agent", json.dumps(options)]
-        )
+        argv = host.exec_argv([sys.executable, "-m", "tests.netns.node_agent", json.dumps(options)])
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -289,7 +287,12 @@ def main() -> None:
             result = getattr(state, request["op"])(**request.get("args", {}))
             reply = {"id": request["id"], "ok": True, "result": result}
         except Exception as exc:
-            reply = {"id": request["id"], "ok": False, "kind": type(exc).__name__, "error": str(exc)}
+            reply = {
+                "id": request["id"],
+                "ok": False,
+                "kind": type(exc).__name__,
+                "error": str(exc),
+            }
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
     state.node.close()

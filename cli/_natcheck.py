@@ -1,0 +1,100 @@
+"""What this node's transport sees: its public mapping and NAT type (STUN against the hub's
+responder) and the overlay path to the hub with its round-trip time. Shared by ``sonmcli nat``
+and ``sonmminer --check``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from sonm_p2p.client import HubClient
+from sonm_p2p.errors import HubUnavailable, SonmError
+from sonm_p2p.identity import Identity
+from sonm_p2p.transport.addrs import parse_hostport
+
+__all__ = ["check", "render"]
+
+
+def _stun(endpoint: str) -> dict[str, Any]:
+    from sonm_p2p.transport.stun import StunError, probe_nat
+
+    if not endpoint:
+        return {"nat_type": "unknown", "error": "the hub runs no STUN responder"}
+    host, port = parse_hostport(endpoint)
+    try:
+        return probe_nat((host, port)).as_dict()
+    except (StunError, OSError) as exc:
+        return {"nat_type": "unknown", "error": f"STUN against {endpoint} failed: {exc}"}
+
+
+def _overlay_path(identity: Identity, multiaddrs: list[str]) -> dict[str, Any]:
+    """Dial the hub over libp2p and time Ping calls through the gRPC bridge."""
+    from sonm_p2p.transport.bridge import GRPC_HUB
+    from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+    node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+    node.start()
+    try:
+        last: SonmError | None = None
+        for addr in multiaddrs:
+            try:
+                peer = node.connect(addr)
+            except SonmError as exc:
+                last = exc
+                continue
+            tunnel = node.open_tunnel(peer, GRPC_HUB)
+            try:
+                with HubClient(tunnel.target, timeout=5) as c:
+                    c.ping()
+                    rtts = [c.ping() for _ in range(5)]
+            finally:
+                tunnel.close()
+            path = node.path(peer) if hasattr(node, "path") else None
+            kind = getattr(path, "kind", None) or (
+                "relayed" if "/p2p-circuit" in addr else "direct"
+            )
+            return {
+                "path": str(getattr(kind, "value", kind)),
+                "address": addr,
+                "remote": node.remote_addr(peer),
+                "rtt_ms": round(statistics.median(rtts) * 1000, 3),
+            }
+        raise HubUnavailable(f"no overlay path to the hub: {last}")
+    finally:
+        node.close()
+
+
+def check(client: HubClient, identity: Identity) -> dict[str, Any]:
+    """The whole report, as JSON-ready dict."""
+    t0 = time.perf_counter()
+    info = client.info()
+    grpc_rtt = time.perf_counter() - t0
+    report: dict[str, Any] = {
+        "hub": info.node_id,
+        "hub_grpc": client.target,
+        "grpc_rtt_ms": round(grpc_rtt * 1000, 3),
+        "stun": _stun(info.stun_endpoint),
+    }
+    try:
+        report["overlay"] = _overlay_path(identity, list(info.multiaddrs))
+    except SonmError as exc:
+        report["overlay"] = {"path": "none", "error": str(exc)}
+    return report
+
+
+def render(r: dict[str, Any]) -> str:
+    s, o = r["stun"], r["overlay"]
+    lines = [
+        f"Local      {s.get('local') or '-'}",
+        f"Public     {s.get('mapped') or '-'}",
+        f"NAT        {s.get('nat_type')}"
+        + (f" (filtering: {s['filtering']})" if s.get("filtering") else ""),
+    ]
+    if s.get("error"):
+        lines.append(f"           {s['error']}")
+    if o.get("error"):
+        lines.append(f"Hub        {r['hub']}: {o['error']}")
+    else:
+        lines.append(f"Hub        {r['hub']} {o['path']} via {o['address']}, RTT {o['rtt_ms']} ms")
+    return "\n".join(lines)

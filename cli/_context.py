@@ -52,7 +52,12 @@ class CliContext:
 
 def endpoints_json(eps: tuple[Endpoint, ...]) -> list[dict[str, Any]]:
     return [
-        {"port": f"{e.container_port}/{e.protocol}", "host": e.host_ip, "host_port": e.host_port}
+        {
+            "port": f"{e.container_port}/{e.protocol}",
+            "host": e.host_ip,
+            "host_port": e.host_port,
+            "reach": e.reach,
+        }
         for e in eps
     ]
 

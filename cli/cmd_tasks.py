@@ -95,6 +95,17 @@ def start(
         )
     else:
         click.echo(f"ID {t.task_id}, Endpoint {format_endpoints(t.endpoints)}")
+        _forward_hint(t.task_id, t.endpoints)
+
+
+def _forward_hint(task_id: str, endpoints: tuple) -> None:
+    behind = [f"{e.container_port}/{e.protocol}" for e in endpoints if e.reach == "forward"]
+    if behind:
+        click.echo(
+            f"the miner is behind NAT: reach {', '.join(behind)} with "
+            f"`sonmcli forward {task_id} {behind[0]}`",
+            err=True,
+        )
 
 
 def _compact(obj: object) -> str:
@@ -136,6 +147,14 @@ def status(c: CliContext, job: str) -> None:
     click.echo(f"Miner      {t.miner_id}")
     click.echo(f"Image      {t.image}")
     click.echo(f"Endpoint   {format_endpoints(t.endpoints)}")
+    for e in t.endpoints:
+        how = {
+            "direct": "directly",
+            "forward": f"via `sonmcli forward {t.task_id} "
+            f"{e.container_port}/{e.protocol}` (miner behind NAT)",
+        }.get(e.reach)
+        if how:
+            click.echo(f"           {e.container_port}/{e.protocol} reachable {how}")
     if t.exit_code is not None:
         click.echo(f"Exit code  {t.exit_code}")
     if t.error:

@@ -32,11 +32,12 @@ def endpoint_to_pb(ep: Endpoint) -> common_pb2.Endpoint:
         protocol=ep.protocol,
         host_ip=ep.host_ip,
         host_port=ep.host_port,
+        reach=ep.reach,
     )
 
 
 def endpoint_from_pb(msg: common_pb2.Endpoint) -> Endpoint:
-    return Endpoint(msg.container_port, msg.protocol, msg.host_ip, msg.host_port)
+    return Endpoint(msg.container_port, msg.protocol, msg.host_ip, msg.host_port, msg.reach)
 
 
 def spec_to_pb(spec: RunSpec) -> common_pb2.TaskSpec:

@@ -104,6 +104,8 @@ class MinerSummary:
     resources: dict = field(hash=False)
     last_seen: float = 0.0
     remote_addr: str = ""
+    multiaddrs: tuple[str, ...] = ()
+    behind_nat: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ class HubClient:
                     },
                     last_seen=m.last_seen_ms / 1000,
                     remote_addr=m.remote_addr,
+                    multiaddrs=tuple(m.multiaddrs),
+                    behind_nat=m.behind_nat,
                 )
             )
         return out

@@ -92,6 +92,8 @@ class Endpoint:
     protocol: str  # "tcp" or "udp"
     host_ip: str
     host_port: int
+    #: "direct" (host_ip:host_port answers), "forward" (behind NAT: `sonmcli forward`), "" unknown
+    reach: str = ""
 
 
 # --- events -----------------------------------------------------------------------------------

@@ -79,11 +79,19 @@ class MinerView:
 
 
 class _Session:
-    def __init__(self, peer_id: str, node_id: str, client: MinerClient, remote: str) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        node_id: str,
+        client: MinerClient,
+        remote: str,
+        multiaddrs: list[str],
+    ) -> None:
         self.peer_id = peer_id
         self.node_id = node_id
         self.client = client
         self.remote_addr = remote
+        self.multiaddrs = multiaddrs  # where the miner says it listens
         self.missed = 0
         self.watch = None  # the miner's WatchTasks stream, cancelled when the session ends
 
@@ -91,6 +99,12 @@ class _Session:
     def remote_ip(self) -> str:
         host = self.remote_addr.rsplit(":", 1)[0]
         return host.strip("[]")
+
+    @property
+    def behind_nat(self) -> bool:
+        """The miner reached us from an address it does not have: a NAT is in between."""
+        own = {a.split("/")[2] for a in self.multiaddrs if a.count("/") > 2}
+        return bool(self.remote_ip) and bool(own) and self.remote_ip not in own
 
     def __repr__(self) -> str:
         return f"<MinerSession {self.node_id} {self.remote_addr} missed={self.missed}>"
@@ -156,7 +170,7 @@ class Hub:
             self.node.disconnect(peer_id)
             return
         remote = self.node.remote_addr(peer_id)
-        session = _Session(peer_id, node_id, client, remote)
+        session = _Session(peer_id, node_id, client, remote, hs.multiaddrs)
         now = time.time()
         with self._lock:
             old = self._sessions.pop(node_id, None)
@@ -273,13 +287,26 @@ class Hub:
 
     @staticmethod
     def _fix_hosts(task: Task, session: _Session) -> tuple:
-        # A port published on all interfaces is reachable at the address the miner came from.
+        # A port published on all interfaces is reachable at the address the miner came from;
+        # behind a NAT that address does not forward it: the user needs `sonmcli forward`.
+        reach = "forward" if session.behind_nat else "direct"
         return tuple(
-            replace(ep, host_ip=session.remote_ip)
+            replace(ep, host_ip=session.remote_ip, reach=reach)
             if ep.host_ip in _UNSPECIFIED_HOSTS and session.remote_ip
-            else ep
+            else replace(ep, reach=reach)
             for ep in task.endpoints
         )
+
+    def overlay_addrs(self, node_id: str) -> tuple[list[str], bool]:
+        """How to reach an online miner on the overlay: its own addresses (when it is not behind
+        NAT), then through this hub's relay; and whether it is behind NAT. ([], False) offline."""
+        with self._lock:
+            session = self._sessions.get(node_id)
+        if session is None:
+            return [], False
+        direct = [] if session.behind_nat else list(session.multiaddrs)
+        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in self.node.addrs]
+        return direct + relayed, session.behind_nat
 
     def _ping_loop(self) -> None:
         while not self._stop.wait(self.options.ping_interval):

@@ -34,6 +34,7 @@ class Handshake:
         self.version = reply.version
         self.resources = resources_from_pb(reply.resources)
         self.tasks = [task_from_pb(t) for t in reply.tasks]
+        self.multiaddrs = list(reply.multiaddrs)
 
 
 class MinerClient:

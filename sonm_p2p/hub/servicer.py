@@ -75,6 +75,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             if rec.online:
                 reply.miners[rec.node_id].values.extend(view.task_ids)
             res = rec.resources
+            addrs, behind_nat = self.hub.overlay_addrs(rec.node_id)
             reply.details.append(
                 hub_pb2.MinerInfo(
                     node_id=rec.node_id,
@@ -91,6 +92,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
                     ),
                     last_seen_ms=int(rec.last_seen * 1000),
                     remote_addr=rec.remote_addr,
+                    multiaddrs=addrs,
+                    behind_nat=behind_nat,
                 )
             )
         return reply

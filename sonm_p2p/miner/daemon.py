@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
-from sonm_p2p.discovery import GossipOptions, HubGossip
+from sonm_p2p.discovery import GossipOptions, HubGossip, expand_addrs
 from sonm_p2p.errors import ConfigError, Timeout
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
@@ -123,6 +123,7 @@ class MinerDaemon:
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.node.start()
+        self.miner.addresses = lambda: expand_addrs(self.node.addrs)
         serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
         self.link.start()
         hub = self.options.hub or "from discovery"

@@ -120,6 +120,8 @@ class Miner:
         self._lock = threading.Lock()
         self._info: RuntimeInfo | None = None
         self._unwatch: Callable[[], None] | None = None
+        #: Where this miner listens on the overlay (set by the daemon once its node runs).
+        self.addresses: Callable[[], list[str]] = list
 
     def __repr__(self) -> str:
         return f"<Miner {self.node_id} runtime={self.runtime!r}>"

@@ -37,6 +37,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
             resources=resources_to_pb(self.miner.info()),
             tasks=[task_to_pb(t) for t in self.miner.tasks()],
             version=__version__,
+            multiaddrs=self.miner.addresses(),
         )
 
     def Ping(

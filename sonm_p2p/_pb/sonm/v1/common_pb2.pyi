@@ -37,16 +37,18 @@ class PingReply(_message.Message):
     def __init__(self, status: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("container_port", "protocol", "host_ip", "host_port")
+    __slots__ = ("container_port", "protocol", "host_ip", "host_port", "reach")
     CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     HOST_IP_FIELD_NUMBER: _ClassVar[int]
     HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     container_port: int
     protocol: str
     host_ip: str
     host_port: int
-    def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ...) -> None: ...
+    reach: str
+    def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., reach: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("image", "env", "command", "cpus", "memory_bytes", "restart")

@@ -14,16 +14,18 @@ class HandshakeRequest(_message.Message):
     def __init__(self, hub_id: _Optional[str] = ...) -> None: ...
 
 class HandshakeReply(_message.Message):
-    __slots__ = ("node_id", "resources", "tasks", "version")
+    __slots__ = ("node_id", "resources", "tasks", "version", "multiaddrs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     resources: _common_pb2.Resources
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskInfo]
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    multiaddrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MinerStartRequest(_message.Message):
     __slots__ = ("task_id", "spec", "owner", "hub_id")

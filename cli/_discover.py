@@ -41,10 +41,11 @@ class HubRef:
 
 
 def _overlay(stack: ExitStack, identity: Identity, bootstrap: tuple[str, ...], mdns_ns: str):  # noqa: ANN202
+    from sonm_p2p.config import client_listen
     from sonm_p2p.discovery import GossipOptions, HubGossip
     from sonm_p2p.transport.node import NodeOptions, P2PNode
 
-    node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+    node = P2PNode(identity, NodeOptions(listen=client_listen()))
     gossip = HubGossip(node, GossipOptions(bootstrap=bootstrap, mdns=True, mdns_namespace=mdns_ns))
     node.start()
     stack.callback(node.close)

@@ -30,10 +30,11 @@ def _stun(endpoint: str) -> dict[str, Any]:
 
 def _overlay_path(identity: Identity, multiaddrs: list[str]) -> dict[str, Any]:
     """Dial the hub over libp2p and time Ping calls through the gRPC bridge."""
+    from sonm_p2p.config import client_listen
     from sonm_p2p.transport.bridge import GRPC_HUB
     from sonm_p2p.transport.node import NodeOptions, P2PNode
 
-    node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+    node = P2PNode(identity, NodeOptions(listen=client_listen()))
     node.start()
     try:
         last: SonmError | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -71,8 +72,14 @@ class Devnet:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        # everything stays on this machine: loopback listens, mDNS on loopback only
+        env = {
+            **os.environ,
+            "SONM_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
+            "SONM_MDNS_INTERFACES": "127.0.0.1",
+        }
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         self.procs.append(proc)
         return proc

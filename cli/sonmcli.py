@@ -12,6 +12,7 @@ import click
 
 from cli._common import Duration, SonmGroup, default_home
 from cli._context import CliContext
+from cli.cmd_forward import forward
 from cli.cmd_hub import hubs, info, nat, ping
 from cli.cmd_miners import list_, miner_status
 from cli.cmd_tasks import logs, start, status, stop, tasks
@@ -75,7 +76,20 @@ def main(
     ctx.call_on_close(ctx.obj.stack.close)
 
 
-for command in (ping, info, hubs, nat, list_, miner_status, start, stop, status, tasks, logs):
+for command in (
+    ping,
+    info,
+    hubs,
+    nat,
+    list_,
+    miner_status,
+    start,
+    stop,
+    status,
+    tasks,
+    logs,
+    forward,
+):
     main.add_command(command)
 
 

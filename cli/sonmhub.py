@@ -11,6 +11,7 @@ from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import SonmError
 from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
 from sonm_p2p.hub.hub import HubOptions
+from sonm_p2p.transport.relay import RelayOptions
 
 
 @click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
@@ -67,6 +68,23 @@ from sonm_p2p.hub.hub import HubOptions
     metavar="IP:PORT",
     help="Second STUN address (other IP and port) for full NAT classification.",
 )
+@click.option(
+    "--relay/--no-relay", default=True, help="Be a circuit relay v2 for miners behind NAT."
+)
+@click.option(
+    "--relay-reservations",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Peers that may hold a relay reservation at once.",
+)
+@click.option(
+    "--relay-circuits",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Relayed connections open at once to one reserved peer.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -80,6 +98,9 @@ def main(
     announce_grpc: str,
     stun_listen: str,
     stun_alternate: str,
+    relay: bool,
+    relay_reservations: int,
+    relay_circuits: int,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -103,6 +124,9 @@ def main(
             mdns_namespace=mdns_namespace(),
             stun_listen=stun_listen,
             stun_alternate=stun_alternate,
+            relay=RelayOptions(max_reservations=relay_reservations, max_circuits=relay_circuits)
+            if relay
+            else None,
             hub=HubOptions(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,

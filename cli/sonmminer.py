@@ -46,7 +46,9 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     "--listen",
     multiple=True,
     default=["/ip4/0.0.0.0/tcp/0"],
-    help="libp2p listen multiaddr (repeatable); no inbound port is needed behind NAT.",
+    envvar="SONM_P2P_LISTEN",
+    help="libp2p listen multiaddr (repeatable; env: space separated); no inbound port is "
+    "needed behind NAT.",
 )
 @click.option(
     "--publish-ip",
@@ -181,6 +183,7 @@ def _check(
     from cli._discover import open_hub
     from cli._natcheck import check, render
     from sonm_p2p.client import HubClient
+    from sonm_p2p.config import client_listen
     from sonm_p2p.identity import load_or_create
     from sonm_p2p.transport.bridge import GRPC_HUB
     from sonm_p2p.transport.node import NodeOptions, P2PNode
@@ -189,7 +192,7 @@ def _check(
         identity = load_or_create(home)
         with ExitStack() as stack:
             if hub:
-                node = P2PNode(identity, NodeOptions(listen=("/ip4/0.0.0.0/tcp/0",)))
+                node = P2PNode(identity, NodeOptions(listen=client_listen()))
                 node.start()
                 stack.callback(node.close)
                 tunnel = node.open_tunnel(node.connect(hub), GRPC_HUB)

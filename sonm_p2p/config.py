@@ -19,7 +19,7 @@ from typing import Any
 
 from sonm_p2p.errors import ConfigError
 
-__all__ = ["CONFIG_FILE", "bootstrap_list", "load_config", "mdns_namespace"]
+__all__ = ["CONFIG_FILE", "bootstrap_list", "client_listen", "load_config", "mdns_namespace"]
 
 CONFIG_FILE = "config.toml"
 _KNOWN = {"bootstrap": list, "mdns": bool}
@@ -57,3 +57,10 @@ def bootstrap_list(flags: Iterable[str], home: Path) -> tuple[str, ...]:
 def mdns_namespace() -> str:
     """The mDNS namespace nodes meet in: ``SONM_MDNS_NAMESPACE`` or "hub" (tests isolate)."""
     return os.environ.get("SONM_MDNS_NAMESPACE", "hub")
+
+
+def client_listen() -> tuple[str, ...]:
+    """Where a short-lived node (sonmcli's overlay commands) listens: ``SONM_P2P_LISTEN``
+    (space separated multiaddrs) or an ephemeral TCP port on all IPv4 interfaces."""
+    text = os.environ.get("SONM_P2P_LISTEN", "").strip()
+    return tuple(text.split()) if text else ("/ip4/0.0.0.0/tcp/0",)

@@ -22,6 +22,12 @@ from typing import Any, TypeVar
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
+# Tests talk to 127.0.0.1 only: libp2p listens (and so advertises and is dialled) on loopback,
+# and mDNS multicasts on loopback, never on the machine's real interfaces. Every process a test
+# starts inherits these.
+os.environ.setdefault("SONM_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
+os.environ.setdefault("SONM_MDNS_INTERFACES", "127.0.0.1")
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -90,7 +90,7 @@ class LanDiscovery:
         with self._lock:
             if self._zc is not None:
                 return
-            zc = Zeroconf(ip_version=IPVersion.V4Only)
+            zc = Zeroconf(ip_version=IPVersion.V4Only, interfaces=mdns_interfaces())
             try:
                 if self._advertise is not None:
                     # A unique name (the peer ID) needs no conflict probing: ~1.6 s saved.
@@ -246,3 +246,16 @@ def _family(ip: str) -> int:
 
 def _family_name(ip: str) -> str:
     return "ip6" if ":" in ip else "ip4"
+
+
+def mdns_interfaces() -> object:
+    """Interface addresses mDNS runs on: ``SONM_MDNS_INTERFACES`` (comma-separated IPs, e.g.
+    ``127.0.0.1`` to keep it on this machine, as the tests and ``sonm-devnet`` do), or all."""
+    import os
+
+    from zeroconf import InterfaceChoice
+
+    text = os.environ.get("SONM_MDNS_INTERFACES", "").strip()
+    if not text:
+        return InterfaceChoice.All
+    return [x.strip() for x in text.split(",") if x.strip()]

@@ -21,6 +21,7 @@ from sonm_p2p.identity import load_or_create
 from sonm_p2p.transport.addrs import parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
+from sonm_p2p.transport.relay import RelayOptions
 from sonm_p2p.transport.stun import ResponderAddresses, StunResponder
 
 __all__ = ["HubDaemon", "HubDaemonOptions"]
@@ -41,6 +42,7 @@ class HubDaemonOptions:
     stun_listen: ``host:port`` of the STUN responder (UDP); defaults to 0.0.0.0:3478; "" turns
         it off. stun_alternate: a second ``ip:port`` (other IP and port) for RFC 5780's
         CHANGE-REQUEST and OTHER-ADDRESS, which full NAT classification needs; defaults to none.
+    relay: circuit relay v2 limits (every hub relays for its miners); None turns it off.
     """
 
     home: Path
@@ -52,6 +54,7 @@ class HubDaemonOptions:
     mdns_namespace: str = "hub"
     stun_listen: str = "0.0.0.0:3478"
     stun_alternate: str = ""
+    relay: RelayOptions | None = field(default_factory=RelayOptions)
     hub: HubOptions = field(default_factory=HubOptions)
 
 
@@ -63,7 +66,9 @@ class HubDaemon:
         self.identity = load_or_create(options.home)
         self.node_id = self.identity.node_id
         self.state = HubState(options.home)
-        self.node = P2PNode(self.identity, NodeOptions(listen=options.p2p_listen))
+        self.node = P2PNode(
+            self.identity, NodeOptions(listen=options.p2p_listen, relay_service=options.relay)
+        )
         self.hub = Hub(self.identity, self.node, self.state, options.hub)
         self.grpc_port = 0
         self.gossip = HubGossip(

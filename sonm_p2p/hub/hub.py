@@ -9,6 +9,7 @@ offline and its running tasks LOST until it returns. Everything is kept in :clas
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -104,7 +105,9 @@ class _Session:
     def behind_nat(self) -> bool:
         """The miner reached us from an address it does not have: a NAT is in between."""
         own = {a.split("/")[2] for a in self.multiaddrs if a.count("/") > 2}
-        return bool(self.remote_ip) and bool(own) and self.remote_ip not in own
+        if not self.remote_ip or not own or ipaddress.ip_address(self.remote_ip).is_loopback:
+            return False  # unknown, or the same machine
+        return self.remote_ip not in own
 
     def __repr__(self) -> str:
         return f"<MinerSession {self.node_id} {self.remote_addr} missed={self.missed}>"

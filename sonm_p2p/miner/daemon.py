@@ -12,13 +12,14 @@ import grpc
 
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip, expand_addrs
-from sonm_p2p.errors import ConfigError, Timeout
-from sonm_p2p.identity import load_or_create
+from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
+from sonm_p2p.identity import load_or_create, node_id_from_peer_id
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
+from sonm_p2p.transport.forward import ForwardRequest, serve_forward
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 
 __all__ = ["MinerDaemon", "MinerOptions"]
@@ -90,6 +91,7 @@ class MinerDaemon:
             options.link,
             allow_hub=lambda node_id: not self._allowed or node_id.lower() in self._allowed,
             connected_in=self._connected_in,
+            on_session=self._reserve_on_hub,
         )
         self._server: grpc.Server | None = None
 
@@ -115,6 +117,26 @@ class MinerDaemon:
         if self.gossip is not None:
             self.gossip.record_latency(node_id, seconds)
 
+    def _reserve_on_hub(self, peer_id: str, target: str) -> None:
+        # Whether others can dial us is unknown (NAT): a reservation on the hub makes the miner
+        # reachable through it whatever the NAT; it is cheap, and refreshed by the node.
+        self.node.reserve(target, wait=False)
+
+    def _resolve_forward(self, peer_id: str, request: ForwardRequest) -> tuple[str, int]:
+        """Where a forward to ``request.task_id``'s port goes; only its owner (or hub) may."""
+        state = self.runtime.status(request.task_id)
+        caller = node_id_from_peer_id(peer_id) or ""
+        owner = state.labels.get("sonm.owner", "")
+        hub = state.labels.get("sonm.hub", "")
+        if caller.lower() not in {owner.lower(), hub.lower()} - {""}:
+            raise PermissionDenied(f"only the owner of task {request.task_id} may reach its ports")
+        for p in state.ports:
+            if p.container_port == request.port and p.protocol == str(request.proto):
+                host = "127.0.0.1" if p.host_ip in ("", "0.0.0.0") else p.host_ip
+                host = "::1" if host == "::" else host
+                return host, p.host_port
+        raise NotFound(f"task {request.task_id} publishes no port {request.port}/{request.proto}")
+
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
         self.miner.watch_runtime()
@@ -125,6 +147,7 @@ class MinerDaemon:
         self.node.start()
         self.miner.addresses = lambda: expand_addrs(self.node.addrs)
         serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
+        serve_forward(self.node, self._resolve_forward)
         self.link.start()
         hub = self.options.hub or "from discovery"
         log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)

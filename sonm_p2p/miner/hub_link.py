@@ -73,6 +73,7 @@ class HubLink:
         *,
         allow_hub: Callable[[str], bool] = lambda node_id: True,
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
+        on_session: Callable[[str, str], None] = lambda peer_id, target: None,
     ) -> None:
         self.node = node
         self._targets = targets
@@ -80,6 +81,7 @@ class HubLink:
         self._last_contact = last_hub_contact
         self._allow_hub = allow_hub
         self._connected_in = connected_in
+        self._on_session = on_session
         self.hub_peer = ""
         self.hub_id = ""
         self.target = ""
@@ -153,6 +155,10 @@ class HubLink:
                 continue
             log.info("connected to hub %s at %s (peer %s)", node_id, target, peer)
             self.connected.set()
+            try:
+                self._on_session(peer, target)
+            except SonmError as exc:
+                log.warning("hub %s: %s", node_id, exc)
             opened = time.monotonic()
             backoff.reset()
             try:

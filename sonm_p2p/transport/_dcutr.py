@@ -26,7 +26,7 @@ import trio
 from sonm_p2p.transport._handles import _reason
 from sonm_p2p.transport.dial_ladder import Scope, _ip_of, classify
 
-__all__ = ["connections", "dcutr_service", "is_relayed"]
+__all__ = ["connections", "dcutr_service", "is_relayed", "peer_address"]
 
 log = logging.getLogger("sonm_p2p.transport._paths")
 
@@ -39,6 +39,32 @@ def is_relayed(conn: Any) -> bool:
         return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
     except Exception:
         return False
+
+
+def peer_address(conn: Any) -> tuple[str, int] | None:
+    """(ip, port) at the far end of a TCP connection; py-libp2p 0.8.1 reports None for IPv6."""
+    try:
+        secured = conn.muxed_conn.secured_conn
+        addr = secured.get_remote_address()
+    except Exception:
+        return None
+    if addr:
+        return str(addr[0]), int(addr[1])
+    # Noise session > read-writer > raw connection > TrioTCPStream > trio stream > socket.
+    layer: Any = secured
+    for _ in range(8):
+        if hasattr(layer, "getpeername"):
+            try:
+                ip, port = layer.getpeername()[:2]
+                return str(ip), int(port)
+            except (OSError, ValueError):
+                return None
+        layer = next(
+            (getattr(layer, a) for a in ("socket", "stream", "conn") if hasattr(layer, a)), None
+        )
+        if layer is None:
+            return None
+    return None
 
 
 def connections(host: Any, peer: Any) -> list[Any]:
@@ -92,6 +118,61 @@ async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any
     return RawConnection(TrioTCPStream(trio.SocketStream(sock)), True)
 
 
+def _listen_sources(host: Any) -> dict[int, tuple[str, int]]:
+    """Our TCP listen (ip, port) per IP version: hole-punch SYNs leave from it, so the NAT maps
+    them where the relay saw us (port-preserving NATs)."""
+    sources: dict[int, tuple[str, int]] = {}
+    for addr in host.get_transport_addrs():
+        target = _tcp_target(addr)
+        if target is not None:
+            sources.setdefault(6 if ":" in target[0] else 4, target)
+    return sources
+
+
+def _punch_targets(
+    host: Any, peer: Any, observed: list[Any], sources: dict[int, tuple[str, int]]
+) -> list[tuple[Any, tuple[str, int]]]:
+    """(address, source) pairs worth punching to: what the peer sent and the direct addresses
+    we know for it, minus the relays' own addresses (a relay may observe itself)."""
+    import multiaddr
+    from libp2p.peer.id import ID
+
+    store = host.get_peerstore()
+    avoid: set[tuple[str, int]] = set()
+    for conn in connections(host, peer):
+        if not is_relayed(conn):
+            continue
+        relay_id = str(conn.get_transport_addresses()[0]).split("/p2p-circuit")[0]
+        relay_id = relay_id.rsplit("/p2p/", 1)[-1]
+        try:
+            avoid |= {t for a in store.addrs(ID.from_base58(relay_id)) if (t := _tcp_target(a))}
+        except Exception:
+            pass
+    try:
+        known = [a for a in store.addrs(peer) if "/p2p-circuit" not in str(a)]
+    except Exception:
+        known = []
+    out: list[tuple[Any, tuple[str, int]]] = []
+    seen: set[tuple[str, int]] = set()
+    for addr in [*observed, *known]:
+        target = _tcp_target(addr)
+        if target is None or target in seen or target in avoid:
+            continue
+        source = sources.get(6 if ":" in target[0] else 4)
+        if source is None or not _punchable(addr, source):
+            continue
+        seen.add(target)
+        out.append(
+            (
+                multiaddr.Multiaddr(
+                    f"/ip{6 if ':' in target[0] else 4}/{target[0]}/tcp/{target[1]}"
+                ),
+                source,
+            )
+        )
+    return out
+
+
 def _dcutr_class() -> type:
     import multiaddr
     from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
@@ -124,11 +205,9 @@ def _dcutr_class() -> type:
             # within about one link latency make a connection. So the TCP connect is retried
             # back to back from the same port until it connects or ``dial_timeout`` passes;
             # only then is the connection upgraded (Noise, Yamux), once.
-            if not _punchable(addr, source):
-                return
             network = self.host.get_network()
             target = _tcp_target(addr)
-            if target is None or source is None:
+            if target is None or source is None or not _punchable(addr, source):
                 return
             raw = None
             tries = 0
@@ -169,12 +248,33 @@ def _dcutr_class() -> type:
         async def _perform_hole_punch(
             self, peer_id: Any, addrs: list[Any], as_responder: bool = False
         ) -> bool:
-            # Both legs must survive py-libp2p's per-peer trimming until the relayed one is idle.
+            # One round (py-libp2p runs three of up to 7 s each): every usable address at once,
+            # each a tight connect loop for ``dial_timeout`` seconds; the first to connect wins.
+            sources = _listen_sources(self.host)
+            targets = _punch_targets(self.host, peer_id, addrs, sources)
+            if not targets:
+                log.debug("hole punch to %s: no address to punch to", peer_id)
+                return False
             network = self.host.get_network()
+            # Both legs must survive py-libp2p's per-peer trimming until the relayed one is idle.
             network.protect(peer_id, _PROTECT_TAG)
             ok = False
             try:
-                ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
+                async with trio.open_nursery() as race:
+
+                    async def watch() -> None:
+                        while not await self._verify_direct_connection(peer_id):
+                            await trio.sleep(0.02)
+                        race.cancel_scope.cancel()
+
+                    race.start_soon(watch)
+                    async with trio.open_nursery() as dials:
+                        for addr, source in targets:
+                            dials.start_soon(self._dial_peer, peer_id, addr, source, as_responder)
+                    race.cancel_scope.cancel()
+                ok = await self._verify_direct_connection(peer_id)
+                if ok:
+                    self._schedule_relay_close(peer_id)
                 return ok
             finally:
                 if not ok:

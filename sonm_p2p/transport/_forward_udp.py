@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from sonm_p2p.transport._splice import send
 from sonm_p2p.transport.forward import (
     MAX_DATAGRAM,
     ForwardOptions,
@@ -45,7 +46,7 @@ async def _udp_pump(
         nonlocal last
         while True:
             data = await receive()
-            await stream.write(encode_datagram(data))
+            await send(stream, encode_datagram(data))
             last = trio.current_time()
 
     async def down() -> None:
@@ -97,7 +98,7 @@ async def serve_udp_stream(
         await _finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
         return
     try:
-        await stream.write(encode_reply(ForwardStatus.OK))
+        await send(stream, encode_reply(ForwardStatus.OK))
 
         async def receive() -> bytes:
             while True:

@@ -18,8 +18,9 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError
-from sonm_p2p.transport._dcutr import connections, is_relayed
+from sonm_p2p.transport._dcutr import connections, is_relayed, peer_address
 from sonm_p2p.transport._handles import _reason
+from sonm_p2p.transport._splice import send
 from sonm_p2p.transport.dial_ladder import (
     AttemptKind,
     LadderOptions,
@@ -90,13 +91,8 @@ def describe(conn: Any, peer_id: str, punched: weakref.WeakSet[Any]) -> Path:
         relay = remote.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
         return Path(peer_id, PathKind.RELAYED, remote, None, relay)
     kind = PathKind.HOLE_PUNCHED if conn in punched else PathKind.DIRECT
-    remote = ""
-    try:
-        ip, port = conn.muxed_conn.secured_conn.get_remote_address()
-        remote = f"/ip{6 if ':' in ip else 4}/{ip}/tcp/{port}"
-    except Exception:
-        addrs = conn.get_transport_addresses()
-        remote = str(addrs[0]) if addrs else ""
+    far = peer_address(conn)
+    remote = f"/ip{6 if ':' in far[0] else 4}/{far[0]}/tcp/{far[1]}" if far else ""
     return Path(peer_id, kind, remote)
 
 
@@ -109,7 +105,7 @@ async def ping(host: Any, peer: Any, *, rounds: int = 2, timeout: float = 5.0) -
             for _ in range(rounds):
                 payload = secrets.token_bytes(32)
                 began = time.perf_counter()
-                await stream.write(payload)
+                await send(stream, payload)
                 got = b""
                 while len(got) < 32:
                     chunk = await stream.read(32 - len(got))

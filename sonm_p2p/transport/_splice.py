@@ -1,4 +1,12 @@
-"""Copy bytes both ways between a libp2p stream and a trio TCP stream, with half-close."""
+"""Copy bytes both ways between a libp2p stream and a trio TCP stream, with half-close.
+
+Writes to a libp2p stream go through :func:`send` / :func:`send_eof`, never cancelled half-way:
+py-libp2p encrypts a frame (using up a Noise nonce) before it writes it, so a task cancelled
+between the two leaves the *connection* out of step and every stream on it dies with "Failed
+authentication of message" at the peer (seen when a forward closed while a splice was
+half-closing). Cancellation is delivered after the write instead; py-libp2p bounds a write that
+cannot progress itself (a Yamux window that stays shut for 5 s).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +55,10 @@ async def splice(
                 if not data:
                     break
                 await tcp.send_all(data)
+            if _connection_lost(stream):
+                # py-libp2p ends a stream's reads quietly when its connection goes: that is
+                # not the peer's FIN, and the TCP side must not take it for one.
+                raise ConnectionError("the connection to the peer was lost")
             try:
                 await tcp.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -63,8 +75,8 @@ async def splice(
                 data = await tcp.receive_some(CHUNK)
                 if not data:
                     break
-                await stream.write(data)
-            await stream.close_write()
+                await send(stream, data)
+            await send_eof(stream)
         except Exception as exc:
             log.debug("splice tcp->stream ended: %r", exc)
             failed = True
@@ -82,6 +94,26 @@ async def splice(
             else:
                 await _quiet(stream.close())
             await _quiet(tcp.aclose())
+
+
+async def send(stream, data: bytes) -> None:  # noqa: ANN001 - libp2p INetStream
+    """Write ``data`` to a libp2p stream; a cancellation waits for the write to finish."""
+    with trio.CancelScope(shield=True):
+        await stream.write(data)
+
+
+async def send_eof(stream) -> None:  # noqa: ANN001
+    """Half-close a libp2p stream (see :func:`send`)."""
+    with trio.CancelScope(shield=True):
+        await stream.close_write()
+
+
+def _connection_lost(stream) -> bool:  # noqa: ANN001
+    conn = getattr(stream, "muxed_conn", None)
+    if conn is None:
+        return False
+    shutting = getattr(conn, "event_shutting_down", None)
+    return bool(getattr(conn, "is_closed", False)) or (shutting is not None and shutting.is_set())
 
 
 def abort(tcp: trio.SocketStream) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "Attempt",
@@ -228,6 +228,11 @@ def _safe_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+#: NAT types (``stun.NatType`` values) a hole punch cannot get through: a fresh random port per
+#: destination never matches the port the peer was told.
+_NO_PUNCH = frozenset({"symmetric"})
+
+
 @dataclass
 class UpgradeState:
     """What :class:`UpgradePolicy` remembers about upgrading one peer's relayed path."""
@@ -248,7 +253,6 @@ class UpgradePolicy:
 
     max_attempts: int = 3
     backoff: float = 30.0
-    _never: frozenset[str] = field(default=frozenset({"symmetric"}), repr=False)
 
     def next_attempt(
         self,
@@ -265,7 +269,7 @@ class UpgradePolicy:
         """
         if path is not PathKind.RELAYED or state.succeeded:
             return None
-        if local_nat in self._never or remote_nat in self._never:
+        if local_nat in _NO_PUNCH or remote_nat in _NO_PUNCH:
             return None
         if state.attempts >= self.max_attempts:
             return None

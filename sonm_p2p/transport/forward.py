@@ -10,9 +10,10 @@ One stream carries one TCP connection, or the UDP datagrams of one client addres
     then, when the status is OK:      tcp: raw bytes both ways, half-close passed on
                                       udp: frames both ways, each u16 length + datagram
 
-``check`` asks only whether the request would be served (nothing is connected); the user side
-does it once when a forward is opened, so refusals surface as an error there and then
-(``TaskNotFound``, ``PermissionDenied``, ``NotFound``...) instead of as a reset later.
+``check`` asks only whether the request would be served (for TCP the target is connected to and
+closed at once); the user side does it once when a forward is opened, so refusals surface as an
+error there and then (``TaskNotFound``, ``PermissionDenied``, ``NotFound``, ``Unavailable``)
+instead of as a reset later.
 
 The serving side decides what a request may reach: ``serve_forward(node, resolve)`` calls
 ``resolve(peer_id, request) -> (host, port)``; it raises a :class:`ForwardError` (or a
@@ -45,7 +46,7 @@ from sonm_p2p.errors import (
     Unauthenticated,
     Unavailable,
 )
-from sonm_p2p.transport._splice import abort, splice
+from sonm_p2p.transport._splice import abort, send, splice
 from sonm_p2p.transport.node import P2PNode
 
 __all__ = [
@@ -306,7 +307,7 @@ async def _finish(stream: Any, reply: bytes | None = None, *, reset: bool = Fals
     try:
         with trio.move_on_after(2):
             if reply is not None:
-                await stream.write(reply)
+                await send(stream, reply)
             await (stream.reset() if reset else stream.close())
     except Exception as exc:
         log.debug("forward stream close: %r", exc)
@@ -349,7 +350,7 @@ def serve_forward(
                 log.info("forward %s from %s refused: %s", request, peer, message)
             await _finish(stream, encode_reply(status, message))
             return
-        if request.check:
+        if request.check and request.proto is Proto.UDP:
             await _finish(stream, encode_reply(ForwardStatus.OK))
         elif request.proto is Proto.TCP:
             await _serve_tcp(stream, (host, port), request, o)
@@ -372,8 +373,12 @@ async def _serve_tcp(
         message = f"{request.port}/tcp of task {request.task_id} is not reachable: {why}"
         await _finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
         return
+    if request.check:  # the target answers: that is all a check asks
+        await tcp.aclose()
+        await _finish(stream, encode_reply(ForwardStatus.OK))
+        return
     try:
-        await stream.write(encode_reply(ForwardStatus.OK))
+        await send(stream, encode_reply(ForwardStatus.OK))
     except Exception:
         await _finish(stream, reset=True)
         await tcp.aclose()
@@ -433,7 +438,7 @@ class Forward:
             raise Unavailable(f"cannot reach {self.peer_id[:16]}… for a forward: {exc}") from None
         try:
             with trio.fail_after(o.header_timeout):
-                await stream.write(encode_request(self.request))
+                await send(stream, encode_request(self.request))
                 status, message = await _read_reply(stream)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -448,7 +453,7 @@ class Forward:
         self.connections += 1
         try:
             stream = await self._node.open_stream(self.peer_id, FORWARD)
-            await stream.write(encode_request(self.request))
+            await send(stream, encode_request(self.request))
         except Exception as exc:
             self._failed(f"cannot open a stream: {exc}")
             abort(tcp)

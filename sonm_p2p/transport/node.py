@@ -34,7 +34,7 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport import addrs as _addrs
-from sonm_p2p.transport._dcutr import dcutr_service
+from sonm_p2p.transport._dcutr import dcutr_service, is_relayed, peer_address
 from sonm_p2p.transport._handles import (
     Session,
     Tunnel,
@@ -46,7 +46,12 @@ from sonm_p2p.transport._handles import (
 from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
-from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
+from sonm_p2p.transport.relay import (
+    RelayOptions,
+    RelayReservation,
+    RelayReservations,
+    relay_service,
+)
 
 __all__ = ["NodeOptions", "P2PNode", "Path", "Session", "Tunnel"]
 
@@ -114,7 +119,7 @@ class P2PNode:
         self._handlers: dict[str, StreamHandler] = {}
         self._services: list[Callable[..., Awaitable[None]]] = []
         self._paths: PeerPaths | None = None
-        self._reservations: list[RelayReservation] = []
+        self._relays = RelayReservations(self)
         self.peer_id = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -188,6 +193,7 @@ class P2PNode:
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         self._host = host
         self.peer_id = host.get_id().to_string()
+        threading.current_thread().name = "p2p-node-" + self.peer_id[-6:]
         for proto, handler in self._handlers.items():
             host.set_stream_handler(proto, handler)
         async with host.run(listen), trio.open_nursery() as nursery:
@@ -222,12 +228,21 @@ class P2PNode:
                     self.options.keepalive_timeout,
                 )
             for target in self.options.reserve_on:
-                nursery.start_soon(self._reserve_in_background, target)
+                nursery.start_soon(self._relays.add_when_reachable, target)
             for service in self._services:
                 await nursery.start(service, host)
             self._ready.set()
             await self._stop.wait()
             nursery.cancel_scope.cancel()
+            # py-libp2p leaves the connections' sockets open when the host stops: peers would
+            # keep a dead connection (and its streams) until they next write to it.
+            network = host.get_network()
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                for peer in list(network.connections):
+                    try:
+                        await network.close_peer(peer)
+                    except Exception as exc:
+                        log.debug("closing the connection to %s: %r", peer, exc)
 
     def add_service(self, service: Callable[..., Awaitable[None]]) -> None:
         """Run ``await service(host, task_status=...)`` in the node's nursery (before start()).
@@ -320,18 +335,17 @@ class P2PNode:
         return any(p.to_string() == peer_id for p in self._host.get_network().get_connections_map())
 
     def remote_addr(self, peer_id: str) -> str:
-        """``ip:port`` the connection to ``peer_id`` comes from, or "" when not connected."""
+        """``ip:port`` (``[v6]:port``) the connection to ``peer_id`` comes from (a direct one
+        first), or "" when not connected."""
         from libp2p.peer.id import ID
 
         if self._host is None:
             return ""
         conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
-        for conn in conns:
-            try:
-                ip, port = conn.muxed_conn.secured_conn.get_remote_address()
-                return f"{ip}:{port}"
-            except Exception:
-                continue
+        for conn in sorted(conns, key=is_relayed):
+            far = peer_address(conn)
+            if far is not None:
+                return f"[{far[0]}]:{far[1]}" if ":" in far[0] else f"{far[0]}:{far[1]}"
         return ""
 
     def disconnect(self, peer_id: str) -> None:
@@ -356,7 +370,7 @@ class P2PNode:
     @property
     def reservations(self) -> list[RelayReservation]:
         """Relay reservations this node keeps (see :meth:`reserve`)."""
-        return list(self._reservations)
+        return list(self._relays.all)
 
     @property
     def advertised_addrs(self) -> list[str]:
@@ -369,7 +383,7 @@ class P2PNode:
         # namespace than the caller (tests run nodes in namespaces).
         direct = self.run(self._expanded_listen_addrs)
         out = [f"{a}/p2p/{self.peer_id}" for a in direct]
-        for res in self._reservations:
+        for res in self._relays.all:
             out += [a for a in res.circuit_addrs if a not in out]
         return out
 
@@ -397,49 +411,18 @@ class P2PNode:
         """
         timeout = self.options.dial_timeout if timeout is None else timeout
         relay_id = self.connect(relay)
-        res = self.run(self._reservation, relay_id, _addrs.parse_target(relay)[0])
+        res = self.run(self._relays.add, relay_id, _addrs.parse_target(relay)[0])
         deadline = time.monotonic() + timeout
         while wait and not res.granted.wait(0.05):
             if res.failure is not None or time.monotonic() >= deadline:
                 res.cancel()
+                self._relays.drop(res)
                 if isinstance(res.failure, SonmError):
                     raise res.failure
                 if res.failure is not None:
                     raise DialError(f"cannot reserve on relay {relay}: {res.error}")
                 raise Timeout(f"relay {relay} granted no reservation within {timeout:g}s")
         return res
-
-    async def _reservation(self, relay_id: str, maddr: str) -> RelayReservation:
-        for res in self._reservations:
-            if res.relay_id == relay_id:
-                return res
-        res = RelayReservation(relay_id, [maddr], self.peer_id)
-        self._reservations.append(res)
-        scope = trio.CancelScope()
-        res._cancel = lambda: self._call_soon(scope.cancel)
-
-        async def keep() -> None:
-            try:
-                with scope:
-                    await res.keep(self._host)
-            finally:
-                self._reservations.remove(res)
-
-        self._nursery.start_soon(keep)
-        return res
-
-    async def _reserve_in_background(self, target: str) -> None:
-        maddr, peer_id = _addrs.parse_target(target)
-        delay = 0.5
-        while True:
-            try:
-                relay_id = await self._connect(maddr, peer_id)
-                break
-            except SonmError as exc:
-                log.debug("relay %s: %s (retry in %.1fs)", target, exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        await self._reservation(relay_id, maddr)
 
     def connect_peer(
         self,

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError, SonmError
+from sonm_p2p.transport._splice import send
 
 __all__ = [
     "HOP",
@@ -34,6 +35,7 @@ __all__ = [
     "RelayOptions",
     "RelayRefused",
     "RelayReservation",
+    "RelayReservations",
     "circuit_addr",
     "dial_relayed",
     "is_circuit",
@@ -128,9 +130,12 @@ def _relay_protocol_class() -> type:
 
         py-libp2p 0.8.1 records live circuits in a dict keyed by peer ID and, when one direction
         of a circuit ends, closes whatever that dict holds for the peer: with two clients relayed
-        to one miner, the first client to leave took the second one's circuit down. This pump
-        closes exactly the two streams it was given, enforces the circuit-wide byte budget and
-        the duration as a deadline (not only when data arrives), and forgets the circuit.
+        to one miner, the first client to leave took the second one's circuit down. And the
+        other direction of an ended circuit stayed blocked for ever, so every circuit kept one
+        of the reservation's circuit slots (16 circuits, then "no reservation"). This pump
+        closes exactly the two streams it was given, ends both directions together, enforces
+        the circuit-wide byte budget and the duration as a deadline (not only when data
+        arrives), and forgets the circuit.
         """
 
         async def _relay_data(  # noqa: ANN202 - overrides a py-libp2p method
@@ -141,10 +146,17 @@ def _relay_protocol_class() -> type:
             deadline: float | None = None,
             circuit_data_limit: list[int] | None = None,
         ):
+            # The two directions of a circuit end together: py-libp2p does not wake a reader
+            # blocked on a yamux stream that is reset locally, so the other direction is
+            # cancelled rather than left waiting (it held the reservation's circuit slot).
+            circuits = self.__dict__.setdefault("_sonm_circuits", {})
+            key = frozenset((id(src_stream), id(dst_stream)))
+            scope = trio.CancelScope()
+            circuits.setdefault(key, []).append(scope)
             failed = True
             try:
                 timeout = float("inf") if deadline is None else deadline - time.monotonic()
-                with trio.move_on_after(max(timeout, 0)):
+                with scope, trio.move_on_after(max(timeout, 0)):
                     while True:
                         try:
                             data = await src_stream.read(64 * 1024)
@@ -159,16 +171,18 @@ def _relay_protocol_class() -> type:
                                 break
                             circuit_data_limit[0] -= len(data)
                         with trio.fail_after(self.write_timeout):
-                            await dst_stream.write(data)
+                            await send(dst_stream, data)
             except Exception as exc:  # write timeout or a reset far end
                 log.debug("relay: circuit for %s ended: %r", peer_id, exc)
             finally:
+                for other in circuits.pop(key, []):
+                    other.cancel()
                 with trio.CancelScope(shield=True):
                     for stream in (src_stream, dst_stream):
                         await _end_stream(stream, reset=failed)
-                    for key, pair in list(self._active_relays.items()):
+                    for key_, pair in list(self._active_relays.items()):
                         if src_stream in pair or dst_stream in pair:
-                            del self._active_relays[key]
+                            del self._active_relays[key_]
 
         async def handle_incoming_connection(  # noqa: ANN202 - overrides a py-libp2p method
             self, stream: Any, remote_peer_id: bytes
@@ -265,7 +279,8 @@ async def reserve(host: Any, relay_id: str) -> tuple[float, list[str]]:
         stream = await _hop_stream(host, relay)
         try:
             msg = HopMessage(type=HopMessage.RESERVE, peer=PeerId(id=host.get_id().to_bytes()))
-            await write_delimited_msg(stream, msg)
+            with trio.CancelScope(shield=True):  # see _splice.send
+                await write_delimited_msg(stream, msg)
             resp = await read_delimited_msg(stream, HopMessage)
         finally:
             await _end_stream(stream, reset=False)
@@ -303,7 +318,8 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
         stream = await _hop_stream(host, relay)
         try:
             msg = HopMessage(type=HopMessage.CONNECT, peer=PeerId(id=target.to_bytes()))
-            await write_delimited_msg(stream, msg)
+            with trio.CancelScope(shield=True):  # see _splice.send
+                await write_delimited_msg(stream, msg)
             resp = await read_delimited_msg(stream, HopMessage)
             status = resp.status if resp.HasField("status") else 100
             if status != 100:
@@ -435,15 +451,64 @@ class RelayReservation:
             backoff = min(backoff * 2, 30.0)
 
 
+class RelayReservations:
+    """The reservations one node keeps (trio side; ``all`` may be read from any thread)."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self.all: list[RelayReservation] = []
+
+    async def add(self, relay_id: str, relay_addr: str) -> RelayReservation:
+        """Start keeping a reservation on a connected relay (the existing one if any)."""
+        for res in self.all:
+            if res.relay_id == relay_id:
+                return res
+        node = self._node
+        res = RelayReservation(relay_id, [relay_addr], node.peer_id)
+        self.all.append(res)
+        scope = trio.CancelScope()
+        res._cancel = lambda: node._call_soon(scope.cancel)
+
+        async def keep() -> None:
+            try:
+                with scope:
+                    await res.keep(node._host)
+            finally:
+                self.drop(res)
+
+        node._spawn(keep)
+        return res
+
+    def drop(self, res: RelayReservation) -> None:
+        if res in self.all:
+            self.all.remove(res)
+
+    async def add_when_reachable(self, target: str) -> None:
+        """Connect to ``target`` (retrying with back-off), then keep a reservation there."""
+        from sonm_p2p.transport.addrs import parse_target
+
+        maddr, peer_id = parse_target(target)
+        delay = 0.5
+        while True:
+            try:
+                relay_id = await self._node._connect(maddr, peer_id)
+                break
+            except SonmError as exc:
+                log.debug("relay %s: %s (retry in %.1fs)", target, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        await self.add(relay_id, maddr)
+
+
 def _connected(host: Any, peer: Any) -> bool:
     return any(not getattr(c, "is_closed", False) for c in host.get_network().get_connections(peer))
 
 
 def _remote_tcp_addr(host: Any, peer: Any) -> str | None:
+    from sonm_p2p.transport._dcutr import peer_address
+
     for conn in host.get_network().get_connections(peer):
-        try:
-            ip, port = conn.muxed_conn.secured_conn.get_remote_address()
-        except Exception:
-            continue
-        return f"/ip{6 if ':' in ip else 4}/{ip}/tcp/{port}"
+        far = peer_address(conn)
+        if far is not None:
+            return f"/ip{6 if ':' in far[0] else 4}/{far[0]}/tcp/{far[1]}"
     return None

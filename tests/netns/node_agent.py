@@ -36,14 +36,30 @@ class AgentError(Exception):
 
 
 class Agent:
-    """A node process in a namespace; every call is one request/response, with a deadline."""
+    """A node process; every call is one request/response, with a deadline.
 
-    def __init__(self, host: Any, name: str, options: dict[str, Any]) -> None:
+    host: the namespace host to run in (tracked by its topology for teardown); None runs it
+        here, on this machine's loopback (then ``workdir`` and ``procs``, a list the caller
+        stops, are required).
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        name: str,
+        options: dict[str, Any],
+        *,
+        wait: bool = True,
+        workdir: Path | None = None,
+        procs: list[Any] | None = None,
+    ) -> None:
         from tests.harness import Proc
 
-        topo = host.topo
-        log = topo.workdir / f"{name}.log"
-        argv = host.exec_argv([sys.executable, "-m", "tests.netns.node_agent", json.dumps(options)])
+        argv = [sys.executable, "-m", "tests.netns.node_agent", json.dumps(options)]
+        if host is not None:
+            argv, workdir, procs = host.exec_argv(argv), host.topo.workdir, host.topo.procs
+        assert workdir is not None and procs is not None
+        log = workdir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -52,14 +68,23 @@ class Agent:
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, cwd=root
             )
         self.proc = Proc(name, popen, log)
-        topo.procs.append(self.proc)
+        procs.append(self.proc)
         self.name = name
         self.host = host
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        hello = self.call("hello", timeout=60)
-        self.peer_id: str = hello["peer_id"]
-        self.listen: list[str] = hello["addrs"]
+        self.peer_id = ""
+        self.listen: list[str] = []
+        if wait:
+            self.ready()
+
+    def ready(self, op: str = "hello") -> Agent:
+        """Wait for the node to listen (agents started with ``wait=False`` start in parallel);
+        ``op="restart"`` replaces the node by a fresh one (new key, new port) first."""
+        hello = self.call(op, timeout=60)
+        self.peer_id = hello["peer_id"]
+        self.listen = hello["addrs"]
+        return self
 
     def call(self, op: str, timeout: float = 30, **args: Any) -> Any:
         """Run ``op`` in the agent; its result, or AgentError."""
@@ -130,23 +155,72 @@ def _echo_udp() -> int:
     return sock.getsockname()[1]
 
 
+def _source() -> int:
+    """A TCP server on all interfaces: reads ``N\\n``, sends N bytes, closes."""
+    srv = socket.create_server(("0.0.0.0", 0))
+    block = os.urandom(1 << 20)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(32)
+                if not chunk:
+                    return
+                line += chunk
+            left = int(line)
+            while left > 0:
+                sent = conn.send(block[: min(left, len(block))])
+                left -= sent
+
+    def accept() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1]
+
+
 class _State:
     def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.forwards: dict[str, Any] = {}
+        self.held: dict[int, dict[str, Any]] = {}
+        self.ports = {"tcp": _echo_tcp(), "udp": _echo_udp(), "source": _source()}
+        self.serving = False
+        self.node = self._new_node()
+
+    def _new_node(self) -> Any:
         from sonm_p2p.identity import Identity
         from sonm_p2p.transport.node import NodeOptions, P2PNode
         from sonm_p2p.transport.relay import RelayOptions
 
+        options = self.options
         kw: dict[str, Any] = {"listen": tuple(options.get("listen", ["/ip4/0.0.0.0/tcp/0"]))}
         if options.get("relay"):
             kw["relay_service"] = RelayOptions()
         for key in ("keepalive_interval", "keepalive_timeout", "hole_punch", "upgrade_wait"):
             if key in options:
                 kw[key] = options[key]
-        self.node = P2PNode(Identity.generate(), NodeOptions(**kw))
-        self.node.start()
-        self.forwards: dict[str, Any] = {}
-        self.held: dict[int, dict[str, Any]] = {}
-        self.ports = {"tcp": _echo_tcp(), "udp": _echo_udp()}
+        if "upgrade_attempts" in options:
+            from sonm_p2p.transport.dial_ladder import UpgradePolicy
+
+            kw["upgrade"] = UpgradePolicy(max_attempts=options["upgrade_attempts"])
+        node = P2PNode(Identity.generate(), NodeOptions(**kw))
+        node.start()
+        return node
+
+    def restart(self) -> dict[str, Any]:
+        """A fresh node (new key, new port) in place of the current one."""
+        for fwd in self.forwards.values():
+            fwd.close()
+        self.forwards.clear()
+        self.node.close()
+        self.node = self._new_node()
+        if self.serving:
+            self.serve()
+        return self.hello()
 
     def hello(self) -> dict[str, Any]:
         return {"peer_id": self.node.peer_id, "addrs": self.node.addrs}
@@ -160,9 +234,15 @@ class _State:
     def connect(self, target: str) -> str:
         return self.node.connect(target)
 
-    def connect_peer(self, peer: str, addrs: list[str], upgrade_wait: float | None = None) -> Any:
+    def connect_peer(
+        self,
+        peer: str,
+        addrs: list[str],
+        upgrade_wait: float | None = None,
+        remote_nat: str | None = None,
+    ) -> Any:
         began = time.perf_counter()
-        path = self.node.connect_peer(peer, addrs, upgrade_wait=upgrade_wait)
+        path = self.node.connect_peer(peer, addrs, upgrade_wait=upgrade_wait, remote_nat=remote_nat)
         took = time.perf_counter() - began
         upgrade = self.node._paths.last_upgrade.get(peer) if self.node._paths else None
         return {"path": path.as_dict(), "seconds": took, "upgrade": upgrade}
@@ -192,7 +272,13 @@ class _State:
                 raise NotFound(f"task echo publishes no port {request.port}/{request.proto}")
             return ("127.0.0.1", self.ports[str(request.proto)])
 
-        serve_forward(self.node, resolve)
+        def resolve_any(peer: str, request: Any) -> tuple[str, int]:
+            if request.task_id == "source":
+                return ("127.0.0.1", self.ports["source"])
+            return resolve(peer, request)
+
+        serve_forward(self.node, resolve_any)
+        self.serving = True
         return self.ports
 
     def open_forward(self, peer: str, task: str, port: int, proto: str = "tcp") -> list[Any]:
@@ -206,10 +292,10 @@ class _State:
     def close_forward(self, key: str) -> None:
         self.forwards.pop(key).close()
 
-    def tcp_transfer(self, addr: list[Any], size: int, timeout: float = 60) -> dict[str, Any]:
+    def tcp_transfer(self, addr: list[Any], size: int, within: float = 60) -> dict[str, Any]:
         """Connect, time the first echoed byte, then echo ``size`` bytes; intact or an error."""
         began = time.perf_counter()
-        with socket.create_connection(tuple(addr), timeout=timeout) as conn:
+        with socket.create_connection(tuple(addr), timeout=within) as conn:
             conn.sendall(b"!")
             first = conn.recv(1)
             ttfb = time.perf_counter() - began
@@ -237,9 +323,9 @@ class _State:
             "mbps": len(payload) / seconds / 1e6,
         }
 
-    def udp_echo(self, addr: list[Any], count: int = 5, timeout: float = 5) -> dict[str, Any]:
+    def udp_echo(self, addr: list[Any], count: int = 5, within: float = 5) -> dict[str, Any]:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout)
+            sock.settimeout(within)
             got = []
             for i in range(count):
                 msg = f"datagram {i} ".encode() * (i + 1)
@@ -247,6 +333,30 @@ class _State:
                 data, _ = sock.recvfrom(65535)
                 got.append(data == msg)
         return {"ok": all(got), "count": len(got)}
+
+    def download(self, addr: list[Any], size: int, runs: int = 1, firsts: int = 0) -> Any:
+        """Time to first byte (``firsts`` times, 1-byte downloads, connect included) and
+        seconds to download ``size`` bytes (``runs`` times) from a source at ``addr``."""
+        ttfb: list[float] = []
+        for _ in range(firsts):
+            began = time.perf_counter()
+            with socket.create_connection(tuple(addr), timeout=30) as conn:
+                conn.sendall(b"1\n")
+                if not conn.recv(1):
+                    raise OSError("the source closed without a byte")
+                ttfb.append(time.perf_counter() - began)
+        seconds: list[float] = []
+        for _ in range(runs):
+            with socket.create_connection(tuple(addr), timeout=60) as conn:
+                began = time.perf_counter()
+                conn.sendall(f"{size}\n".encode())
+                got = 0
+                while data := conn.recv(1 << 20):
+                    got += len(data)
+                seconds.append(time.perf_counter() - began)
+                if got != size:
+                    raise OSError(f"got {got} of {size} bytes")
+        return {"ttfb": ttfb, "seconds": seconds}
 
     def hold(self, addr: list[Any]) -> int:
         """Open a connection through a forward, prove it echoes, keep it open; its handle."""
@@ -257,13 +367,13 @@ class _State:
         self.held[handle] = {"conn": conn}
         return handle
 
-    def await_end(self, handle: int, timeout: float) -> dict[str, Any]:
+    def await_end(self, handle: int, within: float) -> dict[str, Any]:
         """Keep sending on a held connection until it fails or ends; how and when."""
         conn = self.held.pop(handle)["conn"]
         conn.settimeout(0.5)
         began = time.perf_counter()
         try:
-            while time.perf_counter() - began < timeout:
+            while time.perf_counter() - began < within:
                 try:
                     conn.sendall(b"x")
                     data = conn.recv(1 << 16)

@@ -18,7 +18,7 @@ import grpc
 
 from sonm_p2p import errors
 
-__all__ = ["ERROR_TRAILER", "abort", "from_rpc_error", "translate_errors"]
+__all__ = ["ERROR_TRAILER", "ServerStream", "abort", "from_rpc_error", "translate_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,37 @@ def from_rpc_error(
         where = f" from {peer}" if peer else ""
         return errors.Timeout(f"no answer{where} before the deadline")
     return _BY_CODE.get(code, errors.SonmError)(details)
+
+
+class ServerStream:
+    """A server-streaming call as the typed clients hand it out: iterating yields
+    ``convert(message)`` and raises domain errors; ``cancel()`` (from any thread) ends it
+    quietly."""
+
+    def __init__(
+        self,
+        call: grpc.Call,
+        convert: Callable[[Any], Any],
+        *,
+        unavailable: type[errors.SonmError],
+        peer: str,
+    ) -> None:
+        self._call = call
+        self._convert = convert
+        self._unavailable = unavailable
+        self._peer = peer
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __iter__(self) -> Any:
+        try:
+            for msg in self._call:
+                yield self._convert(msg)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(exc, unavailable=self._unavailable, peer=self._peer) from None
 
 
 def _short(details: str) -> str:

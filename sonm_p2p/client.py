@@ -7,8 +7,9 @@ not there is :class:`~sonm_p2p.errors.HubUnavailable` at once, not after the dea
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -21,7 +22,7 @@ from sonm_p2p._convert import (
     task_from_pb,
 )
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
-from sonm_p2p._status import from_rpc_error
+from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.auth import sign_request
 from sonm_p2p.errors import HubUnavailable
 from sonm_p2p.identity import Identity
@@ -36,7 +37,6 @@ __all__ = [
     "MinerReport",
     "MinerSummary",
     "StartedTask",
-    "Stream",
 ]
 
 
@@ -123,29 +123,6 @@ class MinerReport:
     remote_addr: str
     last_seen: float
     status: MinerStatus
-
-
-class Stream:
-    """A server stream: iterate it (domain errors); ``cancel()`` from any thread ends it."""
-
-    def __init__(self, call: grpc.Call, convert: object, target: str) -> None:
-        self._call = call
-        self._convert = convert
-        self._target = target
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-    def __iter__(self) -> Iterator:
-        try:
-            for msg in self._call:
-                yield self._convert(msg)  # type: ignore[operator]
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise from_rpc_error(
-                exc, unavailable=HubUnavailable, peer=f"hub {self._target}"
-            ) from None
 
 
 class HubClient:
@@ -254,20 +231,20 @@ class HubClient:
         return [task_from_pb(t) for t in r.tasks]
 
     def _stream(
-        self, method: str, request: object, convert: object, timeout: float | None
-    ) -> Stream:
+        self, method: str, request: object, convert: Callable[[Any], Any], timeout: float | None
+    ) -> ServerStream:
         call = getattr(self._stub, method)(
             request, timeout=timeout, metadata=self._signed(method, request)
         )
-        return Stream(call, convert, self.target)
+        return ServerStream(call, convert, unavailable=HubUnavailable, peer=f"hub {self.target}")
 
-    def watch_task(self, task_id: str, *, timeout: float | None = None) -> Stream:
+    def watch_task(self, task_id: str, *, timeout: float | None = None) -> ServerStream:
         """The task now, then its changes and pull progress (``TaskEvent``), until it ends."""
         return self._stream(
             "WatchTask", common_pb2.TaskRef(task_id=task_id), event_from_pb, timeout
         )
 
-    def task_logs(self, query: LogQuery, *, timeout: float | None = None) -> Stream:
+    def task_logs(self, query: LogQuery, *, timeout: float | None = None) -> ServerStream:
         """Chunks (bytes) of the task's output; with ``follow`` until it stops or ``cancel()``."""
         return self._stream("TaskLogs", log_query_to_pb(query), lambda m: m.data, timeout)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -15,7 +16,7 @@ from sonm_p2p._convert import (
     task_from_pb,
 )
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
-from sonm_p2p._status import from_rpc_error
+from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
 from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
@@ -85,37 +86,15 @@ class MinerClient:
     def miner_status(self, timeout: float | None) -> MinerStatus:
         return status_from_pb(self._call("Status", common_pb2.Empty(), timeout))  # type: ignore[arg-type]
 
-    def _stream(self, method: str, request: object) -> _Stream:
-        return _Stream(getattr(self._stub, method)(request), self.miner_id)
+    def _stream(self, method: str, request: object, convert: Callable[[Any], Any]) -> ServerStream:
+        call = getattr(self._stub, method)(request)
+        return ServerStream(
+            call, convert, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}"
+        )
 
-    def watch_tasks(self) -> _Stream:
+    def watch_tasks(self) -> ServerStream:
         """Every task event of this miner until the session ends (or ``cancel()``)."""
-        return self._stream("WatchTasks", common_pb2.Empty())
+        return self._stream("WatchTasks", common_pb2.Empty(), event_from_pb)
 
-    def logs(self, query: LogQuery) -> _Stream:
-        return self._stream("Logs", log_query_to_pb(query))
-
-
-class _Stream:
-    """A server stream from the miner: iterate it (domain errors), ``cancel()`` from anywhere."""
-
-    def __init__(self, call: grpc.Call, miner_id: str) -> None:
-        self._call = call
-        self._miner_id = miner_id
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-    def __iter__(self) -> Iterator:
-        try:
-            for msg in self._call:
-                if isinstance(msg, common_pb2.TaskEvent):
-                    yield event_from_pb(msg)
-                else:
-                    yield msg.data
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise from_rpc_error(
-                exc, unavailable=MinerUnavailable, peer=f"miner {self._miner_id}"
-            ) from None
+    def logs(self, query: LogQuery) -> ServerStream:
+        return self._stream("Logs", log_query_to_pb(query), lambda m: m.data)

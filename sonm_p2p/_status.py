@@ -103,6 +103,11 @@ def from_rpc_error(
     name = trailers.get(ERROR_TRAILER)
     if name in _BY_NAME:
         return _BY_NAME[name](details)
+    if code == grpc.StatusCode.CANCELLED:
+        # A unary call we did not cancel ends CANCELLED when its channel is closed under it:
+        # the peer's session ended (a miner that went away mid-call).
+        where = f"{peer} " if peer else "the peer "
+        return unavailable(f"{where}went away during the call")
     if code == grpc.StatusCode.UNAVAILABLE:
         where = f"{peer} " if peer else ""
         return unavailable(f"{where}is not reachable: {_short(details)}".strip())

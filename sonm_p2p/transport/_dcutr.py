@@ -1,13 +1,15 @@
 """DCUtR hole punching as the dial ladder drives it (trio thread only).
 
-py-libp2p's ``DCUtRProtocol`` is used with five changes (:func:`_dcutr_class`):
+py-libp2p's ``DCUtRProtocol`` is used with these changes (:func:`_dcutr_class`):
 
 * ``dial_timeout=3``: its default (10 s) makes an upgrade take ~11 s;
 * no auto-drive loop: the side that dialled through the relay initiates the upgrade when the
   ladder says so (py-libp2p's loop makes both sides initiate at once, every 2 s);
 * no "unilateral" direct dial first: the ladder has just tried the peer's direct addresses;
-* the punch dial is a tight loop of TCP connects from the listen port (see ``_dial_peer``), and
-  skips unusable addresses (py-libp2p dials the ``0.0.0.0`` listen address identify reports);
+* one punch round, in which every usable address gets a tight loop of TCP connects from the
+  listen port (``_dial_peer``) for ``dial_timeout`` seconds, instead of three rounds of single
+  dials (up to 21 s to give up); unusable addresses (py-libp2p also dials the ``0.0.0.0``
+  listen address identify reports) are skipped;
 * the relayed leg is retired when it carries no stream any more (or after ``linger`` seconds),
   instead of being closed 60 s after the upgrade whatever runs on it. While both legs exist, the
   peer is protected from py-libp2p's per-peer trimming, which would close the older (relayed) leg
@@ -16,6 +18,7 @@ py-libp2p's ``DCUtRProtocol`` is used with five changes (:func:`_dcutr_class`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import weakref
@@ -26,12 +29,11 @@ import trio
 from sonm_p2p.transport._handles import _reason
 from sonm_p2p.transport.dial_ladder import Scope, _ip_of, classify
 
-__all__ = ["connections", "dcutr_service", "is_relayed", "peer_address"]
+__all__ = ["connections", "dcutr_service", "dial", "is_relayed", "peer_address"]
 
-log = logging.getLogger("sonm_p2p.transport._paths")
+log = logging.getLogger(__name__)
 
 _PROTECT_TAG = "sonm-upgrade"
-_PUNCH_RETRY = 0.001  #: seconds between hole-punch connects while the far NAT refuses
 
 
 def is_relayed(conn: Any) -> bool:
@@ -67,6 +69,19 @@ def peer_address(conn: Any) -> tuple[str, int] | None:
     return None
 
 
+async def dial(host: Any, info: Any) -> None:
+    """``host.connect(info)`` for a dial the application asked for now.
+
+    py-libp2p refuses every dial to a peer for 60 s after one that failed on all its addresses
+    (a "negative cache" meant for its background auto-dialling): a hub restarting, or a relay
+    briefly away, would stay unreachable for a minute. Such a dial forgets that first.
+    """
+    cache = getattr(host.get_network(), "_negative_peer_cache", None)
+    if cache is not None:
+        cache.evict(str(info.peer_id))
+    await host.connect(info)
+
+
 def connections(host: Any, peer: Any) -> list[Any]:
     """Open connections to ``peer`` (a libp2p ID)."""
     conns = host.get_network().get_connections(peer)
@@ -92,10 +107,13 @@ def _tcp_target(addr: Any) -> tuple[str, int] | None:
     return parts[2], int(parts[4])
 
 
-async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any | None:
+_BUSY = object()  #: the 4-tuple is taken: the peer's dial made the connection already
+
+
+async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any:
     """One TCP connect from ``source`` (shared with the listener: SO_REUSEPORT) to ``target``;
-    a raw libp2p connection, or None when refused. Kept lean: the punch loop runs it back to
-    back (tens of thousands of times a second in the tests' zero-latency internet)."""
+    a raw libp2p connection, None when refused, or ``_BUSY``. Kept lean: the punch loop runs it
+    back to back (thousands of times a second in the tests' zero-latency internet)."""
     from libp2p.io.trio import TrioTCPStream
     from libp2p.network.connection.raw_connection import RawConnection
 
@@ -108,14 +126,29 @@ async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         await sock.bind(source)
         await sock.connect(target)
-    except OSError:
+    except OSError as exc:
         sock.close()
         await trio.sleep(0)
-        return None
+        return _BUSY if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else None
     except BaseException:
         sock.close()
         raise
     return RawConnection(TrioTCPStream(trio.SocketStream(sock)), True)
+
+
+def _not_behind_nat(host: Any) -> bool:
+    """Whether peers (the relay, through identify) see us at one of our own addresses."""
+    from sonm_p2p.transport.addrs import interface_ips
+
+    manager = getattr(host, "_observed_addr_manager", None)
+    try:
+        observed = [str(a).split("/")[2] for a in manager.addrs(min_observers=1)]
+    except Exception:
+        return False
+    if not observed:  # py-libp2p ignores loopback observations: a loopback node has no NAT
+        ips = [ip for ip, _ in _listen_sources(host).values()]
+        return bool(ips) and all(ip.startswith("127.") or ip == "::1" for ip in ips)
+    return set(observed) <= set(interface_ips())
 
 
 def _listen_sources(host: Any) -> dict[int, tuple[str, int]]:
@@ -218,6 +251,9 @@ def _dcutr_class() -> type:
                     if tries % 64 == 0 and await self._verify_direct_connection(peer_id):
                         return
                     raw = await _connect_from(source, target)
+                    if raw is _BUSY:  # the peer's SYN won: its connection is being upgraded
+                        raw = None
+                        break
             log.debug(
                 "punch dial %s: %s after %d connects in %.3fs",
                 addr,
@@ -237,10 +273,12 @@ def _dcutr_class() -> type:
                             return
                     else:
                         await network.upgrade_outbound_raw_conn(raw, peer_id)
-            except Exception as exc:
-                log.debug("punch upgrade %s: %s", addr, _reason(exc))
-                with trio.move_on_after(1):
+            except BaseException as exc:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await raw.close()
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: another address won the race
+                log.debug("punch upgrade %s: %s", addr, _reason(exc))
                 return
             if await self._verify_direct_connection(peer_id):
                 self._direct_connections.add(peer_id)
@@ -252,7 +290,12 @@ def _dcutr_class() -> type:
             # each a tight connect loop for ``dial_timeout`` seconds; the first to connect wins.
             sources = _listen_sources(self.host)
             targets = _punch_targets(self.host, peer_id, addrs, sources)
-            if not targets:
+            if as_responder and _not_behind_nat(self.host):
+                # We (the DCUtR initiator) are the Noise responder of the new connection. With
+                # no NAT in front of us our own dial would only land on the peer's listener,
+                # which is a responder too; the peer's dial reaches our listener by itself.
+                targets = []
+            elif not targets:
                 log.debug("hole punch to %s: no address to punch to", peer_id)
                 return False
             network = self.host.get_network()
@@ -271,6 +314,8 @@ def _dcutr_class() -> type:
                     async with trio.open_nursery() as dials:
                         for addr, source in targets:
                             dials.start_soon(self._dial_peer, peer_id, addr, source, as_responder)
+                        if not targets:
+                            dials.start_soon(trio.sleep, self.dial_timeout)
                     race.cancel_scope.cancel()
                 ok = await self._verify_direct_connection(peer_id)
                 if ok:

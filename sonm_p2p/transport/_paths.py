@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError
-from sonm_p2p.transport._dcutr import connections, is_relayed, peer_address
+from sonm_p2p.transport._dcutr import connections, dial, is_relayed, peer_address
 from sonm_p2p.transport._handles import _reason
 from sonm_p2p.transport._splice import send
 from sonm_p2p.transport.dial_ladder import (
@@ -117,7 +117,7 @@ async def ping(host: Any, peer: Any, *, rounds: int = 2, timeout: float = 5.0) -
                     raise ValueError("ping payload mismatch")
         finally:
             try:
-                with trio.move_on_after(1):
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await stream.close()
             except Exception:
                 pass
@@ -241,7 +241,7 @@ class PeerPaths:
                     relay = ID.from_base58(attempt.relay_id or "")
                     if not _safe_connected(self.host, attempt.relay_id or ""):
                         maddrs = [multiaddr.Multiaddr(attempt.addr)] if attempt.addr else []
-                        await self.host.connect(PeerInfo(relay, maddrs))
+                        await dial(self.host, PeerInfo(relay, maddrs))
                     return await dial_relayed(self.host, attempt.relay_id or "", peer_id)
             except trio.TooSlowError:
                 failures.append(f"{attempt}: no answer within {attempt.timeout:g}s")
@@ -345,32 +345,37 @@ class PeerPaths:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Ping every peer whose connection carries streams each ``interval`` seconds; close
-        the connections of one that does not answer within ``timeout`` (a cut link otherwise
-        leaves its streams hanging: TCP says nothing until it has data to retransmit)."""
-        checking: set[Any] = set()
+        """Every ``interval`` seconds, ping each peer reached by :meth:`connect` whose connection
+        carries streams; close the connections of one that does not answer within ``timeout``
+        (a cut link otherwise leaves its streams hanging: TCP says nothing until it has data to
+        retransmit). Peers that dialled us (miners to their hub) are left to their own
+        liveness checks: a ping opens a stream (~5 ms of CPU at each end)."""
+        from libp2p.peer.id import ID
 
-        async def check(peer: Any) -> None:
+        checking: set[str] = set()
+
+        async def check(peer_id: str) -> None:
+            peer = ID.from_base58(peer_id)
             try:
                 await ping(self.host, peer, rounds=1, timeout=timeout)
             except trio.TooSlowError:
-                log.info("peer %s silent for %gs: closing its connections", peer, timeout)
+                log.info("peer %s silent for %gs: closing its connections", peer_id, timeout)
                 with trio.move_on_after(5):
                     await self.host.disconnect(peer)
             except Exception as exc:  # e.g. no ping protocol there: not a sign of a dead link
-                log.debug("keepalive ping %s: %r", peer, exc)
+                log.debug("keepalive ping %s: %r", peer_id, exc)
             finally:
-                checking.discard(peer)
+                checking.discard(peer_id)
 
         task_status.started()
         async with trio.open_nursery() as nursery:
             while True:
                 await trio.sleep(interval)
-                for peer, conns in list(self.host.get_network().connections.items()):
-                    busy = any(c.get_streams() for c in conns if not getattr(c, "is_closed", False))
-                    if busy and peer not in checking:
-                        checking.add(peer)
-                        nursery.start_soon(check, peer)
+                for peer_id in list(self.known):
+                    conns = connections(self.host, ID.from_base58(peer_id))
+                    if peer_id not in checking and any(c.get_streams() for c in conns):
+                        checking.add(peer_id)
+                        nursery.start_soon(check, peer_id)
 
     async def open_stream(self, peer_id: str, protocols: Sequence[str]) -> Any:
         """A new stream to ``peer_id`` on its best connection, redialling by the ladder when the

@@ -34,7 +34,7 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport import addrs as _addrs
-from sonm_p2p.transport._dcutr import dcutr_service, is_relayed, peer_address
+from sonm_p2p.transport._dcutr import dcutr_service, dial, is_relayed, peer_address
 from sonm_p2p.transport._handles import (
     Session,
     Tunnel,
@@ -78,10 +78,10 @@ class NodeOptions:
         relayed path before returning it as relayed (the punch goes on); defaults to 3.
     relay_linger: seconds a relayed connection may keep carrying the streams opened on it before
         an upgrade, once a direct one exists; defaults to 600. New streams always go direct.
-    keepalive_interval / keepalive_timeout: every ``interval`` seconds a peer whose
-        connection carries streams is pinged; one silent for ``timeout`` seconds is
-        disconnected, so streams over a cut link end with an error instead of hanging; default
-        10 s and 10 s; an interval of 0 turns it off.
+    keepalive_interval / keepalive_timeout: every ``interval`` seconds a peer reached by
+        :meth:`P2PNode.connect_peer` whose connection carries streams is pinged; one silent for
+        ``timeout`` seconds is disconnected, so streams over a cut link end with an error
+        instead of hanging; default 10 s and 10 s; an interval of 0 turns it off.
     ladder / upgrade: the dial ladder's timeouts and when to retry hole punches.
     """
 
@@ -193,7 +193,6 @@ class P2PNode:
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         self._host = host
         self.peer_id = host.get_id().to_string()
-        threading.current_thread().name = "p2p-node-" + self.peer_id[-6:]
         for proto, handler in self._handlers.items():
             host.set_stream_handler(proto, handler)
         async with host.run(listen), trio.open_nursery() as nursery:
@@ -306,7 +305,7 @@ class P2PNode:
                 if peer_id is None:
                     peer_id = await self._probe_peer_id(addr)
                 pid = ID.from_base58(peer_id)
-                await self._host.connect(PeerInfo(pid, [addr]))
+                await dial(self._host, PeerInfo(pid, [addr]))
         except trio.TooSlowError:
             raise Timeout(f"no answer from {maddr} within {self.options.dial_timeout:g}s") from None
         except SonmError:

@@ -6,8 +6,11 @@ side of a relayed peer). This module adds what a production node needs around it
 
 * :class:`RelayOptions`: limits with production-sized defaults (py-libp2p's default allows 4
   reservations and 8 circuits);
-* a fix for py-libp2p's circuit pump, which keys live circuits by peer: when one of two circuits to
-  the same peer ended, it closed the *other* one too (see :class:`_RelayProtocol`);
+* our own circuit pump: py-libp2p's keys live circuits by peer, so when one of two circuits to
+  the same peer ended it closed the *other* one too; ours ends exactly its own circuit, both
+  directions together, enforces the byte budget and the duration, and never cancels a write
+  half-way (see ``_relay_protocol_class``); relayed connections are also named after the
+  relay on the receiving side (py-libp2p names the receiver itself);
 * our own RESERVE and CONNECT exchanges (:func:`reserve`, :func:`dial_relayed`), with deadlines,
   clear errors and no side effects: ``CircuitV2Transport.dial`` reserves a slot on the relay for
   the *dialler* (using up relay slots), tries every circuit address it ever stored first, and
@@ -419,6 +422,8 @@ class RelayReservation:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
+        from sonm_p2p.transport._dcutr import dial
+
         relay = ID.from_base58(self.relay_id)
         task_status.started()
         backoff = 0.5
@@ -428,7 +433,7 @@ class RelayReservation:
                     self._connected = False
                     info = PeerInfo(relay, [multiaddr.Multiaddr(a) for a in self.relay_addrs])
                     with trio.fail_after(EXCHANGE_TIMEOUT):
-                        await host.connect(info)
+                        await dial(host, info)
                 expire, reported = await reserve(host, self.relay_id)
                 with self._lock:
                     self._reported = reported

@@ -14,6 +14,10 @@ namespace has a route off its own segments. :class:`Topology` is a context manag
 stops every process it spawned (by PID), every Docker engine it started, then deletes its
 namespaces, and raises if something could not be cleaned.
 
+Product processes a host starts (``spawn``, ``run``, ``start_hub``, ``start_miner``, ``sonmcli``)
+get :attr:`Host.env`: libp2p listens on the namespace's own interfaces and mDNS runs on the host's
+addresses, overriding ``tests/harness.py``'s loopback-only defaults for processes on the machine.
+
 Example::
 
     with Topology(tmp_path) as topo:
@@ -69,9 +73,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
-def _capture(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+def _capture(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -187,18 +198,42 @@ class Host:
         """``argv`` prefixed so that it runs inside this host's namespace."""
         return ["ip", "netns", "exec", self.ns, *argv]
 
-    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command to completion inside the namespace (text output captured)."""
-        return _capture(self.exec_argv(argv), timeout)
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment of the product's processes run here.
+
+        ``tests/harness.py`` keeps processes on the machine's loopback (``SONM_P2P_LISTEN`` on
+        127.0.0.1, mDNS on 127.0.0.1); in a namespace that would hide a node behind NAT from
+        hole punches. Here nodes listen on every address of the namespace (a wildcard means
+        this namespace's own interfaces), mDNS runs on the host's own addresses, and the
+        topology's tag keeps its mDNS apart from any other run's. (``sonmhub`` reads
+        ``SONM_P2P_LISTEN`` too, for ``--p2p-listen``: :meth:`start_hub` always passes that.)
+        """
+        families = {":" in a for a in self.addrs}
+        listen = [w for v6, w in ((False, "/ip4/0.0.0.0/tcp/0"), (True, "/ip6/::/tcp/0"))
+                  if v6 in families]  # fmt: skip
+        return {
+            "SONM_P2P_LISTEN": " ".join(listen),
+            "SONM_MDNS_INTERFACES": ",".join(self.addrs),
+            "SONM_MDNS_NAMESPACE": self.topo.tag,
+        }
+
+    def run(
+        self, *argv: str, timeout: float = 60, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run a command to completion inside the namespace (text output captured), with
+        :attr:`env` (then ``env``) over this process's environment."""
+        return _capture(self.exec_argv(argv), timeout, {**self.env, **(env or {})})
 
     def spawn(
         self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> Proc:
-        """Start a long-running process inside the namespace, tracked by PID for teardown.
+        """Start a long-running process inside the namespace, tracked by PID for teardown,
+        with :attr:`env` (then ``env``) over this process's environment.
 
         ``ip netns exec`` execs the command in place, so the PID is the command's own.
         """
-        return self.topo.spawn(name, self.exec_argv(argv), env=env)
+        return self.topo.spawn(name, self.exec_argv(argv), env={**self.env, **(env or {})})
 
     def reachable(self, addr: tuple[str, int], timeout: float = 1.0) -> bool:
         """Whether a TCP connection from here to ``addr`` succeeds within ``timeout``."""
@@ -216,16 +251,33 @@ class Host:
         *,
         grpc_port: int = 10001,
         p2p_port: int = 10002,
+        stun_port: int = 3478,
+        wildcard: bool = False,
         extra: Sequence[str] = (),
         timeout: float = 30,
     ) -> NsHub:
-        """Start ``sonmhub`` listening on this host's address; returns once gRPC accepts."""
+        """Start ``sonmhub`` listening on this host's address; returns once gRPC accepts.
+
+        Its STUN responder answers on ``ip:stun_port``; when the host has a second address of
+        the same family (``public_host(addresses=2)``) that is the alternate (RFC 5780:
+        ``--stun-alternate``, other IP and port ``stun_port + 1``), so NAT types can be told.
+        wildcard: gRPC and libp2p listen on every address (0.0.0.0 or ::), as sonmhub does by
+        default, instead of on the host's address.
+        """
         home = self.topo.workdir / name
         proto = "ip6" if ":" in self.ip else "ip4"
-        listen = f"--grpc-listen {_hostport(self.ip, grpc_port)} --p2p-listen /{proto}/{self.ip}"
-        argv = [str(BIN / "sonmhub"), "--home", str(home), *f"{listen}/tcp/{p2p_port}".split()]
+        bind = ("::" if proto == "ip6" else "0.0.0.0") if wildcard else self.ip
+        argv = [
+            str(BIN / "sonmhub"), "--home", str(home),
+            "--grpc-listen", _hostport(bind, grpc_port),
+            "--p2p-listen", f"/{proto}/{bind}/tcp/{p2p_port}",
+            "--stun-listen", _hostport(self.ip, stun_port),
+        ]  # fmt: skip
+        other = [a for a in self.addrs[1:] if (":" in a) == (":" in self.ip)]
+        if other:
+            argv += ["--stun-alternate", _hostport(other[0], stun_port + 1)]
         argv += extra
-        hub = NsHub(self, self.spawn(name, argv), home, grpc_port, p2p_port)
+        hub = NsHub(self, self.spawn(name, argv), home, grpc_port, p2p_port, stun_port)
         self.topo.wait(
             lambda: self.reachable((self.ip, grpc_port)), f"{name}'s gRPC port", timeout=timeout
         )
@@ -259,6 +311,12 @@ class Host:
         """Run ``sonmcli ARGS`` inside this host (client home under the topology's workdir)."""
         home = home or self.topo.workdir / f"cli-{self.name}"
         return self.run(str(BIN / "sonmcli"), "--home", str(home), *args, timeout=timeout)
+
+    def spawn_sonmcli(self, name: str, *args: str, home: Path | None = None) -> Proc:
+        """Start a long-running ``sonmcli ARGS`` (e.g. ``forward``) here, tracked for teardown;
+        its stdout and stderr go to ``<workdir>/<name>.log``."""
+        home = home or self.topo.workdir / f"cli-{self.name}"
+        return self.spawn(name, [str(BIN / "sonmcli"), "--home", str(home), *args])
 
     def docker_engine(self, images: Sequence[str] = ("sonm-test/web",)) -> DockerEngine:
         """Start a private ``dockerd`` in this namespace with ``images`` copied in."""
@@ -314,6 +372,7 @@ class NsHub:
     home: Path
     grpc_port: int
     p2p_port: int
+    stun_port: int = 3478
 
     @property
     def grpc_target(self) -> str:

@@ -53,7 +53,10 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
     node = P2PNode(c.identity(), NodeOptions(listen=client_listen()))
     node.start()
     c.stack.callback(node.close)
-    path = node.connect_peer(miner.peer_id, list(miner.multiaddrs))
+    node.connect_peer(miner.peer_id, list(miner.multiaddrs))
+    path = node.path(miner.peer_id)  # the path new streams take, its RTT measured by a ping
+    if path is None:
+        raise MinerUnavailable(f"lost the connection to miner {miner.node_id}")
     fwd = open_forward(
         node, miner.peer_id, task.task_id, container_port, proto, (local_host, local_port)
     )

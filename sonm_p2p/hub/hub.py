@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 
+from sonm_p2p.discovery.gossip import expand_addrs
 from sonm_p2p.errors import (
     InvalidRequest,
     MinerNotFound,
@@ -308,7 +309,7 @@ class Hub:
         if session is None:
             return [], False
         direct = [] if session.behind_nat else list(session.multiaddrs)
-        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in self.node.addrs]
+        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in expand_addrs(self.node.addrs)]
         return direct + relayed, session.behind_nat
 
     def _ping_loop(self) -> None:

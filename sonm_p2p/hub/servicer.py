@@ -20,7 +20,7 @@ from sonm_p2p._convert import (
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
 from sonm_p2p.auth import RequestVerifier, check_owner
-from sonm_p2p.discovery import HubGossip
+from sonm_p2p.discovery import HubGossip, expand_addrs
 from sonm_p2p.hub.hub import Hub
 
 __all__ = ["HubServicer"]
@@ -58,7 +58,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         return hub_pb2.HubInfo(
             node_id=self.hub.node_id,
             peer_id=self.hub.node.peer_id,
-            multiaddrs=self.hub.node.addrs,
+            multiaddrs=expand_addrs(self.hub.node.addrs),
             grpc_endpoint=self.grpc_endpoint,
             version=__version__,
             miners_online=len(self.hub.online_miners()),

@@ -339,6 +339,7 @@ def _task_to_row(task: Task) -> tuple[Any, ...]:
                 "protocol": ep.protocol,
                 "host_ip": ep.host_ip,
                 "host_port": ep.host_port,
+                "reach": ep.reach,
             }
             for ep in task.endpoints
         ]

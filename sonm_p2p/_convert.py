@@ -14,6 +14,7 @@ __all__ = [
     "event_to_pb",
     "log_query_from_pb",
     "log_query_to_pb",
+    "resources_dict_to_pb",
     "resources_from_pb",
     "resources_to_pb",
     "status_from_pb",
@@ -147,6 +148,18 @@ def resources_from_pb(msg: common_pb2.Resources) -> dict:
         "docker_version": msg.docker_version,
         "gpus": list(msg.gpus),
     }
+
+
+def resources_dict_to_pb(res: dict) -> common_pb2.Resources:
+    """The inverse of :func:`resources_from_pb` (the hub stores resources as this dict)."""
+    return common_pb2.Resources(
+        cpu_cores=res.get("cpu_cores", 0),
+        memory_bytes=res.get("memory_bytes", 0),
+        os=res.get("os", ""),
+        arch=res.get("arch", ""),
+        docker_version=res.get("docker_version", ""),
+        gpus=res.get("gpus", []),
+    )
 
 
 def log_query_to_pb(q: LogQuery) -> common_pb2.LogsRequest:

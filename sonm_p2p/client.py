@@ -17,6 +17,7 @@ from sonm_p2p._convert import (
     endpoint_from_pb,
     event_from_pb,
     log_query_to_pb,
+    resources_from_pb,
     spec_to_pb,
     status_from_pb,
     task_from_pb,
@@ -187,21 +188,13 @@ class HubClient:
         r = self._call("ListMiners", common_pb2.Empty())
         out = []
         for m in r.details:
-            res = m.resources
             out.append(
                 MinerSummary(
                     node_id=m.node_id,
                     peer_id=m.peer_id,
                     online=m.online,
                     task_ids=tuple(m.task_ids),
-                    resources={
-                        "cpu_cores": res.cpu_cores,
-                        "memory_bytes": res.memory_bytes,
-                        "os": res.os,
-                        "arch": res.arch,
-                        "docker_version": res.docker_version,
-                        "gpus": list(res.gpus),
-                    },
+                    resources=resources_from_pb(m.resources),
                     last_seen=m.last_seen_ms / 1000,
                     remote_addr=m.remote_addr,
                     multiaddrs=tuple(m.multiaddrs),

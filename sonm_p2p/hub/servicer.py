@@ -12,7 +12,7 @@ from sonm_p2p import __version__
 from sonm_p2p._convert import (
     event_to_pb,
     log_query_from_pb,
-    resources_to_pb,
+    resources_dict_to_pb,
     spec_from_pb,
     status_to_pb,
     task_to_pb,
@@ -74,7 +74,6 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             rec = view.record
             if rec.online:
                 reply.miners[rec.node_id].values.extend(view.task_ids)
-            res = rec.resources
             addrs, behind_nat = self.hub.overlay_addrs(rec.node_id)
             reply.details.append(
                 hub_pb2.MinerInfo(
@@ -82,14 +81,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
                     peer_id=rec.peer_id,
                     online=rec.online,
                     task_ids=view.task_ids,
-                    resources=common_pb2.Resources(
-                        cpu_cores=res.get("cpu_cores", 0),
-                        memory_bytes=res.get("memory_bytes", 0),
-                        os=res.get("os", ""),
-                        arch=res.get("arch", ""),
-                        docker_version=res.get("docker_version", ""),
-                        gpus=res.get("gpus", []),
-                    ),
+                    resources=resources_dict_to_pb(rec.resources),
                     last_seen_ms=int(rec.last_seen * 1000),
                     remote_addr=rec.remote_addr,
                     multiaddrs=addrs,
@@ -155,19 +147,9 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         if live is not None:
             reply = status_to_pb(live)
         else:
-            from sonm_p2p.miner.runtime import RuntimeInfo
-
-            res = record.resources
-            info = RuntimeInfo(
-                res.get("cpu_cores", 0),
-                res.get("memory_bytes", 0),
-                res.get("os", ""),
-                res.get("arch", ""),
-                res.get("docker_version", ""),
-            )
             reply = common_pb2.MinerStatusReply(
                 node_id=record.node_id,
-                resources=resources_to_pb(info),
+                resources=resources_dict_to_pb(record.resources),
                 tasks=[task_to_pb(t) for t in self.hub.list_tasks(record.node_id)],
             )
         reply.online = record.online

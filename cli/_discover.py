@@ -133,14 +133,14 @@ def open_hub(
     if chosen.grpc_endpoint and ping_endpoints([chosen.grpc_endpoint]).get(chosen.grpc_endpoint):
         print(f"using hub {chosen.node_id} at {chosen.grpc_endpoint}", file=sys.stderr)
         return chosen.grpc_endpoint
-    for addr in chosen.multiaddrs:
-        try:
-            peer = node.connect(addr)  # type: ignore[attr-defined]
-        except SonmError:
-            continue
-        print(f"using hub {chosen.node_id} over the overlay ({addr})", file=sys.stderr)
-        return _tunnel(stack, node, peer)
-    raise HubUnavailable(f"hub {chosen.node_id} was announced but cannot be reached")
+    try:  # the dial ladder: direct addresses first, then relayed ones (a hub behind NAT)
+        path = node.connect_peer(chosen.peer_id, list(chosen.multiaddrs))  # type: ignore[attr-defined]
+    except SonmError as exc:
+        raise HubUnavailable(
+            f"hub {chosen.node_id} was announced but cannot be reached: {exc}"
+        ) from None
+    print(f"using hub {chosen.node_id} over the overlay ({path.kind} path)", file=sys.stderr)
+    return _tunnel(stack, node, chosen.peer_id)
 
 
 def _tunnel(stack: ExitStack, node: object, peer: str) -> str:

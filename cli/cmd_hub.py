@@ -33,6 +33,9 @@ def info(c: CliContext) -> None:
     click.echo(f"Hub        {i.node_id}")
     click.echo(f"Peer ID    {i.peer_id}")
     click.echo(f"gRPC       {i.grpc_endpoint}")
+    if i.reachability:
+        how = " (reached through the relays below)" if i.reachability == "private" else ""
+        click.echo(f"Reachable  {i.reachability}{how}")
     for a in i.multiaddrs:
         click.echo(f"Overlay    {a}")
     click.echo(f"Miners     {i.miners_online} online")

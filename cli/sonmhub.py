@@ -85,6 +85,20 @@ from sonm_p2p.transport.relay import RelayOptions
     show_default=True,
     help="Relayed connections open at once to one reserved peer.",
 )
+@click.option(
+    "--reachability",
+    type=click.Choice(["auto", "public", "private"]),
+    default="auto",
+    envvar="SONM_HUB_REACHABILITY",
+    help="auto: ask the bootstrap hubs to dial this hub back and, if they cannot (NAT), "
+    "reserve on them and announce the relayed addresses; private: always do; public: never.",
+)
+@click.option(
+    "--relay-via",
+    multiple=True,
+    metavar="MULTIADDR|HOST:PORT",
+    help="Hub to reserve on when this hub is behind NAT (repeatable) [default: --bootstrap].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -101,6 +115,8 @@ def main(
     relay: bool,
     relay_reservations: int,
     relay_circuits: int,
+    reachability: str,
+    relay_via: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -110,6 +126,13 @@ def main(
       sonmhub                         # gRPC on :10001, miners on :10002
       sonmminer -h <hubip:10002>      # on each miner machine
       sonmcli --hub <hubip:10001> list
+
+    \b
+    Behind NAT (no port forwarded), bootstrap from a public hub: this hub finds it cannot be
+    dialled, reserves on that hub's relay and announces the relayed address, so miners and
+    clients reach it through the overlay:
+      sonmhub --bootstrap <publichub:10002>
+      sonmcli --bootstrap <publichub:10002> --hub <this hub's node ID> list
     """
     setup_logging(verbose)
     home = home or default_home("hub")
@@ -127,6 +150,8 @@ def main(
             relay=RelayOptions(max_reservations=relay_reservations, max_circuits=relay_circuits)
             if relay
             else None,
+            reachability=reachability,
+            relay_via=relay_via,
             hub=HubOptions(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,

@@ -51,6 +51,7 @@ class HubInfo:
     miners_online: int
     uptime_seconds: int
     stun_endpoint: str = ""
+    reachability: str = ""  # public / private (reached through relays) / unknown
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class HubClient:
         r = self._call("Info", common_pb2.Empty())
         return HubInfo(
             r.node_id, r.peer_id, tuple(r.multiaddrs), r.grpc_endpoint, r.version,
-            r.miners_online, r.uptime_seconds, r.stun_endpoint,
+            r.miners_online, r.uptime_seconds, r.stun_endpoint, r.reachability,
         )  # fmt: skip
 
     def list_miners(self) -> list[MinerSummary]:

@@ -15,6 +15,7 @@ from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.discovery.mdns import local_ips
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.hub.hub import Hub, HubOptions
+from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.identity import load_or_create
@@ -55,6 +56,9 @@ class HubDaemonOptions:
     stun_listen: str = "0.0.0.0:3478"
     stun_alternate: str = ""
     relay: RelayOptions | None = field(default_factory=RelayOptions)
+    reachability: str = "auto"
+    relay_via: tuple[str, ...] = ()
+    recheck_interval: float = 300.0
     hub: HubOptions = field(default_factory=HubOptions)
 
 
@@ -67,7 +71,16 @@ class HubDaemon:
         self.node_id = self.identity.node_id
         self.state = HubState(options.home)
         self.node = P2PNode(
-            self.identity, NodeOptions(listen=options.p2p_listen, relay_service=options.relay)
+            self.identity,
+            NodeOptions(
+                listen=options.p2p_listen, relay_service=options.relay, autonat_service=True
+            ),
+        )
+        self.reachability = HubReachability(
+            self.node,
+            mode=options.reachability,
+            relays=options.relay_via or options.bootstrap,
+            recheck_interval=options.recheck_interval,
         )
         self.hub = Hub(self.identity, self.node, self.state, options.hub)
         self.grpc_port = 0
@@ -84,9 +97,12 @@ class HubDaemon:
                 grpc_endpoint=lambda: self.grpc_endpoint,
                 version=__version__,
                 load=lambda: (len(self.hub.online_miners()), 0),
+                multiaddrs=lambda: self.node.advertised_addrs,
             ),
         )
         self._server: grpc.Server | None = None
+        self.stun: StunResponder | None = None
+        self.stun_endpoint = ""
 
     def __repr__(self) -> str:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
@@ -102,7 +118,9 @@ class HubDaemon:
         if not self.grpc_port:
             raise ConfigError(f"cannot listen for gRPC on {endpoint}: address in use or invalid")
         self.grpc_endpoint = self.options.announce_grpc or _announced(host, self.grpc_port)
-        servicer = HubServicer(self.hub, self.grpc_endpoint, self.gossip)
+        servicer = HubServicer(
+            self.hub, self.grpc_endpoint, self.gossip, reachability=lambda: self.reachability.state
+        )
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
         self._start_stun()
         servicer.stun_endpoint = self.stun_endpoint
@@ -112,6 +130,7 @@ class HubDaemon:
         self.node.serve_tcp(GRPC_HUB, (local, self.grpc_port))
         self._server.start()
         self.hub.start()
+        self.reachability.start()
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
@@ -139,6 +158,7 @@ class HubDaemon:
     def close(self) -> None:
         if self.stun is not None:
             self.stun.close()
+        self.reachability.close()
         self.hub.close()
         self.node.close()
         if self._server is not None:

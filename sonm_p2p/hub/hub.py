@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 
-from sonm_p2p.discovery.gossip import expand_addrs
 from sonm_p2p.errors import (
     InvalidRequest,
     MinerNotFound,
@@ -45,6 +44,7 @@ from sonm_p2p.tasks import (
     resolve_prefix,
 )
 from sonm_p2p.transport.node import P2PNode
+from sonm_p2p.transport.relay import is_circuit
 
 __all__ = ["Hub", "HubOptions", "MinerView"]
 
@@ -105,7 +105,7 @@ class _Session:
     @property
     def behind_nat(self) -> bool:
         """The miner reached us from an address it does not have: a NAT is in between."""
-        own = {a.split("/")[2] for a in self.multiaddrs if a.count("/") > 2}
+        own = {a.split("/")[2] for a in self.multiaddrs if a.count("/") > 2 and not is_circuit(a)}
         if not self.remote_ip or not own or ipaddress.ip_address(self.remote_ip).is_loopback:
             return False  # unknown, or the same machine
         return self.remote_ip not in own
@@ -293,7 +293,8 @@ class Hub:
     def _fix_hosts(task: Task, session: _Session) -> tuple:
         # A port published on all interfaces is reachable at the address the miner came from;
         # behind a NAT that address does not forward it: the user needs `sonmcli forward`.
-        reach = "forward" if session.behind_nat else "direct"
+        # Through a relay (no remote IP) the miner's own address is unknown: forward works.
+        reach = "forward" if session.behind_nat or not session.remote_ip else "direct"
         return tuple(
             replace(ep, host_ip=session.remote_ip, reach=reach)
             if ep.host_ip in _UNSPECIFIED_HOSTS and session.remote_ip
@@ -308,9 +309,16 @@ class Hub:
             session = self._sessions.get(node_id)
         if session is None:
             return [], False
-        direct = [] if session.behind_nat else list(session.multiaddrs)
-        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in expand_addrs(self.node.addrs)]
-        return direct + relayed, session.behind_nat
+        own = [a for a in session.multiaddrs if not is_circuit(a)]
+        own_relayed = [a for a in session.multiaddrs if is_circuit(a)]
+        direct = [] if session.behind_nat else own
+        mine = [a for a in self.node.advertised_addrs if not is_circuit(a)]
+        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in mine]
+        out: list[str] = []
+        for addr in (*direct, *own_relayed, *relayed):
+            if addr not in out:
+                out.append(addr)
+        return out, session.behind_nat
 
     def _ping_loop(self) -> None:
         while not self._stop.wait(self.options.ping_interval):

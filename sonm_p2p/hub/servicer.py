@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf.message import Message
@@ -20,7 +20,7 @@ from sonm_p2p._convert import (
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
 from sonm_p2p.auth import RequestVerifier, check_owner
-from sonm_p2p.discovery import HubGossip, expand_addrs
+from sonm_p2p.discovery import HubGossip
 from sonm_p2p.hub.hub import Hub
 
 __all__ = ["HubServicer"]
@@ -28,8 +28,16 @@ __all__ = ["HubServicer"]
 
 @translate_errors
 class HubServicer(hub_pb2_grpc.HubServicer):
-    def __init__(self, hub: Hub, grpc_endpoint: str, gossip: HubGossip | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        grpc_endpoint: str,
+        gossip: HubGossip | None = None,
+        *,
+        reachability: Callable[[], str] = lambda: "unknown",
+    ) -> None:
         self.hub = hub
+        self.reachability = reachability
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
         self.stun_endpoint = ""
@@ -58,12 +66,13 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         return hub_pb2.HubInfo(
             node_id=self.hub.node_id,
             peer_id=self.hub.node.peer_id,
-            multiaddrs=expand_addrs(self.hub.node.addrs),
+            multiaddrs=self.hub.node.advertised_addrs,
             grpc_endpoint=self.grpc_endpoint,
             version=__version__,
             miners_online=len(self.hub.online_miners()),
             uptime_seconds=int(time.time() - self.hub.started_at),
             stun_endpoint=self.stun_endpoint,
+            reachability=self.reachability(),
         )
 
     def ListMiners(

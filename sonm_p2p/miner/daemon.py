@@ -11,13 +11,14 @@ from pathlib import Path
 import grpc
 
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
-from sonm_p2p.discovery import GossipOptions, HubGossip, expand_addrs
+from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
 from sonm_p2p.miner.hub_link import HubLink, LinkOptions
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
 from sonm_p2p.miner.servicer import MinerServicer
+from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, serve_forward
 from sonm_p2p.transport.node import NodeOptions, P2PNode
@@ -91,7 +92,7 @@ class MinerDaemon:
             options.link,
             allow_hub=lambda node_id: not self._allowed or node_id.lower() in self._allowed,
             connected_in=self._connected_in,
-            on_session=self._reserve_on_hub,
+            before_session=self._reserve_for_hub,
         )
         self._server: grpc.Server | None = None
 
@@ -117,10 +118,16 @@ class MinerDaemon:
         if self.gossip is not None:
             self.gossip.record_latency(node_id, seconds)
 
-    def _reserve_on_hub(self, peer_id: str, target: str) -> None:
+    def _reserve_for_hub(self, peer_id: str, target: str) -> None:
         # Whether others can dial us is unknown (NAT): a reservation on the hub makes the miner
-        # reachable through it whatever the NAT; it is cheap, and refreshed by the node.
-        self.node.reserve(target, wait=False)
+        # reachable through it whatever the NAT; it is cheap, and refreshed by the node. A hub
+        # reached through a relay (it is behind NAT itself) cannot relay for us: we reserve on
+        # its relay instead, and wait for it, so the addresses the hub learns include it.
+        circuit = parse_circuit(target)
+        if circuit is None:
+            self.node.reserve(target, wait=False)
+        else:
+            self.node.reserve(circuit.relay, wait=True, timeout=5.0)
 
     def _resolve_forward(self, peer_id: str, request: ForwardRequest) -> tuple[str, int]:
         """Where a forward to ``request.task_id``'s port goes; only its owner (or hub) may."""
@@ -145,7 +152,7 @@ class MinerDaemon:
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.node.start()
-        self.miner.addresses = lambda: expand_addrs(self.node.addrs)
+        self.miner.addresses = lambda: self.node.advertised_addrs
         serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
         serve_forward(self.node, self._resolve_forward)
         self.link.start()

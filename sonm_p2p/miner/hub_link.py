@@ -58,6 +58,9 @@ class HubLink:
     ``targets(avoid)`` returns (dial target, expected hub node ID or "") candidates in order;
     ``avoid`` holds hubs lost recently, which it should put last or leave out (a hub it must
     keep returning to may stay). ``allow_hub(node_id)`` vets the hub actually reached.
+    ``before_session(peer_id, target)`` runs once connected, before the session opens (the
+    miner reserves on a relay there, so the addresses it tells the hub include the relayed one);
+    a SonmError from it is logged and does not stop the session.
 
     ``last_hub_contact()`` returns the monotonic time the hub last called us (its pings); a
     session quieter than ``hub_silence`` is dropped and redialled. ``hub_peer`` is the hub's
@@ -73,7 +76,7 @@ class HubLink:
         *,
         allow_hub: Callable[[str], bool] = lambda node_id: True,
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
-        on_session: Callable[[str, str], None] = lambda peer_id, target: None,
+        before_session: Callable[[str, str], None] = lambda peer_id, target: None,
     ) -> None:
         self.node = node
         self._targets = targets
@@ -81,7 +84,7 @@ class HubLink:
         self._last_contact = last_hub_contact
         self._allow_hub = allow_hub
         self._connected_in = connected_in
-        self._on_session = on_session
+        self._before_session = before_session
         self.hub_peer = ""
         self.hub_id = ""
         self.target = ""
@@ -144,6 +147,10 @@ class HubLink:
                 peer, node_id, target = picked
                 self.hub_peer, self.hub_id, self.target = peer, node_id, target
                 try:
+                    self._before_session(peer, target)
+                except SonmError as exc:
+                    log.warning("hub %s: %s", node_id, exc)
+                try:
                     session = self.node.open_session(peer, SESSION)
                 except SonmError as exc:
                     log.warning("hub %s: %s", target, exc)
@@ -155,10 +162,6 @@ class HubLink:
                 continue
             log.info("connected to hub %s at %s (peer %s)", node_id, target, peer)
             self.connected.set()
-            try:
-                self._on_session(peer, target)
-            except SonmError as exc:
-                log.warning("hub %s: %s", node_id, exc)
             opened = time.monotonic()
             backoff.reset()
             try:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
 from sonm_p2p.errors import ConfigError
 
 __all__ = [
+    "Circuit",
     "expand_listen",
     "interface_ips",
     "local_ips_of",
+    "parse_circuit",
     "parse_hostport",
     "parse_target",
     "tcp_multiaddr",
@@ -75,6 +78,38 @@ def parse_target(text: str) -> tuple[str, str | None]:
     except Exception as exc:
         raise ConfigError(f"bad multiaddr {text!r}: {exc}") from None
     return base, peer or None
+
+
+class Circuit(NamedTuple):
+    """A relayed address ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>``, in parts."""
+
+    relay_addr: str  # the relay's own multiaddr, without /p2p
+    relay_id: str
+    peer_id: str
+
+    @property
+    def relay(self) -> str:
+        """The relay's dial target: its multiaddr with /p2p."""
+        return f"{self.relay_addr}/p2p/{self.relay_id}"
+
+
+def parse_circuit(text: str) -> Circuit | None:
+    """The parts of a relayed address, None for any other address; ConfigError for a relayed
+    address that does not name both the relay and the peer (or relays through a relay)."""
+    text = text.strip()
+    if "/p2p-circuit" not in text:
+        return None
+    relay_part, _, peer_part = text.partition("/p2p-circuit")
+    if "/p2p-circuit" in peer_part:
+        raise ConfigError(f"bad multiaddr {text!r}: a circuit through more than one relay")
+    relay_addr, relay_id = parse_target(relay_part) if relay_part else ("", None)
+    peer_id = peer_part.removeprefix("/p2p/").strip("/")
+    if not relay_id or not peer_part.startswith("/p2p/") or not peer_id or "/" in peer_id:
+        raise ConfigError(
+            f"bad multiaddr {text!r}: "
+            "expected <relay addr>/p2p/<relay id>/p2p-circuit/p2p/<peer id>"
+        )
+    return Circuit(relay_addr, relay_id, peer_id)
 
 
 def interface_ips() -> list[str]:

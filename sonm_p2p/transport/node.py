@@ -46,6 +46,7 @@ from sonm_p2p.transport._handles import (
 from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
+from sonm_p2p.transport.reachability import Reachability, check_reachability, serve_autonat
 from sonm_p2p.transport.relay import (
     RelayOptions,
     RelayReservation,
@@ -71,6 +72,8 @@ class NodeOptions:
     reserve_on: relays (``host:port`` or multiaddrs) to reserve on from the start, because this
         node is not reachable directly; kept refreshed in the background; defaults to none.
         See :meth:`P2PNode.reserve` to do it later (and learn whether it worked).
+    autonat_service: answer other nodes' AutoNAT dial-back requests (hubs do); defaults to False.
+        See :meth:`P2PNode.check_reachability` for the asking side.
     hole_punch: take part in DCUtR upgrades of relayed connections; defaults to True.
     punch_dial_timeout: seconds for each hole-punch dial; defaults to 3 (py-libp2p's 10 made an
         upgrade take ~11 s).
@@ -89,6 +92,7 @@ class NodeOptions:
     dial_timeout: float = 10.0
     relay_service: RelayOptions | None = None
     reserve_on: tuple[str, ...] = ()
+    autonat_service: bool = False
     hole_punch: bool = True
     punch_dial_timeout: float = 3.0
     upgrade_wait: float = 3.0
@@ -202,6 +206,8 @@ class P2PNode:
             if not host.get_addrs():
                 raise DialError(f"could not listen on {list(self.options.listen)}")
             await nursery.start(relay_service, host, self.options.relay_service)
+            if self.options.autonat_service:
+                await nursery.start(serve_autonat, host)
             dcutr = None
             if self.options.hole_punch:
                 dcutr = await nursery.start(
@@ -289,8 +295,14 @@ class P2PNode:
 
         Returns the peer ID. When the address carries no peer ID, the peer's identity is learned
         from a Noise handshake (the remote is still authenticated; only pinning is skipped).
+        A relayed (circuit) address ``/…/p2p/<relay>/p2p-circuit/p2p/<peer>`` goes through the
+        dial ladder (:meth:`connect_peer`): relayed, then a hole punch to a direct path.
         Raises DialError when the peer cannot be reached, Timeout past ``dial_timeout``.
         """
+        circuit = _addrs.parse_circuit(target)
+        if circuit is not None:
+            self.connect_peer(circuit.peer_id, [target])
+            return circuit.peer_id
         maddr, peer_id = _addrs.parse_target(target)
         return self.run(self._connect, maddr, peer_id)
 
@@ -396,6 +408,17 @@ class P2PNode:
 
     def _local_ips(self) -> list[str]:
         return _addrs.local_ips_of(_addrs.expand_listen(self._listen_addrs()))
+
+    def check_reachability(
+        self, servers: Sequence[str], *, timeout: float = 10.0
+    ) -> tuple[Reachability, dict[str, str]]:
+        """Whether others can dial this node directly: AutoNAT dial-backs by ``servers``
+        (connected peer IDs that run the AutoNAT service, e.g. hubs) to this node's listen
+        addresses. Returns the verdict and each server's answer (see ``reachability.py``)."""
+        direct = self.run(self._expanded_listen_addrs)
+        return self.run(
+            partial(check_reachability, self._host, list(servers), direct, timeout=timeout)
+        )
 
     def reserve(
         self, relay: str, *, wait: bool = True, timeout: float | None = None

@@ -36,7 +36,7 @@ class ListHubsReply(_message.Message):
     def __init__(self, hubs: _Optional[_Iterable[_Union[HubSummary, _Mapping]]] = ...) -> None: ...
 
 class HubInfo(_message.Message):
-    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds", "stun_endpoint")
+    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds", "stun_endpoint", "reachability")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class HubInfo(_message.Message):
     MINERS_ONLINE_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STUN_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    REACHABILITY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
@@ -53,7 +54,8 @@ class HubInfo(_message.Message):
     miners_online: int
     uptime_seconds: int
     stun_endpoint: str
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., stun_endpoint: _Optional[str] = ...) -> None: ...
+    reachability: str
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., stun_endpoint: _Optional[str] = ..., reachability: _Optional[str] = ...) -> None: ...
 
 class TaskIds(_message.Message):
     __slots__ = ("values",)

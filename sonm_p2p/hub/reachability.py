@@ -1,0 +1,136 @@
+"""A hub behind NAT stays reachable: it finds out, reserves on relays, announces circuit addresses.
+
+:class:`HubReachability` runs in a thread of the hub process. In "auto" mode it asks the relays
+it knows (``--relay-via``, else its bootstrap hubs) to dial it back (AutoNAT, see
+``transport/reachability.py``) when it starts and every ``recheck_interval`` seconds. When none
+can, the hub is private: it reserves a slot on each relay (the node keeps the reservations
+refreshed), and from then on :attr:`P2PNode.advertised_addrs`, hence its announcement and its
+``Info``, carry ``/…/p2p/<relay>/p2p-circuit/p2p/<hub>`` addresses that miners and clients dial
+through the relay (then hole-punch to a direct path when the NATs allow). When it is found
+public again the reservations are released. "private" reserves without asking; "public" does
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sonm_p2p.errors import ConfigError, SonmError
+from sonm_p2p.transport.node import P2PNode
+from sonm_p2p.transport.reachability import Reachability
+from sonm_p2p.transport.relay import RelayReservation
+
+__all__ = ["HubReachability"]
+
+log = logging.getLogger(__name__)
+
+_MODES = ("auto", "public", "private")
+
+
+class HubReachability:
+    """Keeps a hub reachable from outside its NAT (see module). Thread-safe reads of ``state``.
+
+    state: "public", "private" or "unknown" (auto mode before an answer, or with no relay to
+        ask). relays: dial targets of other hubs (``host:port`` or multiaddrs).
+    """
+
+    def __init__(
+        self,
+        node: P2PNode,
+        *,
+        mode: str = "auto",
+        relays: tuple[str, ...] = (),
+        recheck_interval: float = 300.0,
+        retry_interval: float = 2.0,
+    ) -> None:
+        if mode not in _MODES:
+            raise ConfigError(f"unknown reachability {mode!r} (auto, public or private)")
+        if mode == "private" and not relays:
+            raise ConfigError(
+                "a private hub needs a relay: give --relay-via or --bootstrap (another hub)"
+            )
+        self.node = node
+        self.mode = mode
+        self.relays = tuple(relays)
+        self.recheck_interval = recheck_interval
+        self.retry_interval = retry_interval
+        self.state = Reachability.PUBLIC if mode == "public" else Reachability.UNKNOWN
+        #: Each server's last answer (auto mode), for logs and ``sonmcli info``.
+        self.answers: dict[str, str] = {}
+        self._held: dict[str, RelayReservation] = {}  # relay target -> reservation
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<HubReachability {self.mode}: {self.state}, {len(self._held)} reservations>"
+
+    @property
+    def reservations(self) -> list[RelayReservation]:
+        return list(self._held.values())
+
+    def start(self) -> None:
+        if self.mode == "public" or not self.relays or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="reachability", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                settled = self._round()
+            except SonmError as exc:  # the node closing under us, mostly
+                log.debug("reachability check: %s", exc)
+                settled = False
+            self._stop.wait(self.recheck_interval if settled else self.retry_interval)
+
+    def _round(self) -> bool:
+        """One check (auto) and reservation pass. True when nothing needs a quick retry."""
+        if self.mode == "private":
+            self.state = Reachability.PRIVATE
+            return self._reserve()
+        peers: list[str] = []
+        for target in self.relays:
+            try:
+                peers.append(self.node.connect(target))
+            except SonmError as exc:
+                log.debug("relay %s: %s", target, exc)
+        if not peers:
+            return False
+        verdict, self.answers = self.node.check_reachability(peers)
+        if verdict != self.state:
+            how = "; ".join(f"{p[:12]}…: {a}" for p, a in self.answers.items())
+            log.info("this hub is %s (AutoNAT: %s)", verdict, how)
+        if verdict == Reachability.UNKNOWN:
+            return False
+        self.state = verdict
+        if verdict == Reachability.PRIVATE:
+            return self._reserve()
+        self._release()
+        return True
+
+    def _reserve(self) -> bool:
+        done = True
+        for target in self.relays:
+            res = self._held.get(target)
+            if res is not None and res in self.node.reservations:
+                continue
+            try:
+                self._held[target] = self.node.reserve(target, wait=False)
+                log.info("reserving on relay %s: reachable through it", target)
+            except SonmError as exc:
+                log.warning("cannot reserve on relay %s: %s", target, exc)
+                done = False
+        return done
+
+    def _release(self) -> None:
+        for target, res in list(self._held.items()):
+            log.info("reachable directly: releasing the reservation on %s", target)
+            res.cancel()
+            del self._held[target]

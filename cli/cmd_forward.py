@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import click
 
@@ -19,6 +20,16 @@ def _port(text: str) -> tuple[int, str]:
     if not port.isdigit() or proto not in ("tcp", "udp"):
         raise InvalidRequest(f"{text!r}: expected PORT/tcp or PORT/udp, e.g. 8080/tcp")
     return int(port), proto
+
+
+def _nat_line(info: dict[str, Any]) -> str:
+    """The text output's second line: the NAT types seen and whether a hole punch was skipped."""
+    text = f"NAT here: {info['nat_type']}"
+    if info.get("nat_error"):
+        text += f" ({info['nat_error']})"
+    if info["punch_skipped"]:
+        text += "; hole punch skipped (it cannot get through a symmetric NAT), relayed at once"
+    return text
 
 
 @click.command()
@@ -38,22 +49,44 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
     Opens a local listener (TCP) or socket (UDP); each connection to it is carried to the
     task's published port on its miner: directly, hole-punched, or through the hub's relay when
     the miner is behind NAT. Only the task's owner may. Runs until Ctrl-C.
+
+    It also asks the hub's STUN responder which NAT this machine is behind (as `sonmcli nat`
+    does; at most ~2 s, in parallel with the rest). Behind a symmetric NAT, where a hole punch
+    cannot work, it takes the relayed path at once instead of trying a punch for 3 s. The
+    output shows the NAT type ("unknown" if STUN failed) and whether the punch was skipped.
     """
+    from cli._natcheck import NatProbe
     from sonm_p2p.config import client_listen
+    from sonm_p2p.transport.dial_ladder import PathKind, UpgradeState
     from sonm_p2p.transport.forward import open_forward
     from sonm_p2p.transport.node import NodeOptions, P2PNode
 
     container_port, proto = _port(port)
     local_host, local_port = parse_hostport(local, allow_zero=True)
     with c.client() as client:
-        task = client.task_status(job)
-        miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)
+        nat = NatProbe(client)  # STUN runs while the task is looked up and the node starts
+        try:
+            task = client.task_status(job)
+            miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)
+        finally:
+            nat.release()
     if miner is None or not miner.online or not miner.peer_id:
         raise MinerUnavailable(f"task {task.task_id}'s miner {task.miner_id} is offline")
     node = P2PNode(c.identity(), NodeOptions(listen=client_listen()))
     node.start()
     c.stack.callback(node.close)
-    node.connect_peer(miner.peer_id, list(miner.multiaddrs))
+    stun = nat.report()
+    nat_type = str(stun.get("nat_type") or "unknown")
+    if not stun.get("error"):
+        node.nat_type = nat_type  # a symmetric NAT: no hole punch, relayed at once
+    connected = node.connect_peer(miner.peer_id, list(miner.multiaddrs))
+    punch_skipped = (
+        connected.kind is PathKind.RELAYED
+        and node.options.upgrade.next_attempt(
+            UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=None
+        )
+        is None
+    )
     path = node.path(miner.peer_id)  # the path new streams take, its RTT measured by a ping
     if path is None:
         raise MinerUnavailable(f"lost the connection to miner {miner.node_id}")
@@ -66,6 +99,7 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
         "local": f"{host}:{lport}", "task": task.task_id, "port": f"{container_port}/{proto}",
         "miner": miner.node_id, "path": str(path.kind), "remote": path.remote,
         "rtt_ms": None if path.rtt is None else round(path.rtt * 1000, 3),
+        "nat_type": nat_type, "nat_error": stun.get("error"), "punch_skipped": punch_skipped,
     }  # fmt: skip
     if c.as_json:
         emit_json(info)
@@ -74,6 +108,7 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
             f"forwarding {host}:{lport} -> task {task.task_id} {container_port}/{proto} "
             f"on miner {miner.node_id} ({path.kind} path); Ctrl-C stops"
         )
+        click.echo(_nat_line(info))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

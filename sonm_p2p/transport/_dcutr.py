@@ -10,6 +10,10 @@ py-libp2p's ``DCUtRProtocol`` is used with these changes (:func:`_dcutr_class`):
   listen port (``_dial_peer``) for ``dial_timeout`` seconds, instead of three rounds of single
   dials (up to 21 s to give up); unusable addresses (py-libp2p also dials the ``0.0.0.0``
   listen address identify reports) are skipped;
+* the punch goes to the addresses the peer sent in this exchange; py-libp2p adds every address
+  the peerstore holds, which includes a reconnected peer's old NAT mappings. The peerstore is
+  used only when nothing the peer sent is usable, and never for an address the peer has stopped
+  sending (:func:`choose_punch_targets`);
 * the relayed leg is retired when it carries no stream any more (or after ``linger`` seconds),
   instead of being closed 60 s after the upgrade whatever runs on it. While both legs exist, the
   peer is protected from py-libp2p's per-peer trimming, which would close the older (relayed) leg
@@ -22,6 +26,7 @@ import errno
 import logging
 import socket
 import weakref
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -162,11 +167,62 @@ def _listen_sources(host: Any) -> dict[int, tuple[str, int]]:
     return sources
 
 
+def choose_punch_targets(
+    sent: Sequence[Any],
+    known: Sequence[Any],
+    sources: Mapping[int, tuple[str, int]],
+    *,
+    avoid: Collection[tuple[str, int]] = (),
+    superseded: Collection[tuple[str, int]] = (),
+) -> list[tuple[str, tuple[str, int]]]:
+    """What to hole-punch to (pure): ``(/ipN/IP/tcp/PORT, source)`` pairs, in order.
+
+    sent: the addresses the peer sent in this DCUtR exchange (its CONNECT), its current view of
+        where it can be reached; they come first and, when one of them is usable, alone.
+    known: the direct addresses the peerstore holds for the peer; used only when nothing it sent
+        is usable. The peerstore keeps what earlier exchanges and connections taught (py-libp2p
+        stores every CONNECT's addresses for 10 min): a peer that came back from another NAT
+        mapping is listed at its old ones too, and punching those only costs dials.
+    sources: our TCP listen (ip, port) per IP version (4, 6); a target of a version with no
+        source is skipped.
+    avoid: (ip, port) of the relays in between (a relay may observe itself as the peer).
+    superseded: (ip, port) the peer sent in an earlier exchange and no longer sends: stale,
+        never punched, even from the peerstore.
+    Unusable addresses (not TCP, ``0.0.0.0``, link-local, loopback unless our source is
+    loopback) are left out, and each (ip, port) appears once.
+    """
+
+    def usable(
+        addrs: Sequence[Any], skip: Collection[tuple[str, int]]
+    ) -> list[tuple[str, tuple[str, int]]]:
+        out: list[tuple[str, tuple[str, int]]] = []
+        seen: set[tuple[str, int]] = set()
+        for addr in addrs:
+            if "/p2p-circuit" in str(addr):
+                continue
+            target = _tcp_target(addr)
+            if target is None or target in seen or target in avoid or target in skip:
+                continue
+            version = 6 if ":" in target[0] else 4
+            source = sources.get(version)
+            if source is None or not _punchable(addr, source):
+                continue
+            seen.add(target)
+            out.append((f"/ip{version}/{target[0]}/tcp/{target[1]}", source))
+        return out
+
+    return usable(sent, ()) or usable(known, superseded)
+
+
 def _punch_targets(
-    host: Any, peer: Any, observed: list[Any], sources: dict[int, tuple[str, int]]
+    host: Any,
+    peer: Any,
+    sent: list[Any],
+    sources: dict[int, tuple[str, int]],
+    superseded: Collection[tuple[str, int]] = (),
 ) -> list[tuple[Any, tuple[str, int]]]:
-    """(address, source) pairs worth punching to: what the peer sent and the direct addresses
-    we know for it, minus the relays' own addresses (a relay may observe itself)."""
+    """:func:`choose_punch_targets` for ``peer``, with the relays in between and the peerstore
+    read from ``host``; the addresses as multiaddrs."""
     import multiaddr
     from libp2p.peer.id import ID
 
@@ -182,28 +238,30 @@ def _punch_targets(
         except Exception:
             pass
     try:
-        known = [a for a in store.addrs(peer) if "/p2p-circuit" not in str(a)]
+        known = list(store.addrs(peer))
     except Exception:
         known = []
-    out: list[tuple[Any, tuple[str, int]]] = []
-    seen: set[tuple[str, int]] = set()
-    for addr in [*observed, *known]:
-        target = _tcp_target(addr)
-        if target is None or target in seen or target in avoid:
-            continue
-        source = sources.get(6 if ":" in target[0] else 4)
-        if source is None or not _punchable(addr, source):
-            continue
-        seen.add(target)
-        out.append(
-            (
-                multiaddr.Multiaddr(
-                    f"/ip{6 if ':' in target[0] else 4}/{target[0]}/tcp/{target[1]}"
-                ),
-                source,
-            )
-        )
-    return out
+    chosen = choose_punch_targets(sent, known, sources, avoid=avoid, superseded=superseded)
+    return [(multiaddr.Multiaddr(addr), source) for addr, source in chosen]
+
+
+class _SentAddrs:
+    """The (ip, port) each peer has sent in its DCUtR exchanges, to tell which of the peerstore's
+    addresses it has stopped sending (:func:`choose_punch_targets`' ``superseded``)."""
+
+    def __init__(self, max_peers: int = 1024) -> None:
+        self._sent: dict[str, set[tuple[str, int]]] = {}
+        self._max_peers = max_peers
+
+    def exchange(self, peer: Any, addrs: Sequence[Any]) -> set[tuple[str, int]]:
+        """Record what ``peer`` sent now; what it sent before and not now."""
+        key = str(peer)
+        now = {t for a in addrs if (t := _tcp_target(a)) is not None}
+        before = self._sent.pop(key, set())
+        self._sent[key] = before | now  # re-inserted: the dict is oldest first
+        while len(self._sent) > self._max_peers:
+            del self._sent[next(iter(self._sent))]
+        return before - now
 
 
 def _dcutr_class() -> type:
@@ -218,6 +276,8 @@ def _dcutr_class() -> type:
             self.linger = linger
             #: Direct connections made by a hole punch (to report them as such).
             self.punched: weakref.WeakSet[Any] = weakref.WeakSet()
+            #: What each peer sent in earlier exchanges (to skip its stale addresses).
+            self.sent = _SentAddrs()
 
         async def _auto_drive_loop(self) -> None:
             await trio.sleep_forever()
@@ -289,7 +349,8 @@ def _dcutr_class() -> type:
             # One round (py-libp2p runs three of up to 7 s each): every usable address at once,
             # each a tight connect loop for ``dial_timeout`` seconds; the first to connect wins.
             sources = _listen_sources(self.host)
-            targets = _punch_targets(self.host, peer_id, addrs, sources)
+            superseded = self.sent.exchange(peer_id, addrs)
+            targets = _punch_targets(self.host, peer_id, addrs, sources, superseded)
             if as_responder and _not_behind_nat(self.host):
                 # We (the DCUtR initiator) are the Noise responder of the new connection. With
                 # no NAT in front of us our own dial would only land on the peer's listener,

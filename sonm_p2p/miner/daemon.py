@@ -14,7 +14,7 @@ from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
-from sonm_p2p.miner.hub_link import HubLink, LinkOptions
+from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
 from sonm_p2p.miner.servicer import MinerServicer
@@ -99,9 +99,9 @@ class MinerDaemon:
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
 
-    def _targets(self, avoid: set[str]) -> list[tuple[str, str]]:
+    def _targets(self, avoid: set[str]) -> list[HubCandidate]:
         if self.options.hub:
-            return [(self.options.hub, "")]
+            return [HubCandidate((self.options.hub,))]
         assert self.gossip is not None
         try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
             self.gossip.wait_for_hubs(1, timeout=2.0)
@@ -112,22 +112,23 @@ class MinerDaemon:
         pick = pick or self.gossip.choose(allow=allow if self._allowed else None)
         if pick is None:
             return []
-        return [(addr, pick.node_id) for addr in pick.multiaddrs]
+        return [HubCandidate(pick.multiaddrs, pick.node_id, pick.peer_id)]
 
     def _connected_in(self, node_id: str, seconds: float) -> None:
         if self.gossip is not None:
             self.gossip.record_latency(node_id, seconds)
 
-    def _reserve_for_hub(self, peer_id: str, target: str) -> None:
+    def _reserve_for_hub(self, peer_id: str, hub: HubCandidate) -> None:
         # Whether others can dial us is unknown (NAT): a reservation on the hub makes the miner
         # reachable through it whatever the NAT; it is cheap, and refreshed by the node. A hub
-        # reached through a relay (it is behind NAT itself) cannot relay for us: we reserve on
-        # its relay instead, and wait for it, so the addresses the hub learns include it.
-        circuit = parse_circuit(target)
-        if circuit is None:
-            self.node.reserve(target, wait=False)
-        else:
-            self.node.reserve(circuit.relay, wait=True, timeout=5.0)
+        # that is itself reached through a relay (it is behind NAT: it announces only circuit
+        # addresses that others can use) cannot relay for us: we reserve on its relay instead,
+        # and wait for it, so the addresses the hub learns from us include it.
+        circuits = [c for a in hub.addrs if (c := parse_circuit(a)) is not None]
+        if circuits:
+            self.node.reserve(circuits[0].relay, wait=True, timeout=5.0)
+        else:  # connected already: no new dial, whichever address this is
+            self.node.reserve(hub.addrs[0], wait=False)
 
     def _resolve_forward(self, peer_id: str, request: ForwardRequest) -> tuple[str, int]:
         """Where a forward to ``request.task_id``'s port goes; only its owner (or hub) may."""

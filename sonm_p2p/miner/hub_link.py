@@ -13,7 +13,7 @@ from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.transport.bridge import SESSION
 from sonm_p2p.transport.node import P2PNode
 
-__all__ = ["Backoff", "HubLink", "LinkOptions"]
+__all__ = ["Backoff", "HubCandidate", "HubLink", "LinkOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,24 @@ class LinkOptions:
     avoid_for: float = 30.0
 
 
+@dataclass(frozen=True)
+class HubCandidate:
+    """A hub to try.
+
+    addrs: where it is: one ``host:port`` or multiaddr given by the user, or a discovered hub's
+        announced multiaddrs (direct and relayed), which go through the dial ladder together.
+    node_id: the hub expected there ("" for whichever answers).
+    peer_id: its peer ID when known (discovered hubs); required to dial several addresses.
+    """
+
+    addrs: tuple[str, ...]
+    node_id: str = ""
+    peer_id: str = ""
+
+    def __str__(self) -> str:
+        return self.addrs[0] if len(self.addrs) == 1 else f"{self.node_id or self.peer_id}"
+
+
 class Backoff:
     """Exponential backoff with a cap; ``reset()`` after a success. Pure: no clock, no sleep."""
 
@@ -55,12 +73,12 @@ class Backoff:
 class HubLink:
     """Keeps the miner connected to a hub until :meth:`close`.
 
-    ``targets(avoid)`` returns (dial target, expected hub node ID or "") candidates in order;
-    ``avoid`` holds hubs lost recently, which it should put last or leave out (a hub it must
-    keep returning to may stay). ``allow_hub(node_id)`` vets the hub actually reached.
-    ``before_session(peer_id, target)`` runs once connected, before the session opens (the
-    miner reserves on a relay there, so the addresses it tells the hub include the relayed one);
-    a SonmError from it is logged and does not stop the session.
+    ``targets(avoid)`` returns :class:`HubCandidate` s in order; ``avoid`` holds hubs lost
+    recently, which it should put last or leave out (a hub it must keep returning to may stay).
+    ``allow_hub(node_id)`` vets the hub actually reached. ``before_session(peer_id, candidate)``
+    runs once connected, before the session opens (the miner reserves on a relay there, so the
+    addresses it tells the hub include the relayed one); a SonmError from it is logged and does
+    not stop the session.
 
     ``last_hub_contact()`` returns the monotonic time the hub last called us (its pings); a
     session quieter than ``hub_silence`` is dropped and redialled. ``hub_peer`` is the hub's
@@ -70,13 +88,13 @@ class HubLink:
     def __init__(
         self,
         node: P2PNode,
-        targets: Callable[[set[str]], list[tuple[str, str]]],
+        targets: Callable[[set[str]], list[HubCandidate]],
         last_hub_contact: Callable[[], float],
         options: LinkOptions | None = None,
         *,
         allow_hub: Callable[[str], bool] = lambda node_id: True,
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
-        before_session: Callable[[str, str], None] = lambda peer_id, target: None,
+        before_session: Callable[[str, HubCandidate], None] = lambda peer_id, candidate: None,
     ) -> None:
         self.node = node
         self._targets = targets
@@ -112,30 +130,35 @@ class HubLink:
         """Whether ``peer_id`` may call this miner's gRPC (only its current hub may)."""
         return bool(peer_id) and peer_id == self.hub_peer
 
-    def _dial(self) -> tuple[str, str, str] | None:
-        """Connect to the first allowed candidate: (peer ID, hub node ID, target) or None."""
+    def _dial(self) -> tuple[str, str, HubCandidate] | None:
+        """Connect to the first allowed candidate: (peer ID, hub node ID, candidate) or None."""
         now = time.monotonic()
         self._avoid = {h: t for h, t in self._avoid.items() if now - t < self.options.avoid_for}
         candidates = self._targets(set(self._avoid))
         if not candidates:
             log.info("no hub known yet: waiting for discovery")
             return None
-        for target, expected in candidates:
+        for cand in candidates:
             t0 = time.monotonic()
             try:
-                peer = self.node.connect(target)
+                if cand.peer_id:
+                    path = self.node.connect_peer(cand.peer_id, cand.addrs)
+                    peer = cand.peer_id
+                    log.info("hub %s: %s path (%s)", cand, path.kind, path.remote)
+                else:
+                    peer = self.node.connect(cand.addrs[0])
             except SonmError as exc:
-                log.warning("hub %s: %s", target, exc)
-                if expected:
-                    self._avoid[expected] = time.monotonic()
+                log.warning("hub %s: %s", cand, exc)
+                if cand.node_id:
+                    self._avoid[cand.node_id] = time.monotonic()
                 continue
             node_id = node_id_from_peer_id(peer) or ""
-            if (expected and node_id != expected) or not self._allow_hub(node_id):
-                log.warning("hub at %s is %s, which is not allowed here", target, node_id or peer)
+            if (cand.node_id and node_id != cand.node_id) or not self._allow_hub(node_id):
+                log.warning("hub at %s is %s, which is not allowed here", cand, node_id or peer)
                 self.node.disconnect(peer)
                 continue
             self._connected_in(node_id, time.monotonic() - t0)
-            return peer, node_id, target
+            return peer, node_id, cand
         return None
 
     def _run(self) -> None:
@@ -144,10 +167,11 @@ class HubLink:
             picked = self._dial()
             session = None
             if picked is not None:
-                peer, node_id, target = picked
-                self.hub_peer, self.hub_id, self.target = peer, node_id, target
+                peer, node_id, cand = picked
+                self.hub_peer, self.hub_id, self.target = peer, node_id, str(cand)
+                target = self.target
                 try:
-                    self._before_session(peer, target)
+                    self._before_session(peer, cand)
                 except SonmError as exc:
                     log.warning("hub %s: %s", node_id, exc)
                 try:

@@ -396,10 +396,80 @@ def test_ipv6_peers_connect_directly(w):
 
 
 # --- 5. a hub behind NAT ------------------------------------------------------------------------
-# Not testable: a hub cannot make itself reachable through another hub's relay. sonmhub has no
-# option to reserve on a relay (HubDaemon builds its P2PNode without NodeOptions.reserve_on and
-# never calls reserve()), and what it tells others (announcements, Info, miners' circuit
-# addresses) holds only its own listen addresses.
+
+
+def test_hub_behind_nat_is_reached_through_its_relay_address(w):
+    # A hub at home, behind an endpoint-independent NAT, with no port forwarded: all it is told
+    # is a bootstrap hub. It asks that hub to dial it back (AutoNAT), learns it cannot be
+    # dialled, reserves on it and announces its circuit address.
+    home = w.topo.nat("hnat", EIM).hosts[0]
+    hub = home.start_hub("hub-nat", extra=[*FAST_PINGS, "--bootstrap", w.hub.p2p_target])
+    public = w.cli(w.client, "info")
+    hub_id = load_or_create(hub.home).node_id
+
+    def own_info() -> dict | None:  # asked from its own LAN: its gRPC port is private
+        res = home.sonmcli("--hub", hub.grpc_target, "--json", "info")
+        info = json.loads(res.stdout) if res.returncode == 0 else {}
+        return info if info.get("reachability") == "private" and _circuits(info) else None
+
+    info = w.topo.wait(own_info, "the hub behind NAT to reserve on the public hub", timeout=60)
+    circuit = (
+        f"/ip4/{w.hub.host.ip}/tcp/{w.hub.p2p_port}/p2p/{public['peer_id']}"
+        f"/p2p-circuit/p2p/{info['peer_id']}"
+    )
+    assert _circuits(info) == [circuit], info
+    assert not w.client.reachable((home.ip, hub.grpc_port), timeout=0.3)
+    assert not w.client.reachable((home.ip, hub.p2p_port), timeout=0.3)
+
+    # The overlay carries its circuit address to everyone.
+    def announced() -> dict | None:
+        res = w.client.sonmcli("--bootstrap", w.hub.p2p_target, "--json", "hubs", home=w.owner)
+        hubs = {h["node_id"]: h for h in json.loads(res.stdout)["hubs"]} if res.stdout else {}
+        entry = hubs.get(hub_id)
+        return entry if entry and circuit in entry["multiaddrs"] else None
+
+    w.topo.wait(announced, "the hub's circuit address announced", timeout=30)
+
+    # A miner behind another NAT, told only a bootstrap peer and which hub it wants, finds the
+    # hub by gossip and connects to it through the relay.
+    miner_host = w.topo.nat("hmnat", EIM).hosts[0]
+    miner = miner_host.start_miner(
+        "", "miner-of-nat-hub", extra=["--bootstrap", w.hub.p2p_target, "--hub-id", hub_id]
+    )
+    miner_id = miner.node_id
+
+    def listed() -> dict | None:
+        res = w.client.sonmcli("--hub", circuit, "--json", "list", home=w.owner)
+        if res.returncode != 0:
+            return None
+        m = {m["node_id"]: m for m in json.loads(res.stdout)["miners"]}.get(miner_id)
+        return m if m and m["online"] else None
+
+    began = time.monotonic()
+    m = w.topo.wait(listed, "the miner listed on the hub behind NAT", timeout=60)
+    listed_s = time.monotonic() - began
+    assert m["behind_nat"] or not m["remote_addr"], m  # behind NAT, or reached through a relay
+
+    # A user behind a third NAT names the hub by node ID only (found through the overlay) and
+    # runs a task on that miner; the public client stops it through the circuit address.
+    res = w.user_eim.sonmcli(
+        "--bootstrap", w.hub.p2p_target, "--hub", hub_id, "--json", "start",
+        "--image", "sonm-test/web", f"--miner={miner_id}", home=w.owner, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"using hub {hub_id} over the overlay" in res.stderr, res.stderr
+    job = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    status = w.client.sonmcli("--hub", circuit, "--json", "status", job, home=w.owner)
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "RUNNING", status
+    stopped = w.client.sonmcli("--hub", circuit, "--json", "stop", job, home=w.owner)
+    assert stopped.returncode == 0, stopped.stderr
+    w.figures["hub behind NAT"] = json.dumps({"miner_listed_s": round(listed_s, 1)})
+    miner.proc.stop()
+    hub.proc.stop()
+
+
+def _circuits(info: dict) -> list[str]:
+    return [a for a in info["multiaddrs"] if "/p2p-circuit/" in a]
 
 
 # --- product bugs found on the way ---------------------------------------------------------------

@@ -27,6 +27,7 @@ def _nat_line(info: dict[str, Any]) -> str:
     text = f"NAT here: {info['nat_type']}"
     if info.get("nat_error"):
         text += f" ({info['nat_error']})"
+    text += f", at the miner: {info['miner_nat_type']}"
     if info["punch_skipped"]:
         text += "; hole punch skipped (it cannot get through a symmetric NAT), relayed at once"
     return text
@@ -79,11 +80,12 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
     nat_type = str(stun.get("nat_type") or "unknown")
     if not stun.get("error"):
         node.nat_type = nat_type  # a symmetric NAT: no hole punch, relayed at once
-    connected = node.connect_peer(miner.peer_id, list(miner.multiaddrs))
+    miner_nat = miner.nat_type if miner.nat_type not in ("", "unknown") else None
+    connected = node.connect_peer(miner.peer_id, list(miner.multiaddrs), remote_nat=miner_nat)
     punch_skipped = (
         connected.kind is PathKind.RELAYED
         and node.options.upgrade.next_attempt(
-            UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=None
+            UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=miner_nat
         )
         is None
     )
@@ -99,7 +101,8 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
         "local": f"{host}:{lport}", "task": task.task_id, "port": f"{container_port}/{proto}",
         "miner": miner.node_id, "path": str(path.kind), "remote": path.remote,
         "rtt_ms": None if path.rtt is None else round(path.rtt * 1000, 3),
-        "nat_type": nat_type, "nat_error": stun.get("error"), "punch_skipped": punch_skipped,
+        "nat_type": nat_type, "nat_error": stun.get("error"),
+        "miner_nat_type": miner.nat_type or "unknown", "punch_skipped": punch_skipped,
     }  # fmt: skip
     if c.as_json:
         emit_json(info)

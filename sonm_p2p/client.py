@@ -108,6 +108,7 @@ class MinerSummary:
     remote_addr: str = ""
     multiaddrs: tuple[str, ...] = ()
     behind_nat: bool = False
+    nat_type: str = ""  # as the miner classified it by STUN ("" unknown)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class HubClient:
                     remote_addr=m.remote_addr,
                     multiaddrs=tuple(m.multiaddrs),
                     behind_nat=m.behind_nat,
+                    nat_type=m.nat_type,
                 )
             )
         return out

@@ -123,7 +123,7 @@ class HubDaemon:
         )
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
         self._start_stun()
-        servicer.stun_endpoint = self.stun_endpoint
+        servicer.stun_endpoint = self.hub.stun_endpoint = self.stun_endpoint
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)

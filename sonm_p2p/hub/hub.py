@@ -88,8 +88,10 @@ class _Session:
         client: MinerClient,
         remote: str,
         multiaddrs: list[str],
+        nat_type: str = "",
     ) -> None:
         self.peer_id = peer_id
+        self.nat_type = nat_type  # as the miner classified it by STUN
         self.node_id = node_id
         self.client = client
         self.remote_addr = remote
@@ -126,6 +128,8 @@ class Hub:
         self.state = state
         self.options = options
         self.started_at = time.time()
+        #: The hub's STUN responder (host:port), told to miners so they can classify their NAT.
+        self.stun_endpoint = ""
         self._sessions: dict[str, _Session] = {}  # node ID -> session
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -165,7 +169,9 @@ class Hub:
             return
         client = MinerClient(self.node, peer_id, node_id)
         try:
-            hs = client.handshake(self.node_id, self.options.handshake_timeout)
+            hs = client.handshake(
+                self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_endpoint
+            )
             if hs.node_id != node_id:
                 raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")
         except SonmError as exc:
@@ -174,7 +180,7 @@ class Hub:
             self.node.disconnect(peer_id)
             return
         remote = self.node.remote_addr(peer_id)
-        session = _Session(peer_id, node_id, client, remote, hs.multiaddrs)
+        session = _Session(peer_id, node_id, client, remote, hs.multiaddrs, hs.nat_type)
         now = time.time()
         with self._lock:
             old = self._sessions.pop(node_id, None)
@@ -301,6 +307,12 @@ class Hub:
             else replace(ep, reach=reach)
             for ep in task.endpoints
         )
+
+    def miner_nat(self, node_id: str) -> str:
+        """An online miner's NAT type as it classified it ("" when offline or unknown)."""
+        with self._lock:
+            session = self._sessions.get(node_id)
+        return session.nat_type if session is not None else ""
 
     def overlay_addrs(self, node_id: str) -> tuple[list[str], bool]:
         """How to reach an online miner on the overlay: its own addresses (when it is not behind

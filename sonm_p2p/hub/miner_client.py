@@ -36,6 +36,7 @@ class Handshake:
         self.resources = resources_from_pb(reply.resources)
         self.tasks = [task_from_pb(t) for t in reply.tasks]
         self.multiaddrs = list(reply.multiaddrs)
+        self.nat_type = reply.nat_type
 
 
 class MinerClient:
@@ -60,8 +61,9 @@ class MinerClient:
                 exc, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}"
             ) from None
 
-    def handshake(self, hub_id: str, timeout: float) -> Handshake:
-        reply = self._call("Handshake", miner_pb2.HandshakeRequest(hub_id=hub_id), timeout)
+    def handshake(self, hub_id: str, timeout: float, *, stun_endpoint: str = "") -> Handshake:
+        request = miner_pb2.HandshakeRequest(hub_id=hub_id, stun_endpoint=stun_endpoint)
+        reply = self._call("Handshake", request, timeout)
         return Handshake(reply)  # type: ignore[arg-type]
 
     def ping(self, timeout: float) -> None:

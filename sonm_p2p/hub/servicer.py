@@ -95,6 +95,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
                     remote_addr=rec.remote_addr,
                     multiaddrs=addrs,
                     behind_nat=behind_nat,
+                    nat_type=self.hub.miner_nat(rec.node_id),
                 )
             )
         return reply

@@ -122,6 +122,9 @@ class Miner:
         self._unwatch: Callable[[], None] | None = None
         #: Where this miner listens on the overlay (set by the daemon once its node runs).
         self.addresses: Callable[[], list[str]] = list
+        #: This miner's NAT type classified against a STUN endpoint ("" unknown; set by the
+        #: daemon).
+        self.nat_type: Callable[[str], str] = lambda stun_endpoint: ""
 
     def __repr__(self) -> str:
         return f"<Miner {self.node_id} runtime={self.runtime!r}>"

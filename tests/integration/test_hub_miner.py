@@ -28,6 +28,8 @@ def test_seed_commands_over_the_overlay(net):
 
     ping = hub.cli("ping")
     assert (ping.returncode, ping.stdout) == (0, "OK\n")
+    # Each miner classified its NAT against the hub's STUN responder: none on one machine.
+    assert {m["nat_type"] for m in hub.cli_json("list")["miners"]} == {"open"}
 
     job = _start(hub, m1.node_id[:10])  # a unique prefix names a miner
     res = hub.cli("start", "--image", "sonm-test/web", f"--miner={m1.node_id}")

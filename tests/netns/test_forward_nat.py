@@ -119,12 +119,15 @@ def _printed_text(proc: Proc) -> list[str] | None:
     return lines[at : at + 2] if at is not None and len(lines) > at + 1 else None
 
 
-def forward(w: World, user: Host, name: str, *, as_json: bool = True) -> tuple[Proc, object]:
+def forward(
+    w: World, user: Host, name: str, *, as_json: bool = True, job: str = ""
+) -> tuple[Proc, object]:
     """Start ``sonmcli forward JOB 8080/tcp`` on ``user``; it and what it printed."""
     flags = ["--json"] if as_json else []
     proc = user.spawn_sonmcli(
-        name, "--hub", w.hub.grpc_target, *flags, "forward", w.job, "8080/tcp", home=w.owner
-    )
+        name, "--hub", w.hub.grpc_target, *flags, "forward", job or w.job, "8080/tcp",
+        home=w.owner,
+    )  # fmt: skip
     printed = _printed_json if as_json else _printed_text
     out = w.topo.wait(
         lambda: printed(proc), f"{name} to listen", FORWARD_BOUND, every=0.02, watch=[proc]
@@ -157,7 +160,9 @@ def test_the_text_output_says_so_too(world):
     proc, lines = forward(world, world.user_sym, "fwd-sym-text", as_json=False)
     try:
         assert "(relayed path)" in lines[0], lines
-        assert lines[1].startswith("NAT here: symmetric; hole punch skipped"), lines
+        assert lines[1].startswith(
+            "NAT here: symmetric, at the miner: endpoint-independent; hole punch skipped"
+        ), lines
     finally:
         assert proc.stop() == 0, proc.output()
 
@@ -166,6 +171,7 @@ def test_behind_an_endpoint_independent_nat_the_punch_is_tried(world):
     proc, info = forward(world, world.user_eim, "fwd-eim")
     try:
         assert info["nat_type"] == "endpoint-independent" and info["nat_error"] is None, info
+        assert info["miner_nat_type"] == "endpoint-independent", info
         assert info["punch_skipped"] is False, info
         # A punch is a race: hole-punched when it wins within the wait, relayed meanwhile if not.
         assert info["path"] in ("hole-punched", "relayed"), info
@@ -196,3 +202,43 @@ def test_a_stun_failure_does_not_stop_the_forward(world):
     finally:
         for rule in (drop, drop_alt):
             user.run("iptables", "-D", *rule)
+
+
+def test_towards_a_miner_behind_a_symmetric_nat_the_punch_is_skipped(world):
+    # The miner classifies its own NAT against the hub's STUN responder when the hub first
+    # calls it; the hub lists it, and a forward does not punch towards it.
+    host = world.topo.nat("msym", NatKind.SYMMETRIC).hosts[0]
+    miner = host.start_miner(world.hub.grpc_target.replace(":10001", ":10002"), "miner-sym")
+    node_id = miner.node_id
+    service = None
+    try:
+
+        def listed() -> dict | None:
+            res = world.user_eim.sonmcli(
+                "--hub", world.hub.grpc_target, "--json", "list", home=world.owner
+            )
+            miners = json.loads(res.stdout)["miners"] if res.returncode == 0 else []
+            return next((m for m in miners if m["node_id"] == node_id and m["online"]), None)
+
+        m = world.topo.wait(listed, "the miner behind a symmetric NAT listed", timeout=60)
+        assert m["nat_type"] == "symmetric", m
+        res = world.user_eim.sonmcli(
+            "--hub", world.hub.grpc_target, "--json", "start", "--image", "sonm-test/web",
+            f"--miner={node_id}", home=world.owner,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        started = json.loads(res.stdout.strip().splitlines()[-1])
+        tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
+        service = PortService(host, (tcp["host"], tcp["host_port"]))
+        proc, info = forward(world, world.user_eim, "fwd-to-sym", job=started["id"])
+        try:
+            assert info["nat_type"] == "endpoint-independent", info
+            assert info["miner_nat_type"] == "symmetric", info
+            assert info["punch_skipped"] is True and info["path"] == "relayed", info
+            assert greeting(world.user_eim, info["local"]) == GREETING
+        finally:
+            assert proc.stop() == 0, proc.output()
+    finally:
+        if service is not None:
+            service.close()
+        miner.proc.stop()

@@ -255,6 +255,7 @@ def test_miner_behind_eim_nat_is_listed_and_runs_a_task(w):
     m = w.miners()[w.miner.node_id]
     hub_peer = w.cli(w.client, "info")["peer_id"]
     assert m["online"] and m["behind_nat"], m
+    assert m["nat_type"] == "endpoint-independent", m  # its own STUN check, told to the hub
     # Seen from its NAT's public address; reachable only through the hub's relay.
     assert m["remote_addr"].startswith(f"{w.miner_nat.wan_ip}:"), m
     circuit = f"/ip4/{w.hub.host.ip}/tcp/{w.hub.p2p_port}/p2p/{hub_peer}/p2p-circuit"

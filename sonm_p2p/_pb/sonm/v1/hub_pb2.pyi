@@ -64,7 +64,7 @@ class TaskIds(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MinerInfo(_message.Message):
-    __slots__ = ("node_id", "peer_id", "online", "task_ids", "resources", "last_seen_ms", "remote_addr", "multiaddrs", "behind_nat")
+    __slots__ = ("node_id", "peer_id", "online", "task_ids", "resources", "last_seen_ms", "remote_addr", "multiaddrs", "behind_nat", "nat_type")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class MinerInfo(_message.Message):
     REMOTE_ADDR_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
     BEHIND_NAT_FIELD_NUMBER: _ClassVar[int]
+    NAT_TYPE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     online: bool
@@ -83,7 +84,8 @@ class MinerInfo(_message.Message):
     remote_addr: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
     behind_nat: bool
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ..., remote_addr: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., behind_nat: _Optional[bool] = ...) -> None: ...
+    nat_type: str
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., last_seen_ms: _Optional[int] = ..., remote_addr: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., behind_nat: _Optional[bool] = ..., nat_type: _Optional[str] = ...) -> None: ...
 
 class ListMinersReply(_message.Message):
     __slots__ = ("miners", "details")

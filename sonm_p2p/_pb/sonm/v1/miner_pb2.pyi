@@ -8,24 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("hub_id",)
+    __slots__ = ("hub_id", "stun_endpoint")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    STUN_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
-    def __init__(self, hub_id: _Optional[str] = ...) -> None: ...
+    stun_endpoint: str
+    def __init__(self, hub_id: _Optional[str] = ..., stun_endpoint: _Optional[str] = ...) -> None: ...
 
 class HandshakeReply(_message.Message):
-    __slots__ = ("node_id", "resources", "tasks", "version", "multiaddrs")
+    __slots__ = ("node_id", "resources", "tasks", "version", "multiaddrs", "nat_type")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
+    NAT_TYPE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     resources: _common_pb2.Resources
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskInfo]
     version: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    nat_type: str
+    def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., nat_type: _Optional[str] = ...) -> None: ...
 
 class MinerStartRequest(_message.Message):
     __slots__ = ("task_id", "spec", "owner", "hub_id")

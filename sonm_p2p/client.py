@@ -22,6 +22,7 @@ from sonm_p2p._convert import (
     status_from_pb,
     task_from_pb,
 )
+from sonm_p2p._grpc_options import CLIENT_OPTIONS
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.auth import sign_request
@@ -142,7 +143,7 @@ class HubClient:
         self.timeout = timeout
         self.identity = identity
         self._metadata: tuple[tuple[str, str], ...] = ()
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
         self._stub = hub_pb2_grpc.HubStub(self._channel)
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from sonm_p2p import __version__
+from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.discovery.mdns import local_ips
@@ -109,7 +110,9 @@ class HubDaemon:
 
     def start(self) -> None:
         host, port = parse_hostport(self.options.grpc_listen)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS
+        )
         endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         try:
             self.grpc_port = self._server.add_insecure_port(endpoint)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 
+from sonm_p2p._status import ServerStream
 from sonm_p2p.errors import (
     InvalidRequest,
     MinerNotFound,
@@ -98,6 +99,8 @@ class _Session:
         self.multiaddrs = multiaddrs  # where the miner says it listens
         self.missed = 0
         self.watch = None  # the miner's WatchTasks stream, cancelled when the session ends
+        self.streams: set[ServerStream] = set()  # log follows, ended when the session ends
+        self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
 
     @property
     def remote_ip(self) -> str:
@@ -202,6 +205,7 @@ class Hub:
             )
             self._reconcile(session, hs.tasks, now)
         if old is not None:
+            old.gone = "reconnected to the hub"
             self._close_session(old)
         threading.Thread(
             target=self._watch_miner, args=(session,), name=f"watch {node_id[:10]}", daemon=True
@@ -228,6 +232,7 @@ class Hub:
                 if task.state in (TaskState.RUNNING, TaskState.STARTING):
                     self._save(task.apply(Lost(), now))
                     lost += 1
+        session.gone = f"went offline ({why})"
         self._close_session(session)
         log.warning("miner %s offline (%s); %d tasks LOST", session.node_id, why, lost)
 
@@ -235,6 +240,8 @@ class Hub:
     def _close_session(session: _Session) -> None:
         if session.watch is not None:
             session.watch.cancel()
+        for stream in list(session.streams):
+            stream.cancel()
         session.client.close()
 
     def _save(self, task: Task) -> Task:
@@ -533,11 +540,29 @@ class Hub:
             sub.close()
 
     def task_logs(self, query: LogQuery) -> tuple[Iterator[bytes], Callable[[], None]]:
-        """The task's output from its miner, and a function that cancels a follow."""
+        """The task's output from its miner, and a function that cancels a follow.
+
+        When the miner goes offline meanwhile, iterating raises MinerUnavailable (a follow must
+        not end as if the task had)."""
         task = self._task(query.task_id)
         session = self._session_for(task.miner_id)
         stream = session.client.logs(replace(query, task_id=task.task_id))
-        return iter(stream), stream.cancel
+
+        def chunks() -> Iterator[bytes]:
+            session.streams.add(stream)
+            try:
+                if session.gone:  # dropped before the follow was registered
+                    stream.cancel()
+                yield from stream
+            finally:
+                session.streams.discard(stream)
+            if session.gone:
+                raise MinerUnavailable(
+                    f"miner {session.node_id} {session.gone} while its output was followed: "
+                    f"`sonmcli logs -f {task.task_id}` again once it is back"
+                )
+
+        return chunks(), stream.cancel
 
     def miner_status(self, miner: str) -> tuple[MinerRecord, MinerStatus | None]:
         """The miner's record, and its live status (None when offline)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, SonmError, Timeout
@@ -151,7 +152,9 @@ class MinerDaemon:
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
         self.miner.watch_runtime()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=16), options=SERVER_OPTIONS
+        )
         miner_pb2_grpc.add_MinerServicer_to_server(MinerServicer(self.miner), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import grpc
 
+from sonm_p2p._grpc_options import CLIENT_OPTIONS
 from sonm_p2p.transport.node import P2PNode, Tunnel
 
 __all__ = ["GRPC_HUB", "GRPC_MINER", "SESSION", "PeerChannel", "serve_grpc"]
@@ -24,10 +25,8 @@ SESSION = "/sonm/session/1.0.0"
 
 # One HTTP/2 connection carries every call; keepalive notices a dead path between calls.
 _CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
+    *CLIENT_OPTIONS,
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]

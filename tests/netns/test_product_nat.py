@@ -591,3 +591,61 @@ def test_cut_links_end_forwards_and_miners_come_back(w):
     )
     print(f"miner listed again {relisted:.1f} s after the link came back; forward works again "
           f"after {forward_back:.1f} s")  # fmt: skip
+
+
+def _ended(proc: Proc, bound: float) -> float | None:
+    """Seconds until ``proc`` exited, waiting at most ``bound``; None if it is still running."""
+    began = time.monotonic()
+    while time.monotonic() - began < bound:
+        if not proc.alive():
+            return time.monotonic() - began
+        time.sleep(0.05)
+    return None
+
+
+def test_cut_links_end_log_streams_with_a_clear_error(w):
+    # A task that prints a line every 0.2 s, on the Docker miner behind NAT, followed with
+    # `sonmcli logs -f`: first from the public client while the miner's uplink is cut, then from
+    # the user behind NAT while the user's own link is cut. Each follower must end, within the
+    # bound, with one clear line and the "unreachable" exit code (4) - not hang.
+    ticker = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"
+    res = w.client.sonmcli(
+        "--hub", w.hub.grpc_target, "--json", "start", "--image", "sonm-test/web",
+        f"--miner={w.miner.node_id}", "--", "sh", "-c", ticker, home=w.owner, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    job = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    uplink = w.miner.host.uplink
+    user_wan = w.topo.routers["unat"].wan
+    figures: dict[str, object] = {}
+    try:
+        for name, host, link in (
+            ("miner's uplink", w.client, uplink),
+            ("user's link", w.user_eim, user_wan),
+        ):
+            follow = host.spawn_sonmcli(
+                f"logs-{host.name}", "--hub", w.hub.grpc_target, "logs", "-f", job, home=w.owner
+            )
+            w.topo.wait(lambda f=follow: "tick 3" in f.output(), "ticks", 30, watch=[follow])
+            link.down()
+            try:
+                took = _ended(follow, CUT_BOUND)
+            finally:
+                link.up()
+            out = follow.output()
+            assert took is not None, f"logs -f still running {CUT_BOUND}s after the cut: {out}"
+            code = follow.popen.returncode
+            error = [line for line in out.splitlines() if line.startswith("sonmcli: error:")]
+            assert code == 4 and len(error) == 1, (code, out[-2000:])
+            figures[name] = {"ended_s": round(took, 1), "error": error[0]}
+            print(f"\nlogs -f, {name} cut: exit {code} after {took:.1f} s: {error[0]}")
+            w.topo.wait(
+                lambda: w.miners().get(w.miner.node_id, {}).get("online"),
+                "the miner back on its hub",
+                timeout=60,
+            )
+    finally:
+        uplink.up()
+        user_wan.up()
+        w.client.sonmcli("--hub", w.hub.grpc_target, "stop", job, home=w.owner, timeout=120)
+    w.figures["log streams over cut links"] = json.dumps(figures)

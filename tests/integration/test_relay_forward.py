@@ -7,6 +7,8 @@ servers on 127.0.0.1 (an HTTP server, echo servers).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.server
 import os
 import socket
@@ -380,3 +382,48 @@ def test_forward_redials_after_the_connection_is_lost(nodes, targets):
         client.disconnect(server.peer_id)
         wait_for(lambda: not client.is_connected(server.peer_id), "the disconnect", 5)
         assert echo_bytes(echo.local_addr, b"two") == b"two"  # the ladder dialled again
+
+
+def test_a_large_relayed_transfer_arrives_intact(nodes, targets, relayed):
+    # The relayed connection batches its reads and queues its writes (relay.py): 32 MiB each
+    # way at once through the echo, checked by hash.
+    relay, server, client = relayed
+    payload = os.urandom(32 << 20)
+    with open_forward(client, server.peer_id, "echo", 7) as echo:
+        got = echo_bytes(echo.local_addr, payload)
+        assert len(got) == len(payload)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert echo_bytes(echo.local_addr, b"small, after") == b"small, after"
+        assert echo.errors == []
+
+
+def test_the_relay_resets_a_circuit_over_its_byte_budget(nodes):
+    # A source that sends 8 MiB to whoever connects, through a relay allowing 2 MiB a circuit.
+    source = socket.create_server(("127.0.0.1", 0))
+
+    def send_all() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = source.accept()
+            with conn:
+                conn.sendall(os.urandom(8 << 20))
+
+    threading.Thread(target=send_all, daemon=True).start()
+    relay = nodes(relay_service=RelayOptions(circuit_bytes=2 << 20))
+    server = nodes()
+    serve_forward(server, lambda peer, request: source.getsockname())
+    server.reserve(relay.addrs[0])
+    client = nodes(upgrade=NO_UPGRADE)
+    circuit = [a for a in server.advertised_addrs if "/p2p-circuit" in a]
+    assert client.connect_peer(server.peer_id, circuit).kind is PathKind.RELAYED
+    try:
+        with open_forward(client, server.peer_id, "source", 1, check=False) as fwd:
+            with socket.create_connection(fwd.local_addr, timeout=20) as conn:
+                got = 0
+                with pytest.raises(OSError):  # reset, not a normal end
+                    while data := conn.recv(1 << 20):
+                        got += len(data)
+                    raise AssertionError(f"the circuit ended normally after {got} bytes")
+            assert got < 2 << 20
+        wait_for(lambda: not client.is_connected(server.peer_id), "the circuit to be reset", 10)
+    finally:
+        source.close()

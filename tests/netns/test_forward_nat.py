@@ -208,7 +208,7 @@ def test_towards_a_miner_behind_a_symmetric_nat_the_punch_is_skipped(world):
     # The miner classifies its own NAT against the hub's STUN responder when the hub first
     # calls it; the hub lists it, and a forward does not punch towards it.
     host = world.topo.nat("msym", NatKind.SYMMETRIC).hosts[0]
-    miner = host.start_miner(world.hub.grpc_target.replace(":10001", ":10002"), "miner-sym")
+    miner = host.start_miner(world.hub.p2p_target, "miner-sym")
     node_id = miner.node_id
     service = None
     try:

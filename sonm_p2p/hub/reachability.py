@@ -70,6 +70,11 @@ class HubReachability:
         return list(self._held.values())
 
     def start(self) -> None:
+        if self.mode == "auto" and not self.relays:
+            log.info(
+                "no other hub to ask whether this hub can be dialled from outside: behind NAT, "
+                "give --bootstrap <a public hub> so it reserves there"
+            )
         if self.mode == "public" or not self.relays or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="reachability", daemon=True)

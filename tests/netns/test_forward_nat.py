@@ -9,8 +9,6 @@ bytes that come back through the forward prove the whole path works.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,43 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Proc
-from tests.netns.topology import Host, NatKind, NsHub, NsMiner, Topology
+from tests.netns.topology import Greeter, Host, NatKind, NsHub, NsMiner, Topology
 
 pytestmark = pytest.mark.root
 
-GREETING = b"hello from the task's port"
 #: A forward must print where it listens within this many seconds of starting.
 FORWARD_BOUND = 15.0
-
-
-class PortService:
-    """A TCP listener in ``host``'s namespace that greets every connection and closes it."""
-
-    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
-        self._sock = host.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(addr)
-        self._sock.listen(16)
-        self._sock.settimeout(0.2)  # so that close() is noticed
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="port-service", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.sendall(GREETING)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._sock.close()
 
 
 @dataclass
@@ -73,7 +40,7 @@ def world(_netns_problem, tmp_path_factory) -> Iterator[World]:
     if _netns_problem is not None:
         pytest.skip(f"needs root and network namespaces ({_netns_problem})")
     topo = Topology(tmp_path_factory.mktemp("forward-nat"))
-    service: PortService | None = None
+    service: Greeter | None = None
     try:
         hub_host = topo.public_host("hub", addresses=2)  # RFC 5780 STUN: NAT types can be told
         miner_host = topo.nat("mnat", NatKind.ENDPOINT_INDEPENDENT).hosts[0]
@@ -96,7 +63,7 @@ def world(_netns_problem, tmp_path_factory) -> Iterator[World]:
         assert res.returncode == 0, res.stderr
         started = json.loads(res.stdout.strip().splitlines()[-1])
         tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
-        service = PortService(miner_host, (tcp["host"], tcp["host_port"]))
+        service = Greeter(miner_host, (tcp["host"], tcp["host_port"]))
         yield World(topo, hub, miner, user_eim, user_sym, owner, started["id"])
     except BaseException:
         print(topo.logs())
@@ -151,7 +118,7 @@ def test_behind_a_symmetric_nat_the_punch_is_skipped_and_the_relay_used(world):
         assert info["punch_skipped"] is True, info
         assert info["path"] == "relayed", info
         assert "/p2p-circuit" in info["remote"], info
-        assert greeting(world.user_sym, info["local"]) == GREETING
+        assert greeting(world.user_sym, info["local"]) == Greeter.GREETING
     finally:
         assert proc.stop() == 0, proc.output()
 
@@ -175,7 +142,7 @@ def test_behind_an_endpoint_independent_nat_the_punch_is_tried(world):
         assert info["punch_skipped"] is False, info
         # A punch is a race: hole-punched when it wins within the wait, relayed meanwhile if not.
         assert info["path"] in ("hole-punched", "relayed"), info
-        assert greeting(world.user_eim, info["local"]) == GREETING
+        assert greeting(world.user_eim, info["local"]) == Greeter.GREETING
     finally:
         assert proc.stop() == 0, proc.output()
 
@@ -193,7 +160,7 @@ def test_a_stun_failure_does_not_stop_the_forward(world):
             assert info["nat_type"] == "unknown", info
             assert "no answer from the hub's STUN responder" in info["nat_error"], info
             assert info["punch_skipped"] is False, info
-            assert greeting(user, info["local"]) == GREETING
+            assert greeting(user, info["local"]) == Greeter.GREETING
         finally:
             assert proc.stop() == 0, proc.output()
         text, lines = forward(world, user, "fwd-no-stun-text", as_json=False)
@@ -229,13 +196,13 @@ def test_towards_a_miner_behind_a_symmetric_nat_the_punch_is_skipped(world):
         assert res.returncode == 0, res.stderr
         started = json.loads(res.stdout.strip().splitlines()[-1])
         tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
-        service = PortService(host, (tcp["host"], tcp["host_port"]))
+        service = Greeter(host, (tcp["host"], tcp["host_port"]))
         proc, info = forward(world, world.user_eim, "fwd-to-sym", job=started["id"])
         try:
             assert info["nat_type"] == "endpoint-independent", info
             assert info["miner_nat_type"] == "symmetric", info
             assert info["punch_skipped"] is True and info["path"] == "relayed", info
-            assert greeting(world.user_eim, info["local"]) == GREETING
+            assert greeting(world.user_eim, info["local"]) == Greeter.GREETING
         finally:
             assert proc.stop() == 0, proc.output()
     finally:

@@ -23,7 +23,16 @@ import pytest
 
 from sonm_p2p.identity import load_or_create
 from tests.harness import BIN, Proc
-from tests.netns.topology import DockerEngine, Host, NatKind, NatRouter, NsHub, NsMiner, Topology
+from tests.netns.topology import (
+    DockerEngine,
+    Greeter,
+    Host,
+    NatKind,
+    NatRouter,
+    NsHub,
+    NsMiner,
+    Topology,
+)
 
 pytestmark = pytest.mark.root
 
@@ -459,9 +468,33 @@ def test_hub_behind_nat_is_reached_through_its_relay_address(w):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert f"using hub {hub_id} over the overlay" in res.stderr, res.stderr
-    job = json.loads(res.stdout.strip().splitlines()[-1])["id"]
+    started = json.loads(res.stdout.strip().splitlines()[-1])
+    job = started["id"]
     status = w.client.sonmcli("--hub", circuit, "--json", "status", job, home=w.owner)
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "RUNNING", status
+
+    # The task's port, from a third NAT, through `sonmcli forward`: nobody but the public hub
+    # can be dialled. (The miner runs the in-memory engine; a listener stands in for the port.)
+    tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
+    assert tcp["reach"] == "forward", started
+    greeter = Greeter(miner_host, (tcp["host"], tcp["host_port"]))
+    try:
+        proc = w.user_eim.spawn_sonmcli(
+            "fwd-nat-hub", "--bootstrap", w.hub.p2p_target, "--hub", hub_id, "--json",
+            "forward", job, "8080/tcp", home=w.owner,
+        )  # fmt: skip
+        try:
+            info = w.topo.wait(
+                lambda: _printed_json(proc), "the forward", FORWARD_BOUND, every=0.02, watch=[proc]
+            )
+            host, port = info["local"].rsplit(":", 1)
+            with w.user_eim.connect((host, int(port)), timeout=10) as conn:
+                got = b"".join(iter(lambda: conn.recv(4096), b""))
+            assert got == Greeter.GREETING, (got, info)
+        finally:
+            assert proc.stop() == 0, proc.output()
+    finally:
+        greeter.close()
     stopped = w.client.sonmcli("--hub", circuit, "--json", "stop", job, home=w.owner)
     assert stopped.returncode == 0, stopped.stderr
     w.figures["hub behind NAT"] = json.dumps({"miner_listed_s": round(listed_s, 1)})

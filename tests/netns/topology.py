@@ -41,6 +41,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "PUBLIC_V4",
     "PUBLIC_V6",
     "DockerEngine",
+    "Greeter",
     "Host",
     "Link",
     "NatKind",
@@ -361,6 +363,40 @@ class NatRouter:
         self.hosts.append(host)
         self.topo.hosts[name] = host
         return host
+
+
+class Greeter:
+    """A TCP listener in ``host``'s namespace that sends :attr:`GREETING` to every connection
+    and closes it: it stands in for a task's published port where the miner runs the in-memory
+    engine, so the bytes that come back through a forward prove the whole path."""
+
+    GREETING = b"hello from the task's port"
+
+    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
+        self._sock = host.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(addr)
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)  # so that close() is noticed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="greeter", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.GREETING)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
 
 
 @dataclass

@@ -26,6 +26,7 @@ __all__ = ["HubReachability"]
 log = logging.getLogger(__name__)
 
 _MODES = ("auto", "public", "private")
+_MAX_RETRY = 60.0  # seconds between attempts at most, while no relay answers or grants
 
 
 class HubReachability:
@@ -59,6 +60,7 @@ class HubReachability:
         #: Each server's last answer (auto mode), for logs and ``sonmcli info``.
         self.answers: dict[str, str] = {}
         self._held: dict[str, RelayReservation] = {}  # relay target -> reservation
+        self._told: dict[str, str] = {}  # relay target -> the reservation's state last logged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,13 +89,19 @@ class HubReachability:
             self._thread = None
 
     def _run(self) -> None:
+        delay = self.retry_interval
         while not self._stop.is_set():
             try:
-                settled = self._round()
+                settled = self._round() and self._report()
             except SonmError as exc:  # the node closing under us, mostly
                 log.debug("reachability check: %s", exc)
                 settled = False
-            self._stop.wait(self.recheck_interval if settled else self.retry_interval)
+            if settled:
+                delay = self.retry_interval
+                self._stop.wait(self.recheck_interval)
+            else:  # no relay answered, or a reservation is not granted (yet): back off
+                self._stop.wait(delay)
+                delay = min(delay * 2, _MAX_RETRY)
 
     def _round(self) -> bool:
         """One check (auto) and reservation pass. True when nothing needs a quick retry."""
@@ -128,14 +136,31 @@ class HubReachability:
                 continue
             try:
                 self._held[target] = self.node.reserve(target, wait=False)
-                log.info("reserving on relay %s: reachable through it", target)
+                log.info("reserving on relay %s", target)
             except SonmError as exc:
                 log.warning("cannot reserve on relay %s: %s", target, exc)
                 done = False
         return done
+
+    def _report(self) -> bool:
+        """Log each reservation's news (granted, or why not, once per reason); True when every
+        reservation held is active."""
+        ok = True
+        for target, res in self._held.items():
+            news = "active" if res.active else (res.error or "pending")
+            ok = ok and res.active
+            if news == self._told.get(target) or news == "pending":
+                continue
+            self._told[target] = news
+            if res.active:
+                log.info("reachable through relay %s at %s", target, " ".join(res.circuit_addrs))
+            else:
+                log.warning("no reservation on relay %s (retrying): %s", target, news)
+        return ok
 
     def _release(self) -> None:
         for target, res in list(self._held.items()):
             log.info("reachable directly: releasing the reservation on %s", target)
             res.cancel()
             del self._held[target]
+            self._told.pop(target, None)

@@ -156,3 +156,21 @@ def test_a_hub_its_bootstrap_can_dial_stays_public(net: Network) -> None:
     assert _circuits(info) == []
     # A hub with nobody to ask does not guess.
     assert first.cli_json("info")["reachability"] == "unknown"
+
+
+def test_a_relay_that_does_not_relay_is_reported(net: Network) -> None:
+    plain = net.hub("plain", extra=["--no-relay"])
+    hub = net.hub(
+        "private-hub",
+        extra=["--relay-via", plain.p2p_target, "--reachability", "private", "--no-mdns"],
+    )
+    line = wait_for(
+        lambda: next(
+            (x for x in hub.proc.output().splitlines() if "no reservation on relay" in x), None
+        ),
+        "the hub to say its reservation failed",
+    )
+    print(line)
+    assert plain.p2p_target in line
+    info = hub.cli_json("info")
+    assert info["reachability"] == "private" and _circuits(info) == [], info

@@ -20,6 +20,10 @@ import trio
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+#: Most bytes read from the TCP side at once: what one Yamux frame (12-byte header) carries in one
+#: Noise message (65535 bytes less its 16-byte tag). A 64 KiB read became two Yamux frames, the
+#: first split again into two Noise messages.
+TCP_READ = 65535 - 16 - 12
 
 
 async def splice(
@@ -72,7 +76,7 @@ async def splice(
         nonlocal failed
         try:
             while True:
-                data = await tcp.receive_some(CHUNK)
+                data = await tcp.receive_some(TCP_READ)
                 if not data:
                     break
                 await send(stream, data)

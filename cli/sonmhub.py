@@ -6,9 +6,16 @@ from pathlib import Path
 
 import click
 
-from cli._common import Duration, default_home, fail, serve_until_signalled, setup_logging
+from cli._common import (
+    Duration,
+    default_home,
+    fail,
+    parse_size,
+    serve_until_signalled,
+    setup_logging,
+)
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
-from sonm_p2p.errors import SonmError
+from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
 from sonm_p2p.hub.hub import HubOptions
 from sonm_p2p.transport.relay import RelayOptions
@@ -86,6 +93,21 @@ from sonm_p2p.transport.relay import RelayOptions
     help="Relayed connections open at once to one reserved peer.",
 )
 @click.option(
+    "--relay-circuit-bytes",
+    default="1g",
+    show_default=True,
+    metavar="SIZE",
+    help="Bytes one relayed connection may carry (both ways) before the relay resets it; "
+    "0: no limit.",
+)
+@click.option(
+    "--relay-circuit-duration",
+    type=Duration(),
+    default="1h",
+    show_default=True,
+    help="How long one relayed connection may last before the relay resets it; 0: no limit.",
+)
+@click.option(
     "--reachability",
     type=click.Choice(["auto", "public", "private"]),
     default="auto",
@@ -115,6 +137,8 @@ def main(
     relay: bool,
     relay_reservations: int,
     relay_circuits: int,
+    relay_circuit_bytes: str,
+    relay_circuit_duration: float,
     reachability: str,
     relay_via: tuple[str, ...],
     verbose: bool,
@@ -147,7 +171,9 @@ def main(
             mdns_namespace=mdns_namespace(),
             stun_listen=stun_listen,
             stun_alternate=stun_alternate,
-            relay=RelayOptions(max_reservations=relay_reservations, max_circuits=relay_circuits)
+            relay=_relay_options(
+                relay_reservations, relay_circuits, relay_circuit_bytes, relay_circuit_duration
+            )
             if relay
             else None,
             reachability=reachability,
@@ -162,6 +188,18 @@ def main(
     except SonmError as err:
         fail(err, as_json=False, prog="sonmhub")
     serve_until_signalled(daemon.start, daemon.close, "sonmhub")
+
+
+def _relay_options(reservations: int, circuits: int, size: str, duration: float) -> RelayOptions:
+    try:
+        return RelayOptions(
+            max_reservations=reservations,
+            max_circuits=circuits,
+            circuit_bytes=parse_size(size, "--relay-circuit-bytes"),
+            circuit_duration=duration,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"relay limits: {exc}") from None
 
 
 if __name__ == "__main__":

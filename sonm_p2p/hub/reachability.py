@@ -17,6 +17,7 @@ import logging
 import threading
 
 from sonm_p2p.errors import ConfigError, SonmError
+from sonm_p2p.transport.addrs import parse_circuit, parse_target
 from sonm_p2p.transport.node import P2PNode
 from sonm_p2p.transport.reachability import Reachability
 from sonm_p2p.transport.relay import RelayReservation
@@ -51,6 +52,10 @@ class HubReachability:
             raise ConfigError(
                 "a private hub needs a relay: give --relay-via or --bootstrap (another hub)"
             )
+        for relay in relays:  # fail at start, not in the background
+            if parse_circuit(relay) is not None:
+                raise ConfigError(f"relay {relay!r}: give the relay's own address, not a circuit")
+            parse_target(relay)
         self.node = node
         self.mode = mode
         self.relays = tuple(relays)

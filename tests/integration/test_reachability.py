@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 from sonm_p2p.transport.reachability import Reachability, check_reachability
-from tests.harness import Hub, Network, sonmcli, wait_for
+from tests.harness import BIN, Hub, Network, sonmcli, wait_for
 
 LOCAL = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -174,3 +175,38 @@ def test_a_relay_that_does_not_relay_is_reported(net: Network) -> None:
     assert plain.p2p_target in line
     info = hub.cli_json("info")
     assert info["reachability"] == "private" and _circuits(info) == [], info
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--reachability", "private"], "a private hub needs a relay"),
+        (["--relay-reservations", "0"], "must be at least 1"),
+        (["--relay-circuit-bytes", "lots"], "expected a size like 512m"),
+        (["--relay-via", "/ip4/127.0.0.1/tcp/1/p2p-circuit"], "bad multiaddr"),
+        (["--relay-via", "127.0.0.1:99999"], "port must be 1-65535"),
+    ],
+)
+def test_bad_relay_settings_are_refused_clearly(tmp_path, flags: list[str], says: str) -> None:
+    res = subprocess.run(
+        [
+            str(BIN / "sonmhub"),
+            "--home",
+            str(tmp_path),
+            "--no-mdns",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--stun-listen",
+            "127.0.0.1:0",
+            *flags,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sonmhub: error:") and says in lines[0], lines

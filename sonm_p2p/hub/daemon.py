@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,10 @@ import grpc
 from sonm_p2p import __version__
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
+from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.discovery.mdns import local_ips
-from sonm_p2p.errors import ConfigError
+from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
@@ -23,10 +25,13 @@ from sonm_p2p.identity import load_or_create
 from sonm_p2p.transport.addrs import parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
+from sonm_p2p.transport.reachability import Reachability
 from sonm_p2p.transport.relay import RelayOptions
 from sonm_p2p.transport.stun import ResponderAddresses, StunResponder
 
 __all__ = ["HubDaemon", "HubDaemonOptions"]
+
+_RELAY_STUN_TTL = 600.0  # seconds a relay hub's STUN endpoint (or its absence) is remembered
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ class HubDaemon:
         self._server: grpc.Server | None = None
         self.stun: StunResponder | None = None
         self.stun_endpoint = ""
+        self._relay_stun: dict[str, tuple[float, str]] = {}  # relay peer -> (when, endpoint)
 
     def __repr__(self) -> str:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
@@ -126,7 +132,8 @@ class HubDaemon:
         )
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
         self._start_stun()
-        servicer.stun_endpoint = self.hub.stun_endpoint = self.stun_endpoint
+        servicer.stun_endpoint = self.stun_endpoint
+        self.hub.stun_for_miners = self._stun_for_miners
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -138,6 +145,28 @@ class HubDaemon:
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
         )  # fmt: skip
+
+    def _stun_for_miners(self) -> str:
+        """The STUN responder miners classify their NAT against: this hub's, unless the hub is
+        behind NAT (its responder is then out of their reach): a relay hub's, from its Info."""
+        if self.reachability.state != Reachability.PRIVATE:
+            return self.stun_endpoint
+        relays = {r.relay_id for r in self.reachability.reservations}
+        for entry in self.gossip.hubs():
+            if entry.peer_id not in relays or not entry.grpc_endpoint:
+                continue
+            asked = self._relay_stun.get(entry.peer_id)
+            if asked is None or time.monotonic() - asked[0] > _RELAY_STUN_TTL:
+                endpoint = ""
+                try:
+                    with HubClient(entry.grpc_endpoint, timeout=2.0) as client:
+                        endpoint = client.info().stun_endpoint
+                except SonmError as exc:
+                    log.info("relay hub %s: no STUN endpoint: %s", entry.node_id, exc)
+                asked = self._relay_stun[entry.peer_id] = (time.monotonic(), endpoint)
+            if asked[1]:
+                return asked[1]
+        return self.stun_endpoint
 
     def _start_stun(self) -> None:
         if not self.options.stun_listen:

@@ -131,8 +131,8 @@ class Hub:
         self.state = state
         self.options = options
         self.started_at = time.time()
-        #: The hub's STUN responder (host:port), told to miners so they can classify their NAT.
-        self.stun_endpoint = ""
+        #: The STUN responder (host:port) miners are told to classify their NAT against.
+        self.stun_for_miners: Callable[[], str] = str
         self._sessions: dict[str, _Session] = {}  # node ID -> session
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -173,7 +173,7 @@ class Hub:
         client = MinerClient(self.node, peer_id, node_id)
         try:
             hs = client.handshake(
-                self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_endpoint
+                self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_for_miners()
             )
             if hs.node_id != node_id:
                 raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")

@@ -459,6 +459,8 @@ def test_hub_behind_nat_is_reached_through_its_relay_address(w):
     m = w.topo.wait(listed, "the miner listed on the hub behind NAT", timeout=60)
     listed_s = time.monotonic() - began
     assert m["behind_nat"] or not m["remote_addr"], m  # behind NAT, or reached through a relay
+    # The hub's own STUN responder is out of the miner's reach: it points the miner at its relay's.
+    assert m["nat_type"] == "endpoint-independent", m
 
     # A user behind a third NAT names the hub by node ID only (found through the overlay) and
     # runs a task on that miner; the public client stops it through the circuit address.

@@ -81,7 +81,9 @@ def hubs(c: CliContext, wait: float) -> None:
     click.echo(f"{'NODE ID':42}  {'CLIENT API':21}  {'MINERS':>6}  {'LATENCY':>8}  OVERLAY")
     for r in rows:
         lat = f"{r.latency * 1000:.1f}ms" if r.latency is not None else "-"
-        first = r.multiaddrs[0] if r.multiaddrs else "-"
+        # A hub behind NAT announces its LAN address too; others reach it through its relay.
+        relayed = [a for a in r.multiaddrs if "/p2p-circuit/" in a]
+        first = (relayed or list(r.multiaddrs) or ["-"])[0]
         click.echo(f"{r.node_id:42}  {r.grpc_endpoint:21}  {r.miners_online:6}  {lat:>8}  {first}")
 
 

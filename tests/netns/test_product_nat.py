@@ -439,6 +439,9 @@ def test_hub_behind_nat_is_reached_through_its_relay_address(w):
         return entry if entry and circuit in entry["multiaddrs"] else None
 
     w.topo.wait(announced, "the hub's circuit address announced", timeout=30)
+    text = w.client.sonmcli("--bootstrap", w.hub.p2p_target, "hubs", home=w.owner).stdout
+    row = next(line for line in text.splitlines() if line.startswith(hub_id))
+    assert row.endswith(circuit), text  # what others can dial, not its LAN address
 
     # A miner behind another NAT, told only a bootstrap peer and which hub it wants, finds the
     # hub by gossip and connects to it through the relay.

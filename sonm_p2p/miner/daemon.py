@@ -188,6 +188,10 @@ class NatCache:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, str]] = {}  # endpoint -> (monotonic, NAT type)
 
+    def __repr__(self) -> str:
+        known = ", ".join(f"{ep}: {nat}" for ep, (_, nat) in self._known.items())
+        return f"<NatCache {known or 'empty'}>"
+
     def classify(self, stun_endpoint: str) -> str:
         from sonm_p2p.transport.stun import ClientOptions, NatType, StunError, probe_nat
 

@@ -12,7 +12,7 @@ side of a relayed peer). This module adds what a production node needs around it
   half-way (see ``_relay_protocol_class``); relayed connections are also named after the
   relay on the receiving side (py-libp2p names the receiver itself);
 * relayed connections that batch the reads and writes of their circuit stream (see
-  ``_circuit_connection_class``): passed through one by one, as py-libp2p does, the small
+  ``_circuit_conn.py``): passed through one by one, as py-libp2p does, the small
   reads and split frames of the relayed connection's Noise and Yamux cost a relayed transfer
   ~2.5x the CPU, and ~3x the time, it takes with batching;
 * our own RESERVE and CONNECT exchanges (:func:`reserve`, :func:`dial_relayed`), with deadlines,
@@ -25,7 +25,6 @@ All functions here run on the node's trio thread (see ``node.py``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError, SonmError
+from sonm_p2p.transport._circuit_conn import circuit_connection_class, end_stream
 from sonm_p2p.transport._splice import send
 
 __all__ = [
@@ -59,12 +59,6 @@ STOP = "/libp2p/circuit/relay/0.2.0/stop"  #: a relay hands a circuit to its tar
 #: Most bytes one read of the circuit pump takes (whatever the stream holds, up to this): one
 #: write on the other side, and one window update back, per read.
 PUMP_READ = 1 << 20
-#: A relayed connection reads its circuit stream this far ahead, and queues this many bytes of
-#: writes at most (see ``_circuit_connection_class``).
-CIRCUIT_BUFFER = 256 << 10
-#: Longest a write to a relayed connection waits for room in its queue before the connection
-#: is declared broken (a Yamux stream fails a write whose window stays shut for 5 s).
-CIRCUIT_STALL = 30.0
 
 #: How long a RESERVE or CONNECT exchange with the relay may take.
 EXCHANGE_TIMEOUT = 10.0
@@ -197,7 +191,7 @@ def _relay_protocol_class() -> type:
                     other.cancel()
                 with trio.CancelScope(shield=True):
                     for stream in (src_stream, dst_stream):
-                        await _end_stream(stream, reset=failed)
+                        await end_stream(stream, reset=failed)
                     for key_, pair in list(self._active_relays.items()):
                         if src_stream in pair or dst_stream in pair:
                             del self._active_relays[key_]
@@ -214,7 +208,7 @@ def _relay_protocol_class() -> type:
             relay = stream.muxed_conn.peer_id.to_base58()
             source = ID(remote_peer_id)
             addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source.to_base58()}")
-            raw = _circuit_connection_class()(
+            raw = circuit_connection_class()(
                 stream=stream,
                 initiator=False,
                 connection_type=ConnectionType.RELAYED,
@@ -223,126 +217,13 @@ def _relay_protocol_class() -> type:
             try:
                 muxed = await self.host.upgrade_inbound_connection(raw, addr)
             except Exception as exc:
-                await _end_stream(stream, reset=True)
+                await end_stream(stream, reset=True)
                 raise ConnectionError(f"relayed connection from {source} failed: {exc}") from None
             for conn in self.host.get_network().get_connections(source):
                 if getattr(conn, "muxed_conn", None) is muxed:
                     conn.set_transport_info([addr], ConnectionType.RELAYED)
 
     return _RelayProtocol
-
-
-@functools.cache
-def _circuit_connection_class() -> type:
-    from libp2p.network.connection.exceptions import RawConnError
-    from libp2p.network.connection.raw_connection import RawConnection
-
-    class _CircuitConnection(RawConnection):
-        """The raw connection under a relayed connection: a circuit stream, batched both ways.
-
-        A relayed connection runs Noise and Yamux on a Yamux stream of the connection to the
-        relay, where every read and every write is a frame of its own (Yamux header, Noise
-        message, syscall, and a window update for every read), at both ends and twice at the
-        relay. py-libp2p's RawConnection passes reads and writes through one by one, and its
-        Noise and Yamux make many small ones: each Noise message is read as a 2-byte length then
-        a body, and a 64 KiB Yamux frame is written as a 65537-byte Noise message plus a 35-byte
-        one (the Noise limit is 65535), so 64 KiB of payload took about four frames each way,
-        plus window updates, measured at ~6-10 MB/s against ~50 MB/s direct.
-
-        Reads: one stream read of up to ``CIRCUIT_BUFFER`` serves the small reads that follow.
-        Writes: queued (up to ``CIRCUIT_BUFFER``) and sent by a flusher task, which sends all
-        that queued while it was sending in one stream write. A write returns once its bytes
-        are queued, never part-way (a Noise message that was encrypted but not queued would put
-        the connection out of step); the flusher's failure resets the circuit stream, so the
-        peer and our own reads see it, and fails the writes that follow. Closing sends what is
-        queued first (Yamux's GO_AWAY).
-        """
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._ahead = b""
-            self._ahead_at = 0
-            self._queue = bytearray()
-            self._flushing = False
-            self._failure: BaseException | None = None
-            self._progress = trio.Event()
-
-        async def read(self, n: int | None = None) -> bytes:
-            if n == 0:
-                return b""
-            ahead, at = self._ahead, self._ahead_at
-            if at >= len(ahead):
-                want = CIRCUIT_BUFFER if n is None else max(n, CIRCUIT_BUFFER)
-                ahead, at = await super().read(want), 0
-                if n is None or len(ahead) <= n:
-                    self._ahead = b""
-                    return ahead
-                self._ahead = ahead
-            end = len(ahead) if n is None else at + n
-            self._ahead_at = end
-            if end >= len(ahead):
-                self._ahead, self._ahead_at = b"", 0
-            return ahead[at:end]
-
-        async def write(self, data: bytes) -> None:
-            if len(self._queue) >= CIRCUIT_BUFFER and self._failure is None:
-                stall = trio.current_time() + CIRCUIT_STALL
-                with trio.CancelScope(deadline=stall, shield=True) as wait:
-                    while len(self._queue) >= CIRCUIT_BUFFER and self._failure is None:
-                        await self._progress.wait()
-                if wait.cancelled_caught and self._failure is None:
-                    self._failure = TimeoutError(f"no write progress in {CIRCUIT_STALL:.0f}s")
-                    await _end_stream(self.stream, reset=True)
-            if self._failure is not None:
-                raise RawConnError(f"relayed connection broken: {self._failure!r}")
-            self._queue += data
-            if not self._flushing:
-                self._flushing = True
-                trio.lowlevel.spawn_system_task(self._flush, name="sonm-circuit-flush")
-            await trio.lowlevel.cancel_shielded_checkpoint()
-
-        async def _flush(self) -> None:
-            # Runs while anything is queued. A system task: an exception escaping it would end
-            # the trio run, so every one is kept (Cancelled at the end of the run passes).
-            try:
-                while self._queue and self._failure is None:
-                    chunk = bytes(self._queue)
-                    self._queue.clear()
-                    self._notify()
-                    await RawConnection.write(self, chunk)
-            except Exception as exc:
-                log.debug("relayed connection: write failed: %r", exc)
-                self._failure = exc
-                self._queue.clear()
-                await _end_stream(self.stream, reset=True)
-            finally:
-                self._flushing = False
-                self._notify()
-
-        def _notify(self) -> None:
-            self._progress.set()
-            self._progress = trio.Event()
-
-        async def close(self) -> None:
-            try:
-                with trio.move_on_after(5):
-                    while self._flushing:
-                        await self._progress.wait()
-            finally:
-                await super().close()
-
-    return _CircuitConnection
-
-
-async def _end_stream(stream: Any, *, reset: bool) -> None:
-    try:
-        with trio.move_on_after(2):
-            if reset:
-                await stream.reset()
-            else:
-                await stream.close()
-    except Exception:
-        pass
 
 
 async def relay_service(
@@ -402,7 +283,7 @@ async def reserve(host: Any, relay_id: str) -> tuple[float, list[str]]:
                 await write_delimited_msg(stream, msg)
             resp = await read_delimited_msg(stream, HopMessage)
         finally:
-            await _end_stream(stream, reset=False)
+            await end_stream(stream, reset=False)
     status = resp.status if resp.HasField("status") else 100
     if status != 100:
         raise _status_error("reservation", relay_id, status)
@@ -443,7 +324,7 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
             if status != 100:
                 raise _status_error(f"circuit to {target_id[:16]}…", relay_id, status)
             addr = multiaddr.Multiaddr(f"/p2p/{relay_id}/p2p-circuit/p2p/{target_id}")
-            raw = _circuit_connection_class()(
+            raw = circuit_connection_class()(
                 stream=stream,
                 initiator=True,
                 connection_type=ConnectionType.RELAYED,
@@ -452,7 +333,7 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
             return await host.upgrade_outbound_connection(raw, target)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await _end_stream(stream, reset=True)
+                await end_stream(stream, reset=True)
             if isinstance(exc, SonmError | trio.Cancelled | trio.TooSlowError):
                 raise
             if isinstance(exc, Exception):

@@ -489,8 +489,13 @@ def test_hub_behind_nat_is_reached_through_its_relay_address(w):
             "forward", job, "8080/tcp", home=w.owner,
         )  # fmt: skip
         try:
+            # Discovery, two relayed dials and two punch windows: more than a plain forward.
             info = w.topo.wait(
-                lambda: _printed_json(proc), "the forward", FORWARD_BOUND, every=0.02, watch=[proc]
+                lambda: _printed_json(proc),
+                "the forward",
+                2 * FORWARD_BOUND,
+                every=0.02,
+                watch=[proc],
             )
             host, port = info["local"].rsplit(":", 1)
             with w.user_eim.connect((host, int(port)), timeout=10) as conn:

@@ -78,8 +78,15 @@ class Devnet:
             "SONM_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
             "SONM_MDNS_INTERFACES": "127.0.0.1",
         }
+        # Its own session: Ctrl-C (or a SIGTERM to the group) reaches sonm-devnet alone, which
+        # stops the demo task while the miner still runs, then stops each process by PID.
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -218,9 +225,9 @@ def demo(miners: int, exit_after: bool, root: Path | None, runtime: str) -> None
                 pass
         try:
             client.stop_task(task.task_id)
-        except SonmError:
-            pass  # already stopped by the user
-        click.echo("demo task stopped; shutting the network down")
+            click.echo("demo task stopped; shutting the network down")
+        except SonmError as exc:  # stopped by the user already, or the hub is gone
+            click.echo(f"demo task not stopped ({exc}); shutting the network down")
     finally:
         net.close()
         if tmp:

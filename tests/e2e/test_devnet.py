@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 from tests.conftest import needs_docker
@@ -30,3 +32,43 @@ def test_devnet_demo_runs_a_task_and_cleans_up(tmp_path):
         check=True,
     ).stdout.split()
     assert left == []
+
+
+def test_ctrl_c_stops_the_demo_task_before_the_network(tmp_path):
+    # A terminal's Ctrl-C goes to the whole foreground process group. The hub and miners must
+    # not take it themselves: the demo stops its task first (a miner that stops leaves its
+    # containers running, to adopt them when it returns), then them.
+    root = tmp_path / "devnet"
+    proc = subprocess.Popen(
+        [str(BIN / "sonm-devnet"), "demo", "--dir", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own group, as a shell gives a foreground job
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "the network runs until Ctrl-C" in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        os.killpg(proc.pid, signal.SIGINT)
+        out = "".join(lines) + proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "demo task stopped; shutting the network down" in out, out
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=sonm.devnet=1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert left == []
+    running = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
+    assert running.stdout.split() == [], running.stdout

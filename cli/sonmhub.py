@@ -32,8 +32,9 @@ from sonm_p2p.transport.relay import RelayOptions
     "--p2p-listen",
     multiple=True,
     default=["/ip4/0.0.0.0/tcp/10002"],
-    envvar="SONM_P2P_LISTEN",
-    help="libp2p listen multiaddr for miners (repeatable).",
+    envvar="SONM_HUB_P2P_LISTEN",
+    help="libp2p listen multiaddr for miners (repeatable). Env: SONM_HUB_P2P_LISTEN (not the "
+    "miner's and client's SONM_P2P_LISTEN, so one machine can set both).",
 )
 @click.option(
     "--home",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.harness import free_port, sonmcli, wait_for
+from tests.harness import BIN, free_port, sonmcli, wait_for
 
 
 def _start(hub, miner_id, image="sonm-test/web"):
@@ -225,3 +225,26 @@ def test_nat_and_miner_check_report_what_the_transport_sees(net):
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["hub"] == hub.cli_json("info")["node_id"]
+
+
+def test_the_hub_reads_its_own_listen_variable(net):
+    # SONM_P2P_LISTEN is the miner's and client's (the harness sets it to an ephemeral loopback
+    # port); a hub on the same machine takes SONM_HUB_P2P_LISTEN, else its default 10002.
+    grpc_port, p2p_port = free_port(), free_port()
+    proc = net.spawn(
+        "hub-env",
+        [
+            str(BIN / "sonmhub"), "--home", str(net.root / "hub-env"),
+            "--grpc-listen", f"127.0.0.1:{grpc_port}", "--stun-listen", "127.0.0.1:0",
+        ],
+        SONM_HUB_P2P_LISTEN=f"/ip4/127.0.0.1/tcp/{p2p_port}",
+    )  # fmt: skip
+    home = net.root / "client"
+
+    def info() -> dict | None:
+        res = sonmcli("--hub", f"127.0.0.1:{grpc_port}", "--json", "info", home=home)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    got = wait_for(info, "the hub to answer")
+    assert [a.split("/p2p/")[0] for a in got["multiaddrs"]] == [f"/ip4/127.0.0.1/tcp/{p2p_port}"]
+    assert proc.alive()

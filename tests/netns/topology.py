@@ -208,8 +208,8 @@ class Host:
         127.0.0.1, mDNS on 127.0.0.1); in a namespace that would hide a node behind NAT from
         hole punches. Here nodes listen on every address of the namespace (a wildcard means
         this namespace's own interfaces), mDNS runs on the host's own addresses, and the
-        topology's tag keeps its mDNS apart from any other run's. (``sonmhub`` reads
-        ``SONM_P2P_LISTEN`` too, for ``--p2p-listen``: :meth:`start_hub` always passes that.)
+        topology's tag keeps its mDNS apart from any other run's. (``sonmhub`` reads its own
+        ``SONM_HUB_P2P_LISTEN``; :meth:`start_hub` passes ``--p2p-listen`` anyway.)
         """
         families = {":" in a for a in self.addrs}
         listen = [w for v6, w in ((False, "/ip4/0.0.0.0/tcp/0"), (True, "/ip6/::/tcp/0"))

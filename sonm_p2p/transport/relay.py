@@ -11,10 +11,6 @@ side of a relayed peer). This module adds what a production node needs around it
   directions together, enforces the byte budget and the duration, and never cancels a write
   half-way (see ``_relay_protocol_class``); relayed connections are also named after the
   relay on the receiving side (py-libp2p names the receiver itself);
-* relayed connections that batch the reads and writes of their circuit stream (see
-  ``_circuit_conn.py``): passed through one by one, as py-libp2p does, the small
-  reads and split frames of the relayed connection's Noise and Yamux cost a relayed transfer
-  ~2.5x the CPU, and ~3x the time, it takes with batching;
 * our own RESERVE and CONNECT exchanges (:func:`reserve`, :func:`dial_relayed`), with deadlines,
   clear errors and no side effects: ``CircuitV2Transport.dial`` reserves a slot on the relay for
   the *dialler* (using up relay slots), tries every circuit address it ever stored first, and
@@ -34,7 +30,6 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError, SonmError
-from sonm_p2p.transport._circuit_conn import circuit_connection_class, end_stream
 from sonm_p2p.transport._splice import send
 
 __all__ = [
@@ -55,10 +50,6 @@ log = logging.getLogger(__name__)
 
 HOP = "/libp2p/circuit/relay/0.2.0/hop"  #: reservations and circuit requests, served by relays
 STOP = "/libp2p/circuit/relay/0.2.0/stop"  #: a relay hands a circuit to its target on this
-
-#: Most bytes one read of the circuit pump takes (whatever the stream holds, up to this): one
-#: write on the other side, and one window update back, per read.
-PUMP_READ = 1 << 20
 
 #: How long a RESERVE or CONNECT exchange with the relay may take.
 EXCHANGE_TIMEOUT = 10.0
@@ -171,7 +162,7 @@ def _relay_protocol_class() -> type:
                 with scope, trio.move_on_after(max(timeout, 0)):
                     while True:
                         try:
-                            data = await src_stream.read(PUMP_READ)
+                            data = await src_stream.read(64 * 1024)
                         except Exception:
                             break
                         if not data:
@@ -191,7 +182,7 @@ def _relay_protocol_class() -> type:
                     other.cancel()
                 with trio.CancelScope(shield=True):
                     for stream in (src_stream, dst_stream):
-                        await end_stream(stream, reset=failed)
+                        await _end_stream(stream, reset=failed)
                     for key_, pair in list(self._active_relays.items()):
                         if src_stream in pair or dst_stream in pair:
                             del self._active_relays[key_]
@@ -203,12 +194,13 @@ def _relay_protocol_class() -> type:
             # the peer at the other end of the STOP stream.
             import multiaddr
             from libp2p.connection_types import ConnectionType
+            from libp2p.network.connection.raw_connection import RawConnection
             from libp2p.peer.id import ID
 
             relay = stream.muxed_conn.peer_id.to_base58()
             source = ID(remote_peer_id)
             addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source.to_base58()}")
-            raw = circuit_connection_class()(
+            raw = RawConnection(
                 stream=stream,
                 initiator=False,
                 connection_type=ConnectionType.RELAYED,
@@ -217,13 +209,24 @@ def _relay_protocol_class() -> type:
             try:
                 muxed = await self.host.upgrade_inbound_connection(raw, addr)
             except Exception as exc:
-                await end_stream(stream, reset=True)
+                await _end_stream(stream, reset=True)
                 raise ConnectionError(f"relayed connection from {source} failed: {exc}") from None
             for conn in self.host.get_network().get_connections(source):
                 if getattr(conn, "muxed_conn", None) is muxed:
                     conn.set_transport_info([addr], ConnectionType.RELAYED)
 
     return _RelayProtocol
+
+
+async def _end_stream(stream: Any, *, reset: bool) -> None:
+    try:
+        with trio.move_on_after(2):
+            if reset:
+                await stream.reset()
+            else:
+                await stream.close()
+    except Exception:
+        pass
 
 
 async def relay_service(
@@ -283,7 +286,7 @@ async def reserve(host: Any, relay_id: str) -> tuple[float, list[str]]:
                 await write_delimited_msg(stream, msg)
             resp = await read_delimited_msg(stream, HopMessage)
         finally:
-            await end_stream(stream, reset=False)
+            await _end_stream(stream, reset=False)
     status = resp.status if resp.HasField("status") else 100
     if status != 100:
         raise _status_error("reservation", relay_id, status)
@@ -308,6 +311,7 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
     """
     import multiaddr
     from libp2p.connection_types import ConnectionType
+    from libp2p.network.connection.raw_connection import RawConnection
     from libp2p.peer.id import ID
     from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId
     from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
@@ -324,7 +328,7 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
             if status != 100:
                 raise _status_error(f"circuit to {target_id[:16]}…", relay_id, status)
             addr = multiaddr.Multiaddr(f"/p2p/{relay_id}/p2p-circuit/p2p/{target_id}")
-            raw = circuit_connection_class()(
+            raw = RawConnection(
                 stream=stream,
                 initiator=True,
                 connection_type=ConnectionType.RELAYED,
@@ -333,7 +337,7 @@ async def dial_relayed(host: Any, relay_id: str, target_id: str) -> Any:
             return await host.upgrade_outbound_connection(raw, target)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await end_stream(stream, reset=True)
+                await _end_stream(stream, reset=True)
             if isinstance(exc, SonmError | trio.Cancelled | trio.TooSlowError):
                 raise
             if isinstance(exc, Exception):

@@ -385,8 +385,7 @@ def test_forward_redials_after_the_connection_is_lost(nodes, targets):
 
 
 def test_a_large_relayed_transfer_arrives_intact(nodes, targets, relayed):
-    # The relayed connection batches its reads and queues its writes (relay.py): 32 MiB each
-    # way at once through the echo, checked by hash.
+    # 32 MiB each way at once through the echo and the relay's pump, checked by hash.
     relay, server, client = relayed
     payload = os.urandom(32 << 20)
     with open_forward(client, server.peer_id, "echo", 7) as echo:

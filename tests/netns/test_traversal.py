@@ -129,12 +129,18 @@ def test_symmetric_nat_falls_back_to_the_relay(net):
     addrs = net.reachable(net.s)
     out = net.a.call("connect_peer", peer=net.s.peer_id, addrs=addrs, upgrade_wait=10)
     ok, seconds = out["upgrade"]
-    print(f"\nEIM-SYM: punch gave up after {seconds:.2f} s; path {out['path']['kind']}")
-    assert not ok and out["path"]["kind"] == "relayed"
-    assert out["path"]["relay_id"] == net.relay.peer_id
+    kind = out["path"]["kind"]
+    print(f"\nEIM-SYM: punch {'worked' if ok else 'gave up'} after {seconds:.2f} s; path {kind}")
+    # A punch towards a symmetric NAT nearly always fails (`make bench`: 1 success in 60 tries
+    # this session): the relayed path must then be kept, and work. When it does line up, the
+    # path is a real direct one, and must work just the same.
+    if ok:
+        assert kind == "hole-punched", out
+    else:
+        assert kind == "relayed" and out["path"]["relay_id"] == net.relay.peer_id, out
     check_forwards(net.a, net.s)
     path = net.a.call("path", peer=net.s.peer_id)
-    assert path["kind"] == "relayed" and path["rtt_ms"] > 0
+    assert path["kind"] == kind and path["rtt_ms"] > 0
 
 
 def test_node_behind_nat_is_reachable_at_its_relay_address(net):

@@ -133,7 +133,11 @@ def netns(workdir: Path) -> tuple[list[str], list[str]]:
         log(f"netns: hole-punched in {up['seconds']:.2f} s")
         setup = "EIM NAT ↔ EIM NAT"
         rows.append(row("hole-punched", setup, through_forward(a, b), base))
-        out = a.call("connect_peer", peer=s.peer_id, addrs=s.call("advertised"))
+        # Told that s is behind a symmetric NAT (as a miner reports it), a does not try the
+        # punch that nearly always fails there (1 in 20 lines up: see the punch counts).
+        out = a.call(
+            "connect_peer", peer=s.peer_id, addrs=s.call("advertised"), remote_nat="symmetric"
+        )
         assert out["path"]["kind"] == "relayed", out
         log("netns: relayed")
         setup = "EIM NAT → relay → SYM NAT"

@@ -203,6 +203,8 @@ def demo(miners: int, exit_after: bool, root: Path | None, runtime: str) -> None
             click.echo(f"miner  {mid}")
         client.timeout = 300
         task = client.start_task(ids[0], RunSpec(image=DEMO_IMAGE))
+        # From here Ctrl-C means "stop the demo", whenever it comes: the task is stopped first.
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         click.echo(
             f"demo task started: ID {task.task_id}, Endpoint {format_endpoints(task.endpoints)}"
         )
@@ -218,11 +220,7 @@ def demo(miners: int, exit_after: bool, root: Path | None, runtime: str) -> None
         click.echo(f"  {cli} stop {task.task_id}")
         if not exit_after:
             click.echo("\nthe network runs until Ctrl-C")
-            try:
-                while not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
-                pass
+            stop.wait()
         try:
             client.stop_task(task.task_id)
             click.echo("demo task stopped; shutting the network down")

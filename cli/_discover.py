@@ -13,7 +13,7 @@ from concurrent import futures
 from contextlib import ExitStack
 
 from sonm_p2p.client import HubClient
-from sonm_p2p.errors import HubUnavailable, SonmError, Timeout
+from sonm_p2p.errors import HubUnavailable, MinerNotFound, SonmError, Timeout
 from sonm_p2p.identity import Identity
 
 __all__ = ["HubRef", "classify", "discover_hubs", "open_hub", "ping_endpoints"]
@@ -60,10 +60,13 @@ def discover_hubs(
     *,
     wait: float,
     settle: float = 0.5,
+    want: str = "",
 ) -> tuple[object, list]:
     """Join the overlay and collect live hubs: at least one within ``wait`` seconds (Timeout
-    otherwise), then ``settle`` seconds more for the rest. Returns (node, entries)."""
+    otherwise), then ``settle`` seconds more for the rest. With ``want`` (a node ID or prefix),
+    until a hub it names is among them, or ``wait`` is over. Returns (node, entries)."""
     node, gossip = _overlay(stack, identity, bootstrap, mdns_ns)
+    deadline = time.monotonic() + wait
     try:
         gossip.wait_for_hubs(1, timeout=wait)
     except Timeout:
@@ -72,6 +75,11 @@ def discover_hubs(
             f"no hub found on {where} within {wait:g}s: give one with --hub HOST:10001 "
             "or a bootstrap peer with --bootstrap / SONM_BOOTSTRAP"
         ) from None
+    prefix = want.strip().lower().removeprefix("0x")
+    while prefix and time.monotonic() < deadline:  # a hub further away announces later
+        if any(e.node_id.lower().removeprefix("0x").startswith(prefix) for e in gossip.hubs()):
+            break
+        time.sleep(0.05)
     time.sleep(settle)  # one more round of announcements from hubs further away
     return node, gossip.hubs()
 
@@ -114,10 +122,18 @@ def open_hub(
         node, _ = _overlay(stack, identity, (), mdns_ns)
         peer = node.connect(hub)
         return _tunnel(stack, node, peer)
-    node, entries = discover_hubs(stack, identity, bootstrap, mdns_ns, wait=min(timeout, 10))
+    wait = min(timeout, 10)
+    want = hub if kind == "node-id" else ""
+    node, entries = discover_hubs(stack, identity, bootstrap, mdns_ns, wait=wait, want=want)
     by_id = {e.node_id: e for e in entries}
     if kind == "node-id":
-        chosen = by_id[resolve_prefix(by_id, hub, kind="miner").strip()]
+        try:
+            chosen = by_id[resolve_prefix(by_id, hub, kind="miner").strip()]
+        except MinerNotFound:
+            raise HubUnavailable(
+                f"no hub {hub} announced on the overlay within {wait:g}s "
+                f"({len(by_id)} other hubs seen)"
+            ) from None
     else:
         rtts = ping_endpoints([e.grpc_endpoint for e in entries if e.grpc_endpoint])
         ranked = sorted(

@@ -12,6 +12,17 @@ from tests.harness import BIN
 pytestmark = needs_docker
 
 
+def _devnet_containers() -> list[str]:
+    """IDs of the containers sonm-devnet's miners made (label sonm.devnet=1), running or not."""
+    res = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=sonm.devnet=1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return res.stdout.split()
+
+
 def test_devnet_demo_runs_a_task_and_cleans_up(tmp_path):
     res = subprocess.run(
         [str(BIN / "sonm-devnet"), "demo", "--exit", "--dir", str(tmp_path / "devnet")],
@@ -25,13 +36,7 @@ def test_devnet_demo_runs_a_task_and_cleans_up(tmp_path):
     assert out.count("\nminer  0x") == 2
     assert "demo task started: ID " in out and "8080/tcp->127.0.0.1:" in out
     assert "hello from a sonm task" in out
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=sonm.devnet=1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert left == []
+    assert _devnet_containers() == []
 
 
 def test_ctrl_c_stops_the_demo_task_before_the_network(tmp_path):
@@ -63,12 +68,6 @@ def test_ctrl_c_stops_the_demo_task_before_the_network(tmp_path):
             proc.wait()
     assert proc.returncode == 0, out
     assert "demo task stopped; shutting the network down" in out, out
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=sonm.devnet=1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert left == []
+    assert _devnet_containers() == []
     running = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
     assert running.stdout.split() == [], running.stdout

@@ -1,0 +1,151 @@
+"""Owned concurrency for the daemons: every thread a daemon runs in the background belongs to one
+:class:`Supervisor`, whose :meth:`Supervisor.close` stops and joins everything it started.
+
+A daemon gets three kinds of work from it:
+
+- ``service(name, fn)``: a long-running loop in a thread of its own, handed the supervisor's
+  stop event; it must return promptly once that event is set (wait on it, never ``sleep``).
+- ``every(name, interval, fn)``: ``fn()`` each ``interval`` seconds until close (a service).
+- ``submit(fn, *args)``: short work (a ping, a detached start) on a bounded worker pool, so the
+  number of threads does not grow with the number of peers.
+
+Trio's nurseries are the model: nothing runs that nobody owns, and closing the owner ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Supervisor:
+    """Owns a daemon's background threads and worker pool. ``close()`` is idempotent.
+
+    name: prefix of its threads' names (seen in ``py-spy dump`` and logs).
+    workers: size of the bounded pool behind :meth:`submit`; defaults to 8.
+    """
+
+    def __init__(self, name: str, *, workers: int = 8) -> None:
+        self.name = name
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._workers = workers
+        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[..., Any], tuple]] = (
+            queue.SimpleQueue()
+        )
+        self._pool: list[threading.Thread] = []
+        self._idle = 0
+
+    def __repr__(self) -> str:
+        with self._lock:
+            alive = sum(t.is_alive() for t in self._threads)
+        state = "closed" if self.stopping.is_set() else "running"
+        return f"<Supervisor {self.name} {state} services={alive} workers={self._workers}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.stopping.is_set()
+
+    def service(self, name: str, fn: Callable[[threading.Event], None]) -> None:
+        """Run ``fn(stop_event)`` in a thread of its own until it returns.
+
+        ``fn`` must return soon after the stop event is set; an exception it raises is logged
+        (a service that dies must not die silently) and ends only that service.
+        """
+        with self._lock:
+            if self.stopping.is_set():
+                raise RuntimeError(f"{self.name}: closed, cannot start {name}")
+            thread = threading.Thread(
+                target=self._run_service, args=(name, fn), name=f"{self.name}:{name}", daemon=True
+            )
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _run_service(self, name: str, fn: Callable[[threading.Event], None]) -> None:
+        try:
+            fn(self.stopping)
+        except Exception:
+            if not self.stopping.is_set():
+                log.exception("%s: service %s failed", self.name, name)
+
+    def every(self, name: str, interval: float, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` every ``interval`` seconds (the first call after one interval)."""
+
+        def loop(stop: threading.Event) -> None:
+            while not stop.wait(interval):
+                fn()
+
+        self.service(name, loop)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> futures.Future[T]:
+        """Run ``fn(*args)`` on the bounded pool (queued while every worker is busy).
+
+        Raises RuntimeError once closed; work still queued at close is cancelled.
+        """
+        future: futures.Future[T] = futures.Future()
+        with self._lock:
+            if self.stopping.is_set():
+                raise RuntimeError(f"{self.name}: closed")
+            self._queue.put((future, fn, args))
+            if self._queue.qsize() > self._idle and len(self._pool) < self._workers:
+                worker = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._pool)}", daemon=True
+                )
+                self._pool.append(worker)
+                worker.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            future, fn, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del future, item
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every service and worker and join them (at most ``timeout`` seconds each).
+
+        Work already running on the pool finishes (it should have a deadline of its own);
+        queued work is cancelled.
+        """
+        with self._lock:
+            self.stopping.set()
+            threads, self._threads = self._threads, []
+            workers = list(self._pool)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in workers:
+            self._queue.put(None)
+        current = threading.current_thread()
+        for thread in (*threads, *workers):
+            if thread is not current:
+                thread.join(timeout)
+                if thread.is_alive():
+                    log.warning("%s: %s did not stop within %.0fs", self.name, thread.name, timeout)

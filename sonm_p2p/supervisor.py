@@ -6,14 +6,17 @@ A daemon gets three kinds of work from it:
 - ``service(name, fn)``: a long-running loop in a thread of its own, handed the supervisor's
   stop event; it must return promptly once that event is set (wait on it, never ``sleep``).
 - ``every(name, interval, fn)``: ``fn()`` each ``interval`` seconds until close (a service).
-- ``submit(fn, *args)``: short work (a ping, a detached start) on a bounded worker pool, so the
+- ``submit(fn, *args)``: short work (a detached start) on a bounded worker pool, so the
   number of threads does not grow with the number of peers.
+- ``asyncio_loop(name)``: an event loop in a service thread, for I/O that would otherwise take a
+  thread per peer (the hub's pings and event streams of every miner, on ``grpc.aio``).
 
 Trio's nurseries are the model: nothing runs that nobody owns, and closing the owner ends it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -46,6 +49,7 @@ class Supervisor:
         )
         self._pool: list[threading.Thread] = []
         self._idle = 0
+        self._on_close: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         with self._lock:
@@ -88,6 +92,33 @@ class Supervisor:
                 fn()
 
         self.service(name, loop)
+
+    def asyncio_loop(self, name: str) -> asyncio.AbstractEventLoop:
+        """A running asyncio event loop owned by this supervisor.
+
+        At close its pending tasks are cancelled (and awaited) and the loop is closed. Submit
+        work with ``asyncio.run_coroutine_threadsafe(coro, loop)``.
+        """
+        loop = asyncio.new_event_loop()
+        running = threading.Event()
+
+        def run(stop: threading.Event) -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(running.set)
+            try:
+                loop.run_forever()
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finally:
+                loop.close()
+
+        with self._lock:
+            self._on_close.append(lambda: loop.call_soon_threadsafe(loop.stop))
+        self.service(name, run)
+        running.wait()
+        return loop
 
     def submit(self, fn: Callable[..., T], *args: Any) -> futures.Future[T]:
         """Run ``fn(*args)`` on the bounded pool (queued while every worker is busy).
@@ -134,6 +165,9 @@ class Supervisor:
             self.stopping.set()
             threads, self._threads = self._threads, []
             workers = list(self._pool)
+            on_close, self._on_close = self._on_close, []
+        for fn in on_close:
+            fn()
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -75,3 +76,29 @@ def test_an_exception_in_work_reaches_its_future() -> None:
         assert sup.submit(int, "7").result(timeout=5) == 7  # the worker survived
     finally:
         sup.close()
+
+
+def test_asyncio_loop_runs_until_close_and_its_tasks_are_cancelled() -> None:
+    sup = Supervisor("t-loop")
+    loop = sup.asyncio_loop("loop")
+    cancelled = threading.Event()
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    assert asyncio.run_coroutine_threadsafe(add(2, 3), loop).result(timeout=5) == 5
+    asyncio.run_coroutine_threadsafe(forever(), loop)
+    assert started.wait(5)
+    sup.close()
+    assert cancelled.is_set()
+    assert loop.is_closed()
+    assert _threads("t-loop") == []

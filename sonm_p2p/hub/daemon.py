@@ -22,6 +22,7 @@ from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.identity import load_or_create
+from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
@@ -76,6 +77,8 @@ class HubDaemon:
         self.identity = load_or_create(options.home)
         self.node_id = self.identity.node_id
         self.state = HubState(options.home)
+        #: Owns every background thread of the hub but the node's own (see supervisor.py).
+        self.supervisor = Supervisor("hub", workers=16)
         self.node = P2PNode(
             self.identity,
             NodeOptions(
@@ -87,8 +90,16 @@ class HubDaemon:
             mode=options.reachability,
             relays=options.relay_via or options.bootstrap,
             recheck_interval=options.recheck_interval,
+            supervisor=self.supervisor,
         )
-        self.hub = Hub(self.identity, self.node, self.state, options.hub)
+        self.hub = Hub(
+            self.identity,
+            self.node,
+            self.state,
+            options.hub,
+            supervisor=self.supervisor,
+            stun_for_miners=self._stun_for_miners,
+        )
         self.grpc_port = 0
         self.gossip = HubGossip(
             self.node,
@@ -127,13 +138,15 @@ class HubDaemon:
         if not self.grpc_port:
             raise ConfigError(f"cannot listen for gRPC on {endpoint}: address in use or invalid")
         self.grpc_endpoint = self.options.announce_grpc or _announced(host, self.grpc_port)
+        self._start_stun()
         servicer = HubServicer(
-            self.hub, self.grpc_endpoint, self.gossip, reachability=lambda: self.reachability.state
+            self.hub,
+            self.grpc_endpoint,
+            self.gossip,
+            reachability=lambda: self.reachability.state,
+            stun_endpoint=self.stun_endpoint,
         )
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
-        self._start_stun()
-        servicer.stun_endpoint = self.stun_endpoint
-        self.hub.stun_for_miners = self._stun_for_miners
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -188,10 +201,11 @@ class HubDaemon:
         self.stun_endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def close(self) -> None:
+        """Stop serving and join every thread the hub started. Idempotent."""
         if self.stun is not None:
             self.stun.close()
-        self.reachability.close()
         self.hub.close()
+        self.supervisor.close()
         self.node.close()
         if self._server is not None:
             self._server.stop(grace=1).wait()

@@ -1,22 +1,23 @@
-"""The hub's domain: miner sessions, health pings, and the task table.
+"""The hub's domain, as I/O: miner sessions, health pings, and the task table.
 
 Miners dial the hub and hold a session stream open (``/sonm/session/1.0.0``). On each new session
 the hub opens a gRPC channel back to the miner over that same connection, handshakes (learning its
-resources and the tasks it runs), reconciles its table with the report, and pings it every
-``ping_interval``; a miner that misses ``max_missed_pings`` in a row, or whose session ends, is
-offline and its running tasks LOST until it returns. Everything is kept in :class:`HubState`.
+resources and the tasks it runs) and pings it every ``ping_interval``. What that means for the
+miner and its tasks — online, offline after ``max_missed_pings`` or a closed session, tasks LOST,
+FAILED, adopted — is decided by the pure :class:`~sonm_p2p.hub.core.HubCore`; :class:`Hub` feeds
+it and carries out its events against :class:`HubState`, the event bus and the node.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import concurrent.futures
 import logging
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass, replace
 
 from sonm_p2p._status import ServerStream
@@ -28,30 +29,29 @@ from sonm_p2p.errors import (
     TaskNotFound,
 )
 from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.hub.core import (
+    Event,
+    HubCore,
+    MinerLink,
+    MinerOffline,
+    MinerSeen,
+    PingMissed,
+    ReportIgnored,
+    TaskChanged,
+)
 from sonm_p2p.hub.miner_client import MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
 from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
-from sonm_p2p.tasks import (
-    Failed,
-    Found,
-    Lost,
-    Pulled,
-    Started,
-    Stopped,
-    Task,
-    TaskState,
-    resolve_prefix,
-)
+from sonm_p2p.supervisor import Supervisor
+from sonm_p2p.tasks import Task, resolve_prefix
 from sonm_p2p.transport.node import P2PNode
-from sonm_p2p.transport.relay import is_circuit
 
 __all__ = ["Hub", "HubOptions", "MinerView"]
 
 log = logging.getLogger(__name__)
 
-_UNSPECIFIED_HOSTS = {"", "0.0.0.0", "::"}
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
 
@@ -82,48 +82,48 @@ class MinerView:
 
 
 class _Session:
-    def __init__(
-        self,
-        peer_id: str,
-        node_id: str,
-        client: MinerClient,
-        remote: str,
-        multiaddrs: list[str],
-        nat_type: str = "",
-    ) -> None:
-        self.peer_id = peer_id
-        self.nat_type = nat_type  # as the miner classified it by STUN
-        self.node_id = node_id
+    """The I/O side of one miner's session: its client, its event stream, its log follows."""
+
+    def __init__(self, link: MinerLink, client: MinerClient) -> None:
+        self.link = link
         self.client = client
-        self.remote_addr = remote
-        self.multiaddrs = multiaddrs  # where the miner says it listens
-        self.missed = 0
-        self.watch = None  # the miner's WatchTasks stream, cancelled when the session ends
+        self.watch: concurrent.futures.Future[None] | None = None  # its WatchTasks, on the loop
         self.streams: set[ServerStream] = set()  # log follows, ended when the session ends
         self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
 
     @property
-    def remote_ip(self) -> str:
-        host = self.remote_addr.rsplit(":", 1)[0]
-        return host.strip("[]")
+    def node_id(self) -> str:
+        return self.link.node_id
 
-    @property
-    def behind_nat(self) -> bool:
-        """The miner reached us from an address it does not have: a NAT is in between."""
-        own = {a.split("/")[2] for a in self.multiaddrs if a.count("/") > 2 and not is_circuit(a)}
-        if not self.remote_ip or not own or ipaddress.ip_address(self.remote_ip).is_loopback:
-            return False  # unknown, or the same machine
-        return self.remote_ip not in own
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+        for stream in list(self.streams):
+            stream.cancel()
+        self.client.close()
 
     def __repr__(self) -> str:
-        return f"<MinerSession {self.node_id} {self.remote_addr} missed={self.missed}>"
+        return f"<MinerSession {self.node_id} #{self.link.serial} {self.gone or 'live'}>"
 
 
 class Hub:
-    """Brokers tasks to connected miners. Thread-safe; call :meth:`close` to stop pinging."""
+    """Brokers tasks to connected miners: the shell that feeds :class:`HubCore` what happens
+    (sessions, pings, reports) and carries out what it decides (store, publish, disconnect).
+
+    Thread-safe. Its pings and the miners' event streams run on one asyncio loop and short work
+    on a bounded pool, both owned by ``supervisor``; :meth:`close` ends the sessions.
+    ``stun_for_miners()`` names the STUN responder (host:port) miners classify their NAT against.
+    """
 
     def __init__(
-        self, identity: Identity, node: P2PNode, state: HubState, options: HubOptions
+        self,
+        identity: Identity,
+        node: P2PNode,
+        state: HubState,
+        options: HubOptions,
+        *,
+        supervisor: Supervisor,
+        stun_for_miners: Callable[[], str] = str,
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
@@ -131,35 +131,75 @@ class Hub:
         self.state = state
         self.options = options
         self.started_at = time.time()
-        #: The STUN responder (host:port) miners are told to classify their NAT against.
-        self.stun_for_miners: Callable[[], str] = str
-        self._sessions: dict[str, _Session] = {}  # node ID -> session
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._pinger: threading.Thread | None = None
-        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub-ping")
+        self.stun_for_miners = stun_for_miners
+        self.core = HubCore(max_missed_pings=options.max_missed_pings)
         self.events = EventBus()
+        self._sup = supervisor
+        self._sessions: dict[str, _Session] = {}  # node ID -> current session
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.state.mark_all_offline()  # nobody is connected to a hub that just started
 
     def __repr__(self) -> str:
         return f"<Hub {self.node_id} miners={len(self._sessions)}>"
 
     def start(self) -> None:
-        if self._pinger is None:
-            self._pinger = threading.Thread(target=self._ping_loop, name="hub-pinger", daemon=True)
-            self._pinger.start()
+        """Start pinging (once); sessions are accepted from then on."""
+        if self._loop is None:
+            self._loop = self._sup.asyncio_loop("miners")
+            self._sup.every("pinger", self.options.ping_interval, self._ping_round)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._pinger is not None:
-            self._pinger.join(timeout=10)
-            self._pinger = None
+        """End every session (their calls fail, their follows end). Idempotent."""
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
-        for s in sessions:
-            self._close_session(s)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for session in sessions:
+            session.close()
         self.events.close()
+
+    # -- carrying out the core's decisions ---------------------------------------------------
+
+    def _apply(self, events: list[Event]) -> Task | None:
+        """Carry out ``events``; returns the last task stored. Call with the lock held."""
+        stored = None
+        for event in events:
+            if isinstance(event, TaskChanged):
+                stored = self._save(event.task)
+            elif isinstance(event, MinerOffline):
+                self._offline(event)
+            elif isinstance(event, MinerSeen):
+                self.state.set_miner_online(event.node_id, True, event.now)
+            elif isinstance(event, PingMissed):
+                log.warning(
+                    "miner %s missed a ping (%d): %s", event.node_id, event.missed, event.error
+                )
+            elif isinstance(event, ReportIgnored):
+                log.warning("ignoring report for %s: %s", event.task_id, event.reason)
+        return stored
+
+    def _offline(self, event: MinerOffline) -> None:
+        link = event.link
+        session = self._sessions.get(link.node_id)
+        if session is not None and session.link.serial == link.serial:
+            del self._sessions[link.node_id]
+        else:
+            session = None  # already replaced by a newer session of the miner
+        now = time.time()
+        self.state.set_miner_online(link.node_id, False, now)
+        lost = self.core.lose(self.state.list_tasks(link.node_id, active_only=True), now)
+        self._apply(lost)
+        if session is not None:
+            session.gone = f"went offline ({event.why})"
+            session.close()
+        log.warning("miner %s offline (%s); %d tasks LOST", link.node_id, event.why, len(lost))
+        if event.disconnect:
+            self.node.disconnect(link.peer_id)
+
+    def _save(self, task: Task) -> Task:
+        """Store ``task`` and tell its watchers."""
+        self.state.put_task(task)
+        self.events.publish(TaskEvent(task.task_id, task.updated_at, task=task))
+        return task
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -170,7 +210,10 @@ class Hub:
             log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
             self.node.disconnect(peer_id)
             return
-        client = MinerClient(self.node, peer_id, node_id)
+        if self._loop is None or self._sup.closed:
+            self.node.disconnect(peer_id)
+            return
+        client = MinerClient(self.node, peer_id, node_id, loop=self._loop)
         try:
             hs = client.handshake(
                 self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_for_miners()
@@ -183,10 +226,18 @@ class Hub:
             self.node.disconnect(peer_id)
             return
         remote = self.node.remote_addr(peer_id)
-        session = _Session(peer_id, node_id, client, remote, hs.multiaddrs, hs.nat_type)
         now = time.time()
         with self._lock:
-            old = self._sessions.pop(node_id, None)
+            link = MinerLink(
+                node_id=node_id,
+                peer_id=peer_id,
+                serial=self.core.next_serial(),
+                remote_addr=remote,
+                multiaddrs=tuple(hs.multiaddrs),
+                nat_type=hs.nat_type,
+            )
+            session = _Session(link, client)
+            old = self._sessions.get(node_id)
             self._sessions[node_id] = session
             try:
                 first_seen = self.state.get_miner(node_id).first_seen
@@ -203,163 +254,82 @@ class Hub:
                     remote_addr=remote,
                 )
             )
-            self._reconcile(session, hs.tasks, now)
-        if old is not None:
-            old.gone = "reconnected to the hub"
-            self._close_session(old)
-        threading.Thread(
-            target=self._watch_miner, args=(session,), name=f"watch {node_id[:10]}", daemon=True
-        ).start()
+            for event in self.core.connected(link):
+                if isinstance(event, MinerOffline) and old is not None:
+                    old.gone = event.why
+                    old.close()
+            known = self.state.list_tasks(node_id, active_only=True)
+            self._apply(self.core.reconcile(link, known, hs.tasks, now, lookup=self._lookup))
+            session.watch = asyncio.run_coroutine_threadsafe(self._follow(session), self._loop)
         log.info("miner %s online from %s (%d tasks)", node_id, remote or "?", len(hs.tasks))
 
     def miner_closed(self, peer_id: str) -> None:
         """A miner's session ended: offline, its active tasks LOST."""
         with self._lock:
-            session = next((s for s in self._sessions.values() if s.peer_id == peer_id), None)
-            if session is None:
-                return
-            self._drop(session, "disconnected")
+            session = next((s for s in self._sessions.values() if s.link.peer_id == peer_id), None)
+            if session is not None:
+                self._apply(self.core.disconnected(session.link))
 
-    def _drop(self, session: _Session, why: str) -> None:
-        with self._lock:
-            if self._sessions.get(session.node_id) is not session:
-                return
-            del self._sessions[session.node_id]
-            now = time.time()
-            self.state.set_miner_online(session.node_id, False, now)
-            lost = 0
-            for task in self.state.list_tasks(session.node_id, active_only=True):
-                if task.state in (TaskState.RUNNING, TaskState.STARTING):
-                    self._save(task.apply(Lost(), now))
-                    lost += 1
-        session.gone = f"went offline ({why})"
-        self._close_session(session)
-        log.warning("miner %s offline (%s); %d tasks LOST", session.node_id, why, lost)
-
-    @staticmethod
-    def _close_session(session: _Session) -> None:
-        if session.watch is not None:
-            session.watch.cancel()
-        for stream in list(session.streams):
-            stream.cancel()
-        session.client.close()
-
-    def _save(self, task: Task) -> Task:
-        """Store ``task`` and tell its watchers."""
-        self.state.put_task(task)
-        self.events.publish(TaskEvent(task.task_id, task.updated_at, task=task))
-        return task
-
-    def _watch_miner(self, session: _Session) -> None:
-        """Follow the miner's task events: state changes go to the table, all to watchers."""
-        stream = session.client.watch_tasks()
-        session.watch = stream
+    def _lookup(self, task_id: str) -> Task | None:
         try:
-            for event in stream:
+            return self.state.get_task(task_id)
+        except TaskNotFound:
+            return None
+
+    async def _follow(self, session: _Session) -> None:
+        """The miner's task events (on the loop): state changes go to the table, all to
+        watchers. Each is applied on the pool, in order (SQLite must not stall the loop)."""
+        try:
+            async for event in session.client.awatch_tasks():
                 if event.task is not None:
-                    try:
-                        task = self.state.get_task(event.task_id)
-                    except TaskNotFound:
-                        continue
-                    if not task.terminal:
-                        self._put_report(task, event.task, session, time.time())
+                    done = self._sup.submit(self._on_report, session.link, event.task)
+                    await asyncio.wrap_future(done)
                 elif event.progress is not None:
                     self.events.publish(event)
-        except SonmError as exc:
+        except (SonmError, RuntimeError) as exc:  # RuntimeError: the pool is closing
             log.debug("miner %s: event stream ended: %s", session.node_id, exc)
 
-    def _reconcile(self, session: _Session, reported: list[Task], now: float) -> None:
-        by_id = {t.task_id: t for t in reported}
-        for task in self.state.list_tasks(session.node_id, active_only=True):
-            seen = by_id.pop(task.task_id, None)
-            if seen is not None:
-                self._put_report(task, seen, session, now)
-            elif task.state in (TaskState.RUNNING, TaskState.STARTING, TaskState.LOST):
-                self._save(task.apply(Failed("the container is gone from its miner"), now))
-        for seen in by_id.values():  # containers the table does not know (a lost database)
-            try:
-                self.state.get_task(seen.task_id)
-                continue  # already terminal here: keep the hub's word
-            except TaskNotFound:
-                pass
-            adopted = replace(seen, endpoints=self._fix_hosts(seen, session))
-            self._save(replace(adopted, miner_id=session.node_id))
+    def _on_report(self, link: MinerLink, seen: Task) -> None:
+        with self._lock:
+            task = self._lookup(seen.task_id)
+            if task is not None:
+                self._apply(self.core.report(link, task, seen, time.time()))
 
-    def _put_report(self, task: Task, seen: Task, session: _Session, now: float) -> Task:
-        event = Found(
-            seen.state,
-            exit_code=seen.exit_code
-            if seen.state in (TaskState.EXITED, TaskState.STOPPED)
-            else None,
-            endpoints=self._fix_hosts(seen, session),
-            error=seen.error,
-            container_id=seen.container_id,
-        )
+    def _ping_round(self) -> None:
+        """Ping every live miner at once (on the loop); the core says who went offline."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        if not sessions or self._loop is None:
+            return
+        timeout = self.options.ping_timeout
+
+        async def ping_all() -> list[BaseException | None]:
+            return await asyncio.gather(
+                *(s.client.aping(timeout) for s in sessions), return_exceptions=True
+            )
+
         try:
-            task = task.apply(event, now)
-        except InvalidRequest as exc:
-            log.warning("ignoring report for %s: %s", task.task_id, exc)
-            return task
-        return self._save(task)
-
-    @staticmethod
-    def _fix_hosts(task: Task, session: _Session) -> tuple:
-        # A port published on all interfaces is reachable at the address the miner came from;
-        # behind a NAT that address does not forward it: the user needs `sonmcli forward`.
-        # Through a relay (no remote IP) the miner's own address is unknown: forward works.
-        reach = "forward" if session.behind_nat or not session.remote_ip else "direct"
-        return tuple(
-            replace(ep, host_ip=session.remote_ip, reach=reach)
-            if ep.host_ip in _UNSPECIFIED_HOSTS and session.remote_ip
-            else replace(ep, reach=reach)
-            for ep in task.endpoints
-        )
+            results = asyncio.run_coroutine_threadsafe(ping_all(), self._loop).result(timeout + 5)
+        except (RuntimeError, concurrent.futures.CancelledError, TimeoutError):
+            return  # closing
+        now = time.time()
+        with self._lock:
+            for session, result in zip(sessions, results, strict=True):
+                error = "" if result is None else str(result)
+                self._apply(self.core.on_ping_result(session.link, result is None, now, error))
 
     def miner_nat(self, node_id: str) -> str:
         """An online miner's NAT type as it classified it ("" when offline or unknown)."""
-        with self._lock:
-            session = self._sessions.get(node_id)
-        return session.nat_type if session is not None else ""
+        link = self.core.link(node_id)
+        return link.nat_type if link is not None else ""
 
     def overlay_addrs(self, node_id: str) -> tuple[list[str], bool]:
         """How to reach an online miner on the overlay: its own addresses (when it is not behind
         NAT), then through this hub's relay; and whether it is behind NAT. ([], False) offline."""
-        with self._lock:
-            session = self._sessions.get(node_id)
-        if session is None:
+        link = self.core.link(node_id)
+        if link is None:
             return [], False
-        own = [a for a in session.multiaddrs if not is_circuit(a)]
-        own_relayed = [a for a in session.multiaddrs if is_circuit(a)]
-        direct = [] if session.behind_nat else own
-        mine = [a for a in self.node.advertised_addrs if not is_circuit(a)]
-        relayed = [f"{a}/p2p-circuit/p2p/{session.peer_id}" for a in mine]
-        out: list[str] = []
-        for addr in (*direct, *own_relayed, *relayed):
-            if addr not in out:
-                out.append(addr)
-        return out, session.behind_nat
-
-    def _ping_loop(self) -> None:
-        while not self._stop.wait(self.options.ping_interval):
-            with self._lock:
-                sessions = list(self._sessions.values())
-            jobs = {
-                self._pool.submit(s.client.ping, self.options.ping_timeout): s for s in sessions
-            }
-            for job, session in jobs.items():
-                try:
-                    job.result()
-                except (SonmError, futures.CancelledError) as exc:
-                    session.missed += 1
-                    log.warning(
-                        "miner %s missed a ping (%d): %s", session.node_id, session.missed, exc
-                    )
-                    if session.missed >= self.options.max_missed_pings:
-                        self._drop(session, f"{session.missed} missed pings")
-                        self.node.disconnect(session.peer_id)
-                    continue
-                session.missed = 0
-                self.state.set_miner_online(session.node_id, True, time.time())
+        return link.overlay_addrs(self.node.advertised_addrs), link.behind_nat
 
     # -- the client API ----------------------------------------------------------------------
 
@@ -424,52 +394,44 @@ class Hub:
                 )
             )
         timeout = timeout or self.options.start_timeout
-        if detach:
-            threading.Thread(
-                target=self._run_start,
-                args=(session, task, spec, owner, timeout, False),
-                name=f"start {task.task_id[:8]}",
-                daemon=True,
-            ).start()
+        if detach:  # on the loop: a long pull holds no thread
+            assert self._loop is not None, "Hub.start() first"
+            asyncio.run_coroutine_threadsafe(
+                self._start_detached(session, task, spec, owner, timeout), self._loop
+            )
             return task
-        return self._run_start(session, task, spec, owner, timeout, True)
-
-    def _run_start(
-        self,
-        session: _Session,
-        task: Task,
-        spec: RunSpec,
-        owner: str,
-        timeout: float,
-        reraise: bool,
-    ) -> Task:
         try:
             seen = session.client.start(
                 task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
             )
         except SonmError as exc:
-            failed = self._fail_if_active(task.task_id, str(exc))
-            if reraise:
-                raise
-            return failed
-        now = time.time()
-        current = self.state.get_task(task.task_id)
-        if current.state is TaskState.PULLING and seen.state is TaskState.RUNNING:
-            return self._save(
-                current.apply(Pulled(), now).apply(
-                    Started(self._fix_hosts(seen, session), seen.container_id), now
-                )
-            )
-        if current.terminal or current.state is TaskState.RUNNING:
-            return current  # the miner's events got here first
-        return self._put_report(current, seen, session, now)
+            self._start_failed(task.task_id, str(exc))
+            raise
+        return self._started(session, task.task_id, seen)
 
-    def _fail_if_active(self, task_id: str, reason: str) -> Task:
+    async def _start_detached(
+        self, session: _Session, task: Task, spec: RunSpec, owner: str, timeout: float
+    ) -> None:
+        try:
+            seen = await session.client.astart(
+                task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
+            )
+        except SonmError as exc:
+            await asyncio.wrap_future(self._sup.submit(self._start_failed, task.task_id, str(exc)))
+            return
+        await asyncio.wrap_future(self._sup.submit(self._started, session, task.task_id, seen))
+
+    def _started(self, session: _Session, task_id: str, seen: Task) -> Task:
         with self._lock:
-            task = self.state.get_task(task_id)
-            if task.terminal:
-                return task
-            return self._save(task.apply(Failed(reason), time.time()))
+            current = self.state.get_task(task_id)
+            return self._apply(self.core.started(session.link, current, seen, time.time())) or (
+                self.state.get_task(task_id)
+            )
+
+    def _start_failed(self, task_id: str, reason: str) -> Task:
+        with self._lock:
+            current = self.state.get_task(task_id)
+            return self._apply(self.core.start_failed(current, reason, time.time())) or current
 
     def stop_task(self, task_id: str, *, timeout: float | None) -> Task:
         task = self._task(task_id)
@@ -482,9 +444,8 @@ class Hub:
             seen = None
         with self._lock:
             fresh = self.state.get_task(task.task_id)
-            if fresh.terminal:
-                return fresh
-            return self._save(fresh.apply(Stopped(seen.exit_code if seen else None), time.time()))
+            code = seen.exit_code if seen else None
+            return self._apply(self.core.stopped(fresh, code, time.time())) or fresh
 
     def task_status(self, task_id: str) -> Task:
         return self._task(task_id)

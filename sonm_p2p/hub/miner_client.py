@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from sonm_p2p._convert import (
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
 from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
+from sonm_p2p.events import TaskEvent
 from sonm_p2p.miner.miner import LogQuery, MinerStatus
 from sonm_p2p.miner.runtime import RunSpec
 from sonm_p2p.tasks import Task
@@ -40,34 +42,92 @@ class Handshake:
 
 
 class MinerClient:
-    """Calls one miner. Every method raises domain errors; a broken path is MinerUnavailable."""
+    """Calls one miner. Every method raises domain errors; a broken path is MinerUnavailable.
 
-    def __init__(self, node: P2PNode, peer_id: str, miner_id: str) -> None:
+    With ``loop`` (an asyncio loop running in another thread) the ``a*`` methods run there on
+    ``grpc.aio``, so a hub pings and follows every miner without a thread per miner.
+    """
+
+    def __init__(
+        self,
+        node: P2PNode,
+        peer_id: str,
+        miner_id: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.miner_id = miner_id
         self._chan = PeerChannel(node, peer_id, GRPC_MINER)
         self._stub = miner_pb2_grpc.MinerStub(self._chan.channel)
+        self._loop = loop
+        self._aio: grpc.aio.Channel | None = None
+        self._astub: miner_pb2_grpc.MinerStub | None = None
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self._open_aio(), loop).result()
+
+    async def _open_aio(self) -> None:
+        self._aio = self._chan.aio_channel()
+        self._astub = miner_pb2_grpc.MinerStub(self._aio)
 
     def __repr__(self) -> str:
         return f"<MinerClient {self.miner_id} {self._chan!r}>"
 
     def close(self) -> None:
+        """Close both channels; calls in flight end with MinerUnavailable. Idempotent."""
+        if self._aio is not None and self._loop is not None and not self._loop.is_closed():
+            aio, self._aio = self._aio, None
+            try:
+                asyncio.run_coroutine_threadsafe(aio.close(), self._loop).result(timeout=5)
+            except (RuntimeError, TimeoutError):
+                pass  # the loop is stopping: it takes the channel with it
         self._chan.close()
+
+    def _error(self, exc: grpc.RpcError) -> Exception:
+        return from_rpc_error(exc, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}")
+
+    async def aping(self, timeout: float) -> None:
+        """Ping on the loop. Raises MinerUnavailable, Timeout."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        try:
+            await self._astub.Ping(common_pb2.Empty(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    async def astart(
+        self, task_id: str, spec: RunSpec, *, owner: str, hub_id: str, timeout: float | None
+    ) -> Task:
+        """:meth:`start` on the loop."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        req = miner_pb2.MinerStartRequest(
+            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id
+        )
+        try:
+            return task_from_pb(await self._astub.Start(req, timeout=timeout))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    async def awatch_tasks(self) -> AsyncIterator[TaskEvent]:
+        """Every task event of this miner until the session ends (on the loop)."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        call = self._astub.WatchTasks(common_pb2.Empty())
+        try:
+            async for message in call:
+                yield event_from_pb(message)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()
 
     def _call(self, method: str, request: object, timeout: float | None) -> object:
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise from_rpc_error(
-                exc, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}"
-            ) from None
+            raise self._error(exc) from None
 
     def handshake(self, hub_id: str, timeout: float, *, stun_endpoint: str = "") -> Handshake:
         request = miner_pb2.HandshakeRequest(hub_id=hub_id, stun_endpoint=stun_endpoint)
         reply = self._call("Handshake", request, timeout)
         return Handshake(reply)  # type: ignore[arg-type]
-
-    def ping(self, timeout: float) -> None:
-        self._call("Ping", common_pb2.Empty(), timeout)
 
     def start(
         self, task_id: str, spec: RunSpec, *, owner: str, hub_id: str, timeout: float | None
@@ -93,10 +153,6 @@ class MinerClient:
         return ServerStream(
             call, convert, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}"
         )
-
-    def watch_tasks(self) -> ServerStream:
-        """Every task event of this miner until the session ends (or ``cancel()``)."""
-        return self._stream("WatchTasks", common_pb2.Empty(), event_from_pb)
 
     def logs(self, query: LogQuery) -> ServerStream:
         return self._stream("Logs", log_query_to_pb(query), lambda m: m.data)

@@ -17,6 +17,7 @@ import logging
 import threading
 
 from sonm_p2p.errors import ConfigError, SonmError
+from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit, parse_target
 from sonm_p2p.transport.node import P2PNode
 from sonm_p2p.transport.reachability import Reachability
@@ -45,6 +46,7 @@ class HubReachability:
         relays: tuple[str, ...] = (),
         recheck_interval: float = 300.0,
         retry_interval: float = 2.0,
+        supervisor: Supervisor,
     ) -> None:
         if mode not in _MODES:
             raise ConfigError(f"unknown reachability {mode!r} (auto, public or private)")
@@ -66,8 +68,8 @@ class HubReachability:
         self.answers: dict[str, str] = {}
         self._held: dict[str, RelayReservation] = {}  # relay target -> reservation
         self._told: dict[str, str] = {}  # relay target -> the reservation's state last logged
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sup = supervisor
+        self._started = False
 
     def __repr__(self) -> str:
         return f"<HubReachability {self.mode}: {self.state}, {len(self._held)} reservations>"
@@ -82,20 +84,14 @@ class HubReachability:
                 "no other hub to ask whether this hub can be dialled from outside: behind NAT, "
                 "give --bootstrap <a public hub> so it reserves there"
             )
-        if self.mode == "public" or not self.relays or self._thread is not None:
+        if self.mode == "public" or not self.relays or self._started:
             return
-        self._thread = threading.Thread(target=self._run, name="reachability", daemon=True)
-        self._thread.start()
+        self._started = True
+        self._sup.service("reachability", self._run)
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-            self._thread = None
-
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         delay = self.retry_interval
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 settled = self._round() and self._report()
             except SonmError as exc:  # the node closing under us, mostly
@@ -103,9 +99,9 @@ class HubReachability:
                 settled = False
             if settled:
                 delay = self.retry_interval
-                self._stop.wait(self.recheck_interval)
+                stop.wait(self.recheck_interval)
             else:  # no relay answered, or a reservation is not granted (yet): back off
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, _MAX_RETRY)
 
     def _round(self) -> bool:

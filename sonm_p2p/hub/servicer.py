@@ -35,12 +35,13 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         gossip: HubGossip | None = None,
         *,
         reachability: Callable[[], str] = lambda: "unknown",
+        stun_endpoint: str = "",
     ) -> None:
         self.hub = hub
         self.reachability = reachability
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
-        self.stun_endpoint = ""
+        self.stun_endpoint = stun_endpoint
         self.verifier = RequestVerifier()
 
     def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:

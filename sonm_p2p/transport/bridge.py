@@ -47,6 +47,11 @@ class PeerChannel:
         self._tunnel: Tunnel = node.open_tunnel(peer_id, protocol)
         self.channel = grpc.insecure_channel(self._tunnel.target, options=_CHANNEL_OPTIONS)
 
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A ``grpc.aio`` channel over the same tunnel (call it on the loop that will use it;
+        close it there before :meth:`close`)."""
+        return grpc.aio.insecure_channel(self._tunnel.target, options=_CHANNEL_OPTIONS)
+
     def close(self) -> None:
         self.channel.close()
         self._tunnel.close()

@@ -7,10 +7,13 @@ tests.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from sonm_p2p.errors import ConfigError, DialError
 from sonm_p2p.hub.reachability import HubReachability
+from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.reachability import Reachability
 
 A, B = "127.0.0.1:10002", "127.0.0.2:10002"
@@ -54,6 +57,7 @@ class FakeNode:
 
 
 def reach(node: FakeNode, **kw: object) -> HubReachability:
+    kw.setdefault("supervisor", Supervisor("test-reach"))
     return HubReachability(node, **kw)  # type: ignore[arg-type]
 
 
@@ -126,9 +130,12 @@ def test_public_mode_never_reserves():
     node = FakeNode()
     r = reach(node, mode="public", relays=(A,))
     assert r.state == Reachability.PUBLIC
+    sup = Supervisor("test-public")
+    r = reach(node, mode="public", relays=(A,), supervisor=sup)
     r.start()  # nothing to run
-    assert r._thread is None
-    r.close()
+    assert "reachability" not in repr([t.name for t in threading.enumerate()])
+    assert "services=0" in repr(sup)
+    sup.close()
 
 
 @pytest.mark.parametrize(

@@ -377,6 +377,9 @@ class Hub:
             raise InvalidRequest("an image is required")
         if task_id and not _TASK_ID.fullmatch(task_id):
             raise InvalidRequest(f"bad task ID {task_id!r}: 8-64 letters, digits, '_', '.', '-'")
+        # IDs resolve case-insensitively, so they are stored in one case: "ABC…" must not be a
+        # second task beside "abc…" (it would make the owner's own ID ambiguous).
+        task_id = task_id.lower()
         session = self._session_for(miner)
         with self._lock:
             try:
@@ -456,11 +459,25 @@ class Hub:
         known = {m.node_id for m in self.state.list_miners()}
         return self.state.list_tasks(resolve_prefix(known, miner, kind="miner"))
 
-    def _task(self, task_id: str) -> Task:
+    def _task(self, task_id: str, *, caller: str | None = None) -> Task:
         if not task_id.strip():
             raise InvalidRequest("a task ID is required")
+        if caller is not None and caller != self.node_id:
+            # A caller's ID or prefix names its own task first: nobody else's task can shadow
+            # it (make it ambiguous) by sharing a prefix with it.
+            try:
+                return self.state.get_task(
+                    resolve_prefix(self.state.task_ids(caller), task_id, kind="task")
+                )
+            except TaskNotFound:
+                pass  # not one of the caller's: the owner check says why not
         full = resolve_prefix(self.state.task_ids(), task_id, kind="task")
         return self.state.get_task(full)
+
+    def resolve_task(self, task_id: str, *, caller: str) -> Task:
+        """The task ``task_id`` (an ID or unique prefix) names for ``caller``: among the
+        caller's own tasks first (the hub's operator: among all)."""
+        return self._task(task_id, caller=caller)
 
     def watch_task(
         self, task_id: str, *, still_wanted: Callable[[], bool], wait_for_task: float = 10.0

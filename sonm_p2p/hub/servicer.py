@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import grpc
 from google.protobuf.message import Message
@@ -54,7 +55,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self, method: str, request: Message, task_id: str, context: grpc.ServicerContext, what: str
     ) -> str:
         caller = self._caller(method, request, context)
-        task = self.hub.task_status(task_id)
+        task = self.hub.resolve_task(task_id, caller=caller)
         check_owner(caller, task.owner, self.hub.node_id, what)
         return task.task_id
 
@@ -145,8 +146,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self, request: common_pb2.LogsRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.LogChunk]:
         query = log_query_from_pb(request)
-        self._owned_task("TaskLogs", request, request.task_id, context, "read its output")
-        chunks, cancel = self.hub.task_logs(query)
+        task_id = self._owned_task("TaskLogs", request, request.task_id, context, "read its output")
+        chunks, cancel = self.hub.task_logs(replace(query, task_id=task_id))
         context.add_callback(cancel)  # the client went away: end the miner's follow too
         for data in chunks:
             yield common_pb2.LogChunk(data=data)

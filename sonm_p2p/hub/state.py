@@ -226,10 +226,16 @@ class HubState:
             rows = conn.execute(sql, args).fetchall()
         return [_task_from_row(r) for r in rows]
 
-    def task_ids(self) -> list[str]:
-        """Every stored task ID, oldest task first (for prefix resolution)."""
+    def task_ids(self, owner: str | None = None) -> list[str]:
+        """Every stored task ID (of ``owner``'s tasks only, if given), oldest task first (for
+        prefix resolution)."""
         with self._read() as conn:
-            rows = conn.execute("SELECT task_id FROM tasks ORDER BY created_at, task_id").fetchall()
+            if owner is None:
+                sql, args = "SELECT task_id FROM tasks ORDER BY created_at, task_id", ()
+            else:
+                sql = "SELECT task_id FROM tasks WHERE owner = ? ORDER BY created_at, task_id"
+                args = (owner,)
+            rows = conn.execute(sql, args).fetchall()
         return [r[0] for r in rows]
 
     # --- miners -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
 from sonm_p2p.hub.hub import HubOptions
+from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.transport.relay import RelayOptions
 
 
@@ -122,6 +123,20 @@ from sonm_p2p.transport.relay import RelayOptions
     metavar="MULTIADDR|HOST:PORT",
     help="Hub to reserve on when this hub is behind NAT (repeatable) [default: --bootstrap].",
 )
+@click.option(
+    "--max-streams",
+    type=click.IntRange(min=1),
+    default=StreamLimits.total,
+    show_default=True,
+    help="Open watch and log-follow streams this hub serves at once, from all clients.",
+)
+@click.option(
+    "--max-streams-per-client",
+    type=click.IntRange(min=1),
+    default=StreamLimits.per_client,
+    show_default=True,
+    help="... from one client address (clients over the overlay share the hub's loopback).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -142,6 +157,8 @@ def main(
     relay_circuit_duration: float,
     reachability: str,
     relay_via: tuple[str, ...],
+    max_streams: int,
+    max_streams_per_client: int,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -184,6 +201,7 @@ def main(
                 ping_timeout=ping_timeout,
                 max_missed_pings=max_missed_pings,
             ),
+            streams=StreamLimits(total=max_streams, per_client=max_streams_per_client),
         )
         daemon = HubDaemon(options)
     except SonmError as err:

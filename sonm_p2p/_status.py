@@ -48,7 +48,57 @@ def abort(context: grpc.ServicerContext, err: errors.SonmError) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+_INTERNAL = "internal error (see the server's log)"
+
+
+def _aborted(context: Any, exc: Exception) -> bool:
+    """True when ``exc`` is the call being ended on purpose (``context.abort``)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        return True
+    code = getattr(context, "code", None)  # a sync handler under grpc.aio has no code()
+    return code is not None and code() is not None
+
+
+async def _abort_async(context: grpc.aio.ServicerContext, err: errors.SonmError) -> NoReturn:
+    context.set_trailing_metadata(((ERROR_TRAILER, type(err).__name__),))
+    await context.abort(getattr(grpc.StatusCode, err.grpc_code), str(err))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
 def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def astream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except errors.SonmError as err:
+                await _abort_async(context, err)
+            except Exception as exc:
+                if _aborted(context, exc):
+                    raise
+                log.exception("%s failed", method.__qualname__)
+                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+
+        return astream
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def aunary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(self, request, context)
+            except errors.SonmError as err:
+                await _abort_async(context, err)
+            except Exception as exc:
+                if _aborted(context, exc):
+                    raise
+                log.exception("%s failed", method.__qualname__)
+                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+
+        return aunary
+
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
@@ -57,8 +107,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
                 yield from method(self, request, context)
             except errors.SonmError as err:
                 abort(context, err)
-            except Exception:
-                if context.code() is not None:  # already aborted on purpose
+            except Exception as exc:
+                if _aborted(context, exc):
                     raise
                 log.exception("%s failed", method.__qualname__)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
@@ -71,8 +121,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except errors.SonmError as err:
             abort(context, err)
-        except Exception:
-            if context.code() is not None:
+        except Exception as exc:
+            if _aborted(context, exc):
                 raise
             log.exception("%s failed", method.__qualname__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")

@@ -15,7 +15,8 @@
     ├── Unavailable                 exit 4, UNAVAILABLE
     │   ├── HubUnavailable          the hub does not answer (client side)
     │   ├── MinerUnavailable        the miner is offline or went away mid-call
-    │   └── DialError               no transport path to a peer
+    │   ├── DialError               no transport path to a peer
+    │   └── Busy                    RESOURCE_EXHAUSTED: too many streams or calls; try later
     ├── Timeout                     exit 5, DEADLINE_EXCEEDED
     ├── Unauthenticated             exit 8, UNAUTHENTICATED: unsigned, forged, stale or replayed
     ├── PermissionDenied            exit 8, PERMISSION_DENIED: not the task's owner
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "AmbiguousMiner",
+    "Busy",
     "ConfigError",
     "DialError",
     "HubUnavailable",
@@ -114,6 +116,12 @@ class MinerUnavailable(Unavailable):
 
 class DialError(Unavailable):
     pass
+
+
+class Busy(Unavailable):
+    """A server bound was reached (open streams, calls per second): the same call later works."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class Timeout(SonmError):

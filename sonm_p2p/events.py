@@ -39,10 +39,17 @@ class Subscription:
 
     _CLOSED = object()
 
-    def __init__(self, bus: EventBus, accept: Callable[[TaskEvent], bool], size: int) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        accept: Callable[[TaskEvent], bool],
+        size: int,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self._bus = bus
         self._accept = accept
         self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._wake = wake
         self.closed = False
 
     def _offer(self, event: TaskEvent) -> None:
@@ -60,6 +67,8 @@ class Subscription:
                 self._queue.put_nowait(event)
             except queue.Full:
                 pass
+        if self._wake is not None:
+            self._wake()
 
     def get(self, timeout: float | None = None) -> TaskEvent | None:
         """The next event, or None on timeout or once closed."""
@@ -93,6 +102,8 @@ class Subscription:
             except queue.Empty:
                 pass
             self._queue.put_nowait(self._CLOSED)
+        if self._wake is not None:
+            self._wake()
 
 
 class EventBus:
@@ -103,9 +114,17 @@ class EventBus:
         self._lock = threading.Lock()
 
     def subscribe(
-        self, accept: Callable[[TaskEvent], bool] = lambda e: True, *, size: int = 256
+        self,
+        accept: Callable[[TaskEvent], bool] = lambda e: True,
+        *,
+        size: int = 256,
+        wake: Callable[[], None] | None = None,
     ) -> Subscription:
-        sub = Subscription(self, accept, size)
+        """A new subscription. ``wake()`` (if given) is called after each event it queues and
+        at its close, from the publisher's thread: an asyncio reader passes a function that
+        sets an ``asyncio.Event`` through ``loop.call_soon_threadsafe`` and reads with
+        ``get(timeout=0)``."""
+        sub = Subscription(self, accept, size, wake)
         with self._lock:
             self._subs.append(sub)
         return sub

@@ -17,6 +17,7 @@ Trio's nurseries are the model: nothing runs that nobody owns, and closing the o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -155,6 +156,11 @@ class Supervisor:
                     future.set_exception(exc)
             del future, item
 
+    def executor(self) -> futures.Executor:
+        """This supervisor's pool as a ``concurrent.futures.Executor`` (for ``grpc.aio``'s
+        ``migration_thread_pool``, ``loop.run_in_executor``); its shutdown is :meth:`close`."""
+        return _PoolExecutor(self)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop every service and worker and join them (at most ``timeout`` seconds each).
 
@@ -183,3 +189,14 @@ class Supervisor:
                 thread.join(timeout)
                 if thread.is_alive():
                     log.warning("%s: %s did not stop within %.0fs", self.name, thread.name, timeout)
+
+
+class _PoolExecutor(futures.Executor):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        return self._sup.submit(functools.partial(fn, *args, **kwargs))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass  # the supervisor owns the workers: Supervisor.close() ends them

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from concurrent import futures
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,6 +20,7 @@ from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.discovery.mdns import local_ips
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.hub import Hub, HubOptions
+from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
@@ -36,6 +39,8 @@ _RELAY_STUN_TTL = 600.0  # seconds a relay hub's STUN endpoint (or its absence) 
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, kw_only=True)
 class HubDaemonOptions:
@@ -51,6 +56,7 @@ class HubDaemonOptions:
         it off. stun_alternate: a second ``ip:port`` (other IP and port) for RFC 5780's
         CHANGE-REQUEST and OTHER-ADDRESS, which full NAT classification needs; defaults to none.
     relay: circuit relay v2 limits (every hub relays for its miners); None turns it off.
+    streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
     """
 
     home: Path
@@ -67,6 +73,7 @@ class HubDaemonOptions:
     relay_via: tuple[str, ...] = ()
     recheck_interval: float = 300.0
     hub: HubOptions = field(default_factory=HubOptions)
+    streams: StreamLimits = field(default_factory=StreamLimits)
 
 
 class HubDaemon:
@@ -117,7 +124,7 @@ class HubDaemon:
                 multiaddrs=lambda: self.node.advertised_addrs,
             ),
         )
-        self._server: grpc.Server | None = None
+        self._server: grpc.aio.Server | None = None
         self.stun: StunResponder | None = None
         self.stun_endpoint = ""
         self._relay_stun: dict[str, tuple[float, str]] = {}  # relay peer -> (when, endpoint)
@@ -127,14 +134,9 @@ class HubDaemon:
 
     def start(self) -> None:
         host, port = parse_hostport(self.options.grpc_listen)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS
-        )
         endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        try:
-            self.grpc_port = self._server.add_insecure_port(endpoint)
-        except RuntimeError:
-            self.grpc_port = 0
+        self.hub.start()  # its loop serves the client API too
+        self._server, self.grpc_port = self._on_loop(self._bind(endpoint))
         if not self.grpc_port:
             raise ConfigError(f"cannot listen for gRPC on {endpoint}: address in use or invalid")
         self.grpc_endpoint = self.options.announce_grpc or _announced(host, self.grpc_port)
@@ -145,19 +147,33 @@ class HubDaemon:
             self.gossip,
             reachability=lambda: self.reachability.state,
             stun_endpoint=self.stun_endpoint,
+            streams=self.options.streams,
         )
         hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         self.node.serve_tcp(GRPC_HUB, (local, self.grpc_port))
-        self._server.start()
-        self.hub.start()
+        self._on_loop(self._server.start())
         self.reachability.start()
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
         )  # fmt: skip
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self.hub.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.hub.loop).result(timeout=30)
+
+    async def _bind(self, endpoint: str) -> tuple[grpc.aio.Server, int]:
+        # Short calls run on the supervisor's bounded pool; long ones are coroutines (servicer).
+        server = grpc.aio.server(
+            migration_thread_pool=self.supervisor.executor(), options=SERVER_OPTIONS
+        )
+        try:
+            return server, server.add_insecure_port(endpoint)
+        except RuntimeError:
+            return server, 0
 
     def _stun_for_miners(self) -> str:
         """The STUN responder miners classify their NAT against: this hub's, unless the hub is
@@ -204,12 +220,15 @@ class HubDaemon:
         """Stop serving and join every thread the hub started. Idempotent."""
         if self.stun is not None:
             self.stun.close()
+        if self._server is not None and self.hub.loop is not None:
+            server, self._server = self._server, None
+            try:
+                self._on_loop(server.stop(grace=1))
+            except RuntimeError:
+                pass  # the loop is gone already
         self.hub.close()
         self.supervisor.close()
         self.node.close()
-        if self._server is not None:
-            self._server.stop(grace=1).wait()
-            self._server = None
         self.state.close()
 
 

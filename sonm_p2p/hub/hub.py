@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-from sonm_p2p._status import ServerStream
 from sonm_p2p.errors import (
     InvalidRequest,
     MinerNotFound,
@@ -39,7 +41,7 @@ from sonm_p2p.hub.core import (
     ReportIgnored,
     TaskChanged,
 )
-from sonm_p2p.hub.miner_client import MinerClient
+from sonm_p2p.hub.miner_client import AioStream, MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
 from sonm_p2p.miner.miner import LogQuery, MinerStatus
@@ -51,6 +53,8 @@ from sonm_p2p.transport.node import P2PNode
 __all__ = ["Hub", "HubOptions", "MinerView"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
@@ -88,7 +92,7 @@ class _Session:
         self.link = link
         self.client = client
         self.watch: concurrent.futures.Future[None] | None = None  # its WatchTasks, on the loop
-        self.streams: set[ServerStream] = set()  # log follows, ended when the session ends
+        self.streams: set[AioStream] = set()  # log follows, ended when the session ends
         self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
 
     @property
@@ -96,10 +100,13 @@ class _Session:
         return self.link.node_id
 
     def close(self) -> None:
+        """End the session's I/O, from any thread (aio calls are cancelled on their loop)."""
         if self.watch is not None:
             self.watch.cancel()
-        for stream in list(self.streams):
-            stream.cancel()
+        loop = self.client.loop
+        if loop is not None and not loop.is_closed():
+            for stream in list(self.streams):
+                loop.call_soon_threadsafe(stream.cancel)
         self.client.close()
 
     def __repr__(self) -> str:
@@ -138,13 +145,19 @@ class Hub:
         self._sessions: dict[str, _Session] = {}  # node ID -> current session
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # starts and stops in flight, on the loop
         self.state.mark_all_offline()  # nobody is connected to a hub that just started
 
     def __repr__(self) -> str:
         return f"<Hub {self.node_id} miners={len(self._sessions)}>"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The hub's event loop (None before :meth:`start`): miners' calls and the client API."""
+        return self._loop
+
     def start(self) -> None:
-        """Start pinging (once); sessions are accepted from then on."""
+        """Start the loop and pinging (once); sessions are accepted from then on."""
         if self._loop is None:
             self._loop = self._sup.asyncio_loop("miners")
             self._sup.every("pinger", self.options.ping_interval, self._ping_round)
@@ -355,23 +368,14 @@ class Hub:
             raise MinerUnavailable(f"miner {node_id} is offline (last seen {ago:.0f}s ago)")
         return session
 
-    def start_task(
-        self,
-        miner: str,
-        spec: RunSpec,
-        *,
-        owner: str,
-        timeout: float | None,
-        task_id: str = "",
-        detach: bool = False,
-    ) -> Task:
-        """Run ``spec`` on ``miner`` (node ID or unique prefix).
+    def create_task(
+        self, miner: str, spec: RunSpec, *, owner: str, task_id: str = ""
+    ) -> tuple[_Session, Task]:
+        """Check a start and put its task in the table (PULLING), so a crash loses nothing.
 
-        The task is in the table (PULLING) before the miner is called, so a crash loses nothing.
-        Without ``detach`` it returns the task RUNNING, or raises the miner's error (the task is
-        then FAILED with the reason); with ``detach`` it returns at once and the start goes on in
-        the background (follow it with :meth:`watch_task`). ``task_id`` lets the caller choose
-        the ID (8-64 of ``A-Za-z0-9_.-``), so it can watch before the reply.
+        ``task_id`` lets the caller choose the ID (8-64 of ``A-Za-z0-9_.-``, stored in lower
+        case), so it can watch before the reply. Raises InvalidRequest, MinerNotFound,
+        MinerUnavailable.
         """
         if not spec.image.strip():
             raise InvalidRequest("an image is required")
@@ -396,33 +400,65 @@ class Hub:
                     now=time.time(),
                 )
             )
-        timeout = timeout or self.options.start_timeout
-        if detach:  # on the loop: a long pull holds no thread
-            assert self._loop is not None, "Hub.start() first"
-            asyncio.run_coroutine_threadsafe(
-                self._start_detached(session, task, spec, owner, timeout), self._loop
-            )
-            return task
-        try:
-            seen = session.client.start(
-                task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
-            )
-        except SonmError as exc:
-            self._start_failed(task.task_id, str(exc))
-            raise
-        return self._started(session, task.task_id, seen)
+        return session, task
 
-    async def _start_detached(
+    async def start_task(
+        self,
+        miner: str,
+        spec: RunSpec,
+        *,
+        owner: str,
+        timeout: float | None,
+        task_id: str = "",
+        detach: bool = False,
+    ) -> Task:
+        """Run ``spec`` on ``miner`` (node ID or unique prefix), on the hub's loop.
+
+        Without ``detach`` it returns the task RUNNING, or raises the miner's error (the task is
+        then FAILED with the reason); with ``detach`` it returns at once (PULLING) and the start
+        goes on (follow it with :meth:`watch_task`). Either way the start runs to its end even
+        when the caller goes away, so the table always learns how it ended.
+        """
+        session, task = await self.blocking(
+            self.create_task, miner, spec, owner=owner, task_id=task_id
+        )
+        run = self._background(
+            self._run_start(session, task, spec, owner, timeout or self.options.start_timeout)
+        )
+        if detach:
+            return task
+        return await asyncio.shield(run)
+
+    async def _run_start(
         self, session: _Session, task: Task, spec: RunSpec, owner: str, timeout: float
-    ) -> None:
+    ) -> Task:
         try:
             seen = await session.client.astart(
                 task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
             )
         except SonmError as exc:
-            await asyncio.wrap_future(self._sup.submit(self._start_failed, task.task_id, str(exc)))
-            return
-        await asyncio.wrap_future(self._sup.submit(self._started, session, task.task_id, seen))
+            await self.blocking(self._start_failed, task.task_id, str(exc))
+            raise
+        return await self.blocking(self._started, session, task.task_id, seen)
+
+    def _background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` on the loop as a task the hub holds until it ends (cancelled at close);
+        its failure is the awaiting caller's, or logged when nobody waits."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[T]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and isinstance(t.exception(), SonmError):
+                log.info("background %s: %s", coro.__qualname__, t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the hub's worker pool (SQLite, signatures), awaited on the
+        loop, which must never block on them."""
+        return await asyncio.wrap_future(self._sup.submit(functools.partial(fn, *args, **kwargs)))
 
     def _started(self, session: _Session, task_id: str, seen: Task) -> Task:
         with self._lock:
@@ -436,17 +472,22 @@ class Hub:
             current = self.state.get_task(task_id)
             return self._apply(self.core.start_failed(current, reason, time.time())) or current
 
-    def stop_task(self, task_id: str, *, timeout: float | None) -> Task:
-        task = self._task(task_id)
+    async def stop_task(self, task_id: str, *, timeout: float | None) -> Task:
+        """Stop the task (the full ID) on its miner, on the hub's loop."""
+        task = await self.blocking(self._task, task_id)
         if task.terminal:
             return task
-        session = self._session_for(task.miner_id)
+        session = await self.blocking(self._session_for, task.miner_id)
         try:
-            seen = session.client.stop(task.task_id, timeout)
+            stop = self._background(session.client.astop(task.task_id, timeout))
+            seen = await asyncio.shield(stop)  # a caller that goes away does not undo a stop
         except TaskNotFound:
             seen = None
+        return await self.blocking(self._stopped, task.task_id, seen)
+
+    def _stopped(self, task_id: str, seen: Task | None) -> Task:
         with self._lock:
-            fresh = self.state.get_task(task.task_id)
+            fresh = self.state.get_task(task_id)
             code = seen.exit_code if seen else None
             return self._apply(self.core.stopped(fresh, code, time.time())) or fresh
 
@@ -479,76 +520,90 @@ class Hub:
         caller's own tasks first (the hub's operator: among all)."""
         return self._task(task_id, caller=caller)
 
-    def watch_task(
-        self, task_id: str, *, still_wanted: Callable[[], bool], wait_for_task: float = 10.0
-    ) -> Iterator[TaskEvent]:
-        """The task now, then each change and pull progress, ending with its final state.
+    async def watch_task(
+        self, task_id: str, *, wait_for_task: float = 10.0
+    ) -> AsyncIterator[TaskEvent]:
+        """The task now, then each change and pull progress, ending with its final state (an
+        async generator on the hub's loop: a watcher holds no thread).
 
         A task ID not known yet (the client chose it and its StartTask is on the way) is waited
-        for up to ``wait_for_task`` seconds. Ends early when ``still_wanted()`` turns false.
+        for up to ``wait_for_task`` seconds.
         """
         full = task_id.strip()
         if not full:
             raise InvalidRequest("a task ID is required")
-        sub = self.events.subscribe(lambda e: e.task_id == full)
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        want = full.lower()
+        sub = self.events.subscribe(
+            lambda e: e.task_id.lower().startswith(want),
+            wake=lambda: loop.call_soon_threadsafe(wake.set),
+        )
         try:
-            deadline = time.monotonic() + wait_for_task
+            deadline = loop.time() + wait_for_task
             while True:
                 try:
-                    task = self._task(full)
+                    task = await self.blocking(self._task, full)
                     break
                 except TaskNotFound:
-                    if time.monotonic() > deadline:
+                    if loop.time() > deadline:
                         raise
-                    sub.get(timeout=0.1)
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 0.2)
             sub._accept = lambda e: e.task_id == task.task_id  # a prefix was resolved
             yield TaskEvent(task.task_id, time.time(), task=task)
             if task.terminal:
                 return
-            while still_wanted():
-                event = sub.get(timeout=1.0)
+            while True:
+                wake.clear()
+                event = sub.get(timeout=0)
                 if event is None:
                     if sub.closed:
                         return
+                    await wake.wait()
                     continue
+                if event.task_id != task.task_id:
+                    continue  # another task with the same prefix, queued before the resolve
                 yield event
                 if event.task is not None and event.task.terminal:
                     return
         finally:
             sub.close()
 
-    def task_logs(self, query: LogQuery) -> tuple[Iterator[bytes], Callable[[], None]]:
-        """The task's output from its miner, and a function that cancels a follow.
+    async def task_logs(self, query: LogQuery) -> AsyncIterator[bytes]:
+        """The task's output from its miner (``query.task_id``: the full ID), on the loop.
 
         When the miner goes offline meanwhile, iterating raises MinerUnavailable (a follow must
-        not end as if the task had)."""
-        task = self._task(query.task_id)
-        session = self._session_for(task.miner_id)
-        stream = session.client.logs(replace(query, task_id=task.task_id))
+        not end as if the task had); a client that goes away ends the miner's follow too."""
+        task = await self.blocking(self._task, query.task_id)
+        session = await self.blocking(self._session_for, task.miner_id)
+        stream = session.client.alogs(replace(query, task_id=task.task_id))
+        session.streams.add(stream)
+        try:
+            if session.gone:  # dropped before the follow was registered
+                stream.cancel()
+            async for chunk in stream:
+                yield chunk
+        finally:
+            session.streams.discard(stream)
+            stream.cancel()
+        if session.gone:
+            raise MinerUnavailable(
+                f"miner {session.node_id} {session.gone} while its output was followed: "
+                f"`sonmcli logs -f {task.task_id}` again once it is back"
+            )
 
-        def chunks() -> Iterator[bytes]:
-            session.streams.add(stream)
-            try:
-                if session.gone:  # dropped before the follow was registered
-                    stream.cancel()
-                yield from stream
-            finally:
-                session.streams.discard(stream)
-            if session.gone:
-                raise MinerUnavailable(
-                    f"miner {session.node_id} {session.gone} while its output was followed: "
-                    f"`sonmcli logs -f {task.task_id}` again once it is back"
-                )
-
-        return chunks(), stream.cancel
-
-    def miner_status(self, miner: str) -> tuple[MinerRecord, MinerStatus | None]:
+    async def miner_status(self, miner: str) -> tuple[MinerRecord, MinerStatus | None]:
         """The miner's record, and its live status (None when offline)."""
+        node_id, record, session = await self.blocking(self._miner_now, miner)
+        if session is None:
+            return record, None
+        return record, await session.client.aminer_status(self.options.ping_timeout * 2)
+
+    def _miner_now(self, miner: str) -> tuple[str, MinerRecord, _Session | None]:
         known = {m.node_id for m in self.state.list_miners()}
         node_id = resolve_prefix(known, miner, kind="miner")
         with self._lock:
             session = self._sessions.get(node_id)
-        record = self.state.get_miner(node_id)
-        if session is None:
-            return record, None
-        return record, session.client.miner_status(self.options.ping_timeout * 2)
+        return node_id, self.state.get_miner(node_id), session

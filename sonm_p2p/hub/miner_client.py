@@ -26,7 +26,7 @@ from sonm_p2p.tasks import Task
 from sonm_p2p.transport.bridge import GRPC_MINER, PeerChannel
 from sonm_p2p.transport.node import P2PNode
 
-__all__ = ["Handshake", "MinerClient"]
+__all__ = ["AioStream", "Handshake", "MinerClient"]
 
 
 class Handshake:
@@ -39,6 +39,37 @@ class Handshake:
         self.tasks = [task_from_pb(t) for t in reply.tasks]
         self.multiaddrs = list(reply.multiaddrs)
         self.nat_type = reply.nat_type
+
+
+class AioStream:
+    """A server-streaming ``grpc.aio`` call: ``async for`` yields ``convert(message)`` and
+    raises domain errors; ``cancel()`` ends it quietly."""
+
+    def __init__(
+        self,
+        call: Any,
+        convert: Callable[[Any], Any],
+        error: Callable[[grpc.RpcError], Exception],
+    ) -> None:
+        self._call = call
+        self._convert = convert
+        self._error = error
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for message in self._call:
+                yield self._convert(message)
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise  # our own task is being cancelled, not the call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED or not self.cancelled:
+                raise self._error(exc) from None
 
 
 class MinerClient:
@@ -64,6 +95,11 @@ class MinerClient:
         self._astub: miner_pb2_grpc.MinerStub | None = None
         if loop is not None:
             asyncio.run_coroutine_threadsafe(self._open_aio(), loop).result()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the ``a*`` methods run on (None: sync calls only)."""
+        return self._loop
 
     async def _open_aio(self) -> None:
         self._aio = self._chan.aio_channel()
@@ -105,6 +141,29 @@ class MinerClient:
             return task_from_pb(await self._astub.Start(req, timeout=timeout))
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+
+    async def astop(self, task_id: str, timeout: float | None) -> Task:
+        """:meth:`stop` on the loop."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        try:
+            reply = await self._astub.Stop(common_pb2.TaskRef(task_id=task_id), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return task_from_pb(reply)
+
+    async def aminer_status(self, timeout: float | None) -> MinerStatus:
+        """:meth:`miner_status` on the loop."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        try:
+            return status_from_pb(await self._astub.Status(common_pb2.Empty(), timeout=timeout))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def alogs(self, query: LogQuery) -> AioStream:
+        """The task's output as a stream on the loop (``cancel()`` from the loop ends it)."""
+        assert self._astub is not None, "MinerClient made without a loop"
+        call = self._astub.Logs(log_query_to_pb(query))
+        return AioStream(call, lambda m: m.data, self._error)
 
     async def awatch_tasks(self) -> AsyncIterator[TaskEvent]:
         """Every task event of this miner until the session ends (on the loop)."""

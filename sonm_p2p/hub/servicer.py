@@ -1,9 +1,16 @@
-"""``sonm.v1.Hub``: thin translation between gRPC and :class:`~sonm_p2p.hub.hub.Hub`."""
+"""``sonm.v1.Hub``: thin translation between gRPC and :class:`~sonm_p2p.hub.hub.Hub`.
+
+Served by a ``grpc.aio`` server on the hub's loop: the calls that wait on a miner or stay open
+(starts, stops, watches, log follows, miner status) are coroutines there and hold no thread;
+the short ones are plain methods that grpc runs on a bounded pool. So no number of open streams
+takes the capacity ``Ping`` and ``ListMiners`` need. Streams are bounded per caller and in total
+(:class:`~sonm_p2p.hub.limits.StreamBudget`).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import grpc
@@ -23,6 +30,7 @@ from sonm_p2p._status import translate_errors
 from sonm_p2p.auth import RequestVerifier, check_owner
 from sonm_p2p.discovery import HubGossip
 from sonm_p2p.hub.hub import Hub
+from sonm_p2p.hub.limits import StreamBudget, StreamLimits, client_of
 
 __all__ = ["HubServicer"]
 
@@ -37,8 +45,10 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         *,
         reachability: Callable[[], str] = lambda: "unknown",
         stun_endpoint: str = "",
+        streams: StreamLimits | None = None,
     ) -> None:
         self.hub = hub
+        self.streams = StreamBudget(streams or StreamLimits())
         self.reachability = reachability
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
@@ -102,13 +112,14 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             )
         return reply
 
-    def StartTask(
-        self, request: hub_pb2.StartTaskRequest, context: grpc.ServicerContext
+    async def StartTask(
+        self, request: hub_pb2.StartTaskRequest, context: grpc.aio.ServicerContext
     ) -> hub_pb2.StartTaskReply:
-        task = self.hub.start_task(
+        owner = await self.hub.blocking(self._caller, "StartTask", request, context)
+        task = await self.hub.start_task(
             request.miner_id,
             spec_from_pb(request.spec),
-            owner=self._caller("StartTask", request, context),
+            owner=owner,
             timeout=context.time_remaining(),
             task_id=request.task_id,
             detach=request.detach,
@@ -118,11 +129,13 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             task_id=task.task_id, miner_id=task.miner_id, endpoints=info.endpoints
         )
 
-    def StopTask(
-        self, request: common_pb2.TaskRef, context: grpc.ServicerContext
+    async def StopTask(
+        self, request: common_pb2.TaskRef, context: grpc.aio.ServicerContext
     ) -> common_pb2.TaskInfo:
-        task_id = self._owned_task("StopTask", request, request.task_id, context, "stop it")
-        return task_to_pb(self.hub.stop_task(task_id, timeout=context.time_remaining()))
+        task_id = await self.hub.blocking(
+            self._owned_task, "StopTask", request, request.task_id, context, "stop it"
+        )
+        return task_to_pb(await self.hub.stop_task(task_id, timeout=context.time_remaining()))
 
     def TaskStatus(
         self, request: common_pb2.TaskRef, context: grpc.ServicerContext
@@ -136,33 +149,36 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             tasks=[task_to_pb(t) for t in self.hub.list_tasks(request.miner_id)]
         )
 
-    def WatchTask(
-        self, request: common_pb2.TaskRef, context: grpc.ServicerContext
-    ) -> Iterator[common_pb2.TaskEvent]:
-        for event in self.hub.watch_task(request.task_id, still_wanted=context.is_active):
-            yield event_to_pb(event)
+    async def WatchTask(
+        self, request: common_pb2.TaskRef, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.TaskEvent]:
+        with self.streams.hold(client_of(context.peer())):
+            async for event in self.hub.watch_task(request.task_id):
+                yield event_to_pb(event)
 
-    def TaskLogs(
-        self, request: common_pb2.LogsRequest, context: grpc.ServicerContext
-    ) -> Iterator[common_pb2.LogChunk]:
-        query = log_query_from_pb(request)
-        task_id = self._owned_task("TaskLogs", request, request.task_id, context, "read its output")
-        chunks, cancel = self.hub.task_logs(replace(query, task_id=task_id))
-        context.add_callback(cancel)  # the client went away: end the miner's follow too
-        for data in chunks:
-            yield common_pb2.LogChunk(data=data)
+    async def TaskLogs(
+        self, request: common_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.LogChunk]:
+        with self.streams.hold(client_of(context.peer())):
+            query = log_query_from_pb(request)
+            task_id = await self.hub.blocking(
+                self._owned_task, "TaskLogs", request, request.task_id, context, "read its output"
+            )
+            async for data in self.hub.task_logs(replace(query, task_id=task_id)):
+                yield common_pb2.LogChunk(data=data)
 
-    def MinerStatus(
-        self, request: common_pb2.MinerRef, context: grpc.ServicerContext
+    async def MinerStatus(
+        self, request: common_pb2.MinerRef, context: grpc.aio.ServicerContext
     ) -> common_pb2.MinerStatusReply:
-        record, live = self.hub.miner_status(request.miner_id)
+        record, live = await self.hub.miner_status(request.miner_id)
         if live is not None:
             reply = status_to_pb(live)
         else:
+            tasks = await self.hub.blocking(self.hub.list_tasks, record.node_id)
             reply = common_pb2.MinerStatusReply(
                 node_id=record.node_id,
                 resources=resources_dict_to_pb(record.resources),
-                tasks=[task_to_pb(t) for t in self.hub.list_tasks(record.node_id)],
+                tasks=[task_to_pb(t) for t in tasks],
             )
         reply.online = record.online
         reply.remote_addr = record.remote_addr

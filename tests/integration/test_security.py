@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 
+from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2_grpc
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.identity import load_or_create
@@ -38,3 +42,54 @@ def test_another_client_cannot_shadow_or_lock_out_a_tasks_owner(net, tmp_path):
     assert stopped.returncode == 0, stopped.stderr
     assert hub.cli_json("status", job)["state"] == "STOPPED"
     assert hub.cli_json("status", shadow.task_id)["state"] == "RUNNING"  # theirs untouched
+
+
+def test_a_thousand_open_streams_leave_ping_and_list_answering(net):
+    """Unsigned WatchTask streams hold no worker: with 1,000 open, ping and list still answer,
+    and one over the bound is refused with RESOURCE_EXHAUSTED (Busy), not queued."""
+    hub = net.hub(extra=["--max-streams", "1000", "--max-streams-per-client", "1000"])
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+    assert started.returncode == 0, started.stderr
+    job = started.stdout.split()[1].rstrip(",")
+
+    async def flood() -> None:
+        async with grpc.aio.insecure_channel(hub.grpc_target) as channel:
+            stub = hub_pb2_grpc.HubStub(channel)
+            calls = [stub.WatchTask(common_pb2.TaskRef(task_id=job)) for _ in range(1000)]
+            try:
+                firsts = await asyncio.wait_for(
+                    asyncio.gather(*(c.read() for c in calls)), timeout=120
+                )
+                assert all(f.task.task_id == job for f in firsts)  # each one is being served
+                extra = stub.WatchTask(common_pb2.TaskRef(task_id=job))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await asyncio.wait_for(extra.read(), timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert ("sonm-error", "Busy") in tuple(refused.value.trailing_metadata())
+                # Meanwhile the short calls answer, in fresh processes as a user runs them.
+                ping = await asyncio.to_thread(hub.cli, "--timeout", "10s", "ping")
+                assert (ping.returncode, ping.stdout) == (0, "OK\n"), ping.stderr
+                listed = await asyncio.to_thread(hub.cli, "--timeout", "10s", "list")
+                assert listed.returncode == 0 and job in listed.stdout, listed.stderr
+            finally:
+                for call in calls:
+                    call.cancel()
+
+    asyncio.run(flood())
+
+    def one_more_is_served() -> bool:  # the budget is given back as the streams end
+        async def watch() -> bool:
+            async with grpc.aio.insecure_channel(hub.grpc_target) as channel:
+                call = hub_pb2_grpc.HubStub(channel).WatchTask(common_pb2.TaskRef(task_id=job))
+                try:
+                    return (await asyncio.wait_for(call.read(), 10)).task.task_id == job
+                except grpc.aio.AioRpcError:
+                    return False
+                finally:
+                    call.cancel()
+
+        return asyncio.run(watch())
+
+    wait_for(one_more_is_served, "a new stream served once the flood is closed")

@@ -92,9 +92,21 @@ def load_or_create(home: Path) -> Identity:
         return Identity(raw)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     ident = Identity.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(ident.private_key.hex() + "\n")
+    # Written whole under another name, then linked into place: a reader (or a crash) never
+    # sees a half-written key, and of two processes creating it at once both end with one key.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(ident.private_key.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create(home)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ident
 
 

@@ -83,3 +83,16 @@ def test_malformed_signature_is_a_value_error():
 
     with pytest.raises(ValueError):
         recover_signer(b"x", b"\x00" * 10)
+
+
+def test_processes_creating_the_key_at_once_end_with_one_key(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sonm_p2p.identity import load_or_create
+
+    home = tmp_path / "node"
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: load_or_create(home).node_id, range(32)))
+    assert len(set(ids)) == 1
+    assert sorted(p.name for p in home.iterdir()) == ["key"]  # no temp file left behind
+    assert load_or_create(home).node_id == ids[0]

@@ -94,7 +94,7 @@ def load_or_create(home: Path) -> Identity:
     ident = Identity.generate()
     # Written whole under another name, then linked into place: a reader (or a crash) never
     # sees a half-written key, and of two processes creating it at once both end with one key.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sonm_p2p.errors import (
+    Busy,
     InvalidRequest,
     MinerNotFound,
     MinerUnavailable,
@@ -31,6 +32,7 @@ from sonm_p2p.errors import (
     TaskNotFound,
 )
 from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.hub.admission import check_id, check_spec, shown
 from sonm_p2p.hub.core import (
     Event,
     HubCore,
@@ -41,6 +43,7 @@ from sonm_p2p.hub.core import (
     ReportIgnored,
     TaskChanged,
 )
+from sonm_p2p.hub.limits import RateLimit
 from sonm_p2p.hub.miner_client import AioStream, MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
@@ -68,6 +71,8 @@ class HubOptions:
     max_missed_pings: consecutive misses that make a miner offline; defaults to 3.
     handshake_timeout: seconds a new miner has to answer its handshake; defaults to 10.
     start_timeout: deadline of a start when the client set none, seconds; defaults to 600.
+    start_rate, start_burst: starts one client (node ID) may make per second, and at once;
+        default 10 and 100.
     """
 
     ping_interval: float = 10.0
@@ -75,6 +80,8 @@ class HubOptions:
     max_missed_pings: int = 3
     handshake_timeout: float = 10.0
     start_timeout: float = 600.0
+    start_rate: float = 10.0
+    start_burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class Hub:
         self.started_at = time.time()
         self.stun_for_miners = stun_for_miners
         self.core = HubCore(max_missed_pings=options.max_missed_pings)
+        self._starts = RateLimit(options.start_rate, options.start_burst)
         self.events = EventBus()
         self._sup = supervisor
         self._sessions: dict[str, _Session] = {}  # node ID -> current session
@@ -358,6 +366,7 @@ class Hub:
         return views
 
     def _session_for(self, miner: str) -> _Session:
+        miner = check_id(miner, "miner")
         known = {m.node_id for m in self.state.list_miners()}
         node_id = resolve_prefix(known | set(self.online_miners()), miner, kind="miner")
         with self._lock:
@@ -377,10 +386,14 @@ class Hub:
         case), so it can watch before the reply. Raises InvalidRequest, MinerNotFound,
         MinerUnavailable.
         """
-        if not spec.image.strip():
-            raise InvalidRequest("an image is required")
+        check_spec(spec)
         if task_id and not _TASK_ID.fullmatch(task_id):
-            raise InvalidRequest(f"bad task ID {task_id!r}: 8-64 letters, digits, '_', '.', '-'")
+            raise InvalidRequest(
+                f"bad task ID {shown(task_id, 70)}: 8-64 letters, digits, '_', '.', '-'"
+            )
+        wait = self._starts.take(owner, time.monotonic())
+        if wait:
+            raise Busy(f"too many starts from {owner}: the next is allowed in {wait:.1f}s")
         # IDs resolve case-insensitively, so they are stored in one case: "ABC…" must not be a
         # second task beside "abc…" (it would make the owner's own ID ambiguous).
         task_id = task_id.lower()
@@ -497,11 +510,13 @@ class Hub:
     def list_tasks(self, miner: str = "") -> list[Task]:
         if not miner:
             return self.state.list_tasks()
+        miner = check_id(miner, "miner")
         known = {m.node_id for m in self.state.list_miners()}
         return self.state.list_tasks(resolve_prefix(known, miner, kind="miner"))
 
     def _task(self, task_id: str, *, caller: str | None = None) -> Task:
-        if not task_id.strip():
+        task_id = check_id(task_id, "task")
+        if not task_id:
             raise InvalidRequest("a task ID is required")
         if caller is not None and caller != self.node_id:
             # A caller's ID or prefix names its own task first: nobody else's task can shadow
@@ -529,7 +544,7 @@ class Hub:
         A task ID not known yet (the client chose it and its StartTask is on the way) is waited
         for up to ``wait_for_task`` seconds.
         """
-        full = task_id.strip()
+        full = check_id(task_id, "task")
         if not full:
             raise InvalidRequest("a task ID is required")
         loop = asyncio.get_running_loop()
@@ -602,6 +617,7 @@ class Hub:
         return record, await session.client.aminer_status(self.options.ping_timeout * 2)
 
     def _miner_now(self, miner: str) -> tuple[str, MinerRecord, _Session | None]:
+        miner = check_id(miner, "miner")
         known = {m.node_id for m in self.state.list_miners()}
         node_id = resolve_prefix(known, miner, kind="miner")
         with self._lock:

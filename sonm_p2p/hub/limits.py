@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sonm_p2p.errors import Busy
 
-__all__ = ["StreamBudget", "StreamLimits", "client_of"]
+__all__ = ["RateLimit", "StreamBudget", "StreamLimits", "client_of"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,3 +73,42 @@ class StreamBudget:
                     self._open[client] = left
                 else:
                     del self._open[client]  # no entry lingers per caller that came once
+
+
+class RateLimit:
+    """A token bucket per key (a client's node ID): ``rate`` per second, bursts of ``burst``.
+
+    Pure but for its lock: time comes in as ``now``. Keys whose bucket is full again are
+    forgotten, so one-time callers leave nothing behind.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate {rate} and burst {burst} must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def __repr__(self) -> str:
+        return f"<RateLimit {self.rate:g}/s burst {self.burst} keys={len(self._buckets)}>"
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token for ``key``: 0.0 when allowed, else the seconds until one is."""
+        with self._lock:
+            if len(self._buckets) > 4096:
+                self._prune(now)
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return (1.0 - tokens) / self.rate
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+
+    def _prune(self, now: float) -> None:
+        full = [
+            k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]

@@ -93,3 +93,33 @@ def test_a_thousand_open_streams_leave_ping_and_list_answering(net):
         return asyncio.run(watch())
 
     wait_for(one_more_is_served, "a new stream served once the flood is closed")
+
+
+def test_bad_fields_are_refused_at_the_hub_edge_and_break_nothing(net, tmp_path):
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    target = f"--miner={miner.node_id}"
+    cases = [
+        (["--cpu", "nan"], "--cpu nan"),
+        (["--cpu", "1e-12"], "--cpu 1e-12"),
+        (["--memory", "1"], "--memory 1 bytes"),
+    ]
+    for flags, says in cases:
+        res = hub.cli("start", "--image", "sonm-test/web", target, *flags)
+        assert res.returncode == 6, (flags, res.stdout, res.stderr)  # INVALID_ARGUMENT
+        assert says in res.stderr and "internal" not in res.stderr.lower(), res.stderr
+
+    attacker = load_or_create(tmp_path / "attacker")
+    with HubClient(hub.grpc_target, identity=attacker, timeout=30) as client:
+        with pytest.raises(InvalidRequest, match="bad image reference") as err:
+            client.start_task(miner.node_id, RunSpec("x" * 3_000_000))
+        assert len(str(err.value)) < 300  # a huge value is not echoed back
+        with pytest.raises(InvalidRequest, match="bad environment variable name ''"):
+            client.start_task(miner.node_id, RunSpec("sonm-test/web", env={"": "x"}))
+        with pytest.raises(InvalidRequest, match="bad task ID"):
+            client.task_status("y" * 1_000_000)
+    # Nothing was stored: everyone's `tasks` still works.
+    listed = hub.cli("tasks")
+    assert listed.returncode == 0, listed.stderr
+    assert hub.cli_json("tasks")["tasks"] == []

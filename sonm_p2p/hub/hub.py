@@ -31,8 +31,7 @@ from sonm_p2p.events import EventBus, TaskEvent
 from sonm_p2p.hub.miner_client import MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
-from sonm_p2p.miner.miner import LogQuery, MinerStatus
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.tasks import (
     Failed,
     Found,

@@ -151,7 +151,7 @@ class DockerRuntime:
         still finish the download in the background.
 
         ``progress``, if given, is called from the pull's worker with the progress summed over the
-        layers (see :class:`~sonm_p2p.miner.runtime.PullProgress`), at most every 0.1 s, then
+        layers (see :class:`~sonm_p2p.model.PullProgress`), at most every 0.1 s, then
         once more when the pull succeeded, with ``layers_done == layers_total``. It is not
         called when the image is local already, nor after this method raised (but for one call
         that may race with a Timeout). An exception it raises aborts the pull and is raised

@@ -46,7 +46,8 @@ __all__ = [
 
 #: Label carrying the task ID on every container a runtime creates.
 TASK_LABEL = "sonm.task"
-#: Values of :attr:`RunSpec.restart`; ``"on-failure"`` also takes a retry limit: ``on-failure:3``.
+#: Values of :attr:`sonm_p2p.model.RunSpec.restart`; ``"on-failure"`` also takes a retry limit:
+#: ``on-failure:3``.
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 #: What :meth:`ContainerRuntime.watch` reports.
 WATCH_ACTIONS = frozenset({"start", "die", "destroy", "oom"})

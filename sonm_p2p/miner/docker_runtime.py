@@ -184,6 +184,8 @@ class DockerRuntime:
                 raise Timeout(why) from None
             except futures.CancelledError as exc:  # queued when the runtime closed
                 raise RuntimeFailure(f"pulling {image}: the container runtime closed") from exc
+            if abandoned.is_set():  # close() cut the pull short: the image is not there
+                raise RuntimeFailure(f"pulling {image}: the container runtime closed")
         finally:
             with self._lock:
                 self._pulls.discard(abandoned)

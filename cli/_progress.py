@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterable
 
 from sonm_p2p.errors import SonmError
-from sonm_p2p.events import PullStatus, TaskEvent
+from sonm_p2p.events import TaskEvent
+from sonm_p2p.model import PullProgress
 
 __all__ = ["StartProgress", "render_bar"]
 
@@ -20,7 +21,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def render_bar(p: PullStatus, width: int = _BAR) -> str:
+def render_bar(p: PullProgress, width: int = _BAR) -> str:
     """``pulling IMG [#####.....] 12.3/45.6 MB, 3/5 layers`` (pure, for tests)."""
     frac = p.current_bytes / p.total_bytes if p.total_bytes else 0.0
     if p.layers_total and p.layers_done == p.layers_total:
@@ -85,7 +86,7 @@ class StartProgress:
             return
         print(json.dumps(obj, sort_keys=True), flush=True)
 
-    def _progress(self, p: PullStatus) -> None:
+    def _progress(self, p: PullProgress) -> None:
         line = render_bar(p)
         if self.tty:
             sys.stderr.write("\r" + line)

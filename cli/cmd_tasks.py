@@ -14,8 +14,7 @@ from cli._common import Duration, emit_json, parse_size
 from cli._context import CliContext, endpoints_json, task_json
 from cli._progress import StartProgress
 from sonm_p2p.errors import ConfigError
-from sonm_p2p.miner.miner import LogQuery
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import LogQuery, RunSpec
 from sonm_p2p.tasks import format_endpoints
 
 

@@ -20,7 +20,7 @@ from cli._common import SonmGroup
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import SonmError, Timeout
 from sonm_p2p.identity import load_or_create
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import RunSpec
 from sonm_p2p.tasks import format_endpoints
 
 BIN = Path(sys.executable).parent

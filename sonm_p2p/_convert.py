@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from sonm_p2p._pb.sonm.v1 import common_pb2
-from sonm_p2p.events import PullStatus, TaskEvent
-from sonm_p2p.miner.miner import LogQuery, MinerStatus, TaskLoad
-from sonm_p2p.miner.runtime import RunSpec, RuntimeInfo
+from sonm_p2p.events import TaskEvent
+from sonm_p2p.model import LogQuery, MinerStatus, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 from sonm_p2p.tasks import Endpoint, Task, TaskState
 
 __all__ = [
@@ -121,7 +120,7 @@ def event_from_pb(msg: common_pb2.TaskEvent) -> TaskEvent:
     progress = None
     if msg.HasField("progress"):
         p = msg.progress
-        progress = PullStatus(
+        progress = PullProgress(
             p.image, p.current_bytes, p.total_bytes, p.layers_done, p.layers_total, p.status
         )
     return TaskEvent(msg.task_id, msg.at_ms / 1000, task=task, progress=progress)
@@ -219,7 +218,7 @@ def status_from_pb(msg: common_pb2.MinerStatusReply) -> MinerStatus:
         cpus_allocated=msg.cpus_allocated,
         memory_allocated=msg.memory_allocated,
         load=tuple(
-            TaskLoad(u.task_id, u.cpu_percent, u.memory_bytes, u.memory_limit, u.cpus_limit)
+            TaskUsage(u.task_id, u.cpu_percent, u.memory_bytes, u.memory_limit, u.cpus_limit)
             for u in msg.usage
         ),
         tasks=tuple(task_from_pb(t) for t in msg.tasks),

@@ -28,8 +28,7 @@ from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.auth import sign_request
 from sonm_p2p.errors import HubUnavailable
 from sonm_p2p.identity import Identity
-from sonm_p2p.miner.miner import LogQuery, MinerStatus
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.tasks import Endpoint, Task
 
 __all__ = [

@@ -7,21 +7,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from sonm_p2p.model import PullProgress
 from sonm_p2p.tasks import Task
 
-__all__ = ["EventBus", "PullStatus", "Subscription", "TaskEvent"]
-
-
-@dataclass(frozen=True)
-class PullStatus:
-    """Image pull progress summed over layers (mirrors the runtime's ``PullProgress``)."""
-
-    image: str
-    current_bytes: int
-    total_bytes: int
-    layers_done: int
-    layers_total: int
-    status: str = ""
+__all__ = ["EventBus", "Subscription", "TaskEvent"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +20,7 @@ class TaskEvent:
     task_id: str
     at: float
     task: Task | None = None
-    progress: PullStatus | None = None
+    progress: PullProgress | None = None
 
 
 class Subscription:

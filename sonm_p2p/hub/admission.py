@@ -9,7 +9,7 @@ import math
 import re
 
 from sonm_p2p.errors import InvalidRequest
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import RunSpec
 
 __all__ = [
     "MAX_ARG_BYTES",

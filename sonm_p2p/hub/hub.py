@@ -47,8 +47,7 @@ from sonm_p2p.hub.limits import RateLimit
 from sonm_p2p.hub.miner_client import AioStream, MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import Identity, node_id_from_peer_id
-from sonm_p2p.miner.miner import LogQuery, MinerStatus
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.tasks import Task, resolve_prefix
 from sonm_p2p.transport.node import P2PNode

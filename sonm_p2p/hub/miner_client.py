@@ -20,8 +20,7 @@ from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
 from sonm_p2p._status import ServerStream, from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
 from sonm_p2p.events import TaskEvent
-from sonm_p2p.miner.miner import LogQuery, MinerStatus
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.tasks import Task
 from sonm_p2p.transport.bridge import GRPC_MINER, PeerChannel
 from sonm_p2p.transport.node import P2PNode

@@ -1,4 +1,10 @@
-"""Wiring of a miner process: identity, libp2p node, local gRPC server, hub link."""
+"""Wiring of a miner process: identity, libp2p node, local gRPC server, hub link.
+
+Every thread the daemon starts is owned: the hub link is a service of the daemon's
+:class:`~sonm_p2p.supervisor.Supervisor`, the gRPC server's workers are its own pool, and the
+runtime's (pulls, the events watcher) belong to the runtime; :meth:`MinerDaemon.close` stops and
+joins them all.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +23,13 @@ from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, SonmError, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
+from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
+from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner, Offer
-from sonm_p2p.miner.runtime import ContainerRuntime, DockerRuntime, MemoryRuntime
+from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.miner.servicer import MinerServicer
+from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit, parse_hostport
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, serve_forward
@@ -62,7 +71,9 @@ class MinerOptions:
 
 
 class MinerDaemon:
-    """A running miner. ``start()`` returns once it listens; ``close()`` stops it (idempotent).
+    """A running miner. ``start()`` returns once it listens; ``close()`` stops it (idempotent)
+    and joins every thread it started, the runtime's included (a runtime given to the
+    constructor is closed too: the daemon owns it from then on).
 
     Containers keep running when the daemon stops: a restarted miner adopts them.
     """
@@ -73,10 +84,17 @@ class MinerDaemon:
         self.node_id = self.identity.node_id
         labels = {"sonm.miner": self.node_id, **options.labels}
         self.runtime = runtime or _make_runtime(options, labels)
-        self.miner = Miner(
-            self.node_id, self.runtime, logs_dir=options.home / "logs", offer=options.offer
-        )
+        self.supervisor = Supervisor("miner")
         self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
+        self._nat = NatCache(self.node)
+        self.miner = Miner(
+            self.node_id,
+            self.runtime,
+            logs_dir=options.home / "logs",
+            offer=options.offer,
+            addresses=lambda: self.node.advertised_addrs,  # [] until the node runs
+            nat_type=self._nat.classify,
+        )
         self._allowed = {h.lower() for h in options.hub_ids}
         self.gossip: HubGossip | None = None
         if not options.hub:
@@ -96,9 +114,10 @@ class MinerDaemon:
             allow_hub=lambda node_id: not self._allowed or node_id.lower() in self._allowed,
             connected_in=self._connected_in,
             before_session=self._reserve_for_hub,
+            supervisor=self.supervisor,
         )
         self._server: grpc.Server | None = None
-        self._nat = NatCache(self.node)
+        self._server_pool: futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
@@ -152,15 +171,14 @@ class MinerDaemon:
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
         self.miner.watch_runtime()
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16), options=SERVER_OPTIONS
+        self._server_pool = futures.ThreadPoolExecutor(
+            max_workers=16, thread_name_prefix="miner-grpc"
         )
+        self._server = grpc.server(self._server_pool, options=SERVER_OPTIONS)
         miner_pb2_grpc.add_MinerServicer_to_server(MinerServicer(self.miner), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.node.start()
-        self.miner.addresses = lambda: self.node.advertised_addrs
-        self.miner.nat_type = self._nat.classify
         serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
         serve_forward(self.node, self._resolve_forward)
         self.link.start()
@@ -168,12 +186,18 @@ class MinerDaemon:
         log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)
 
     def close(self) -> None:
-        self.link.close()
+        # The link first (no redial while the rest goes), the node last but for the server,
+        # whose calls in flight may still use the miner.
+        self.supervisor.close()
         self.miner.close()
+        self.runtime.close()
         self.node.close()
         if self._server is not None:
             self._server.stop(grace=1).wait()
             self._server = None
+        if self._server_pool is not None:
+            self._server_pool.shutdown(wait=True, cancel_futures=True)
+            self._server_pool = None
 
 
 class NatCache:

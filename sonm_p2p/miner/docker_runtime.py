@@ -1,7 +1,9 @@
 """:class:`DockerRuntime`: the :class:`~sonm_p2p.miner.runtime.ContainerRuntime` on a Docker engine.
 
 The class only makes the calls; the engine's payloads (container inspection, pull messages,
-stats) are decoded by pure helpers in :mod:`sonm_p2p.miner.runtime`, tested without an engine.
+stats) are decoded by pure helpers in :mod:`sonm_p2p.miner._docker_payloads`, tested without an
+engine. Its background work (pulls, the events watcher) belongs to a
+:class:`~sonm_p2p.supervisor.Supervisor` of its own, joined by :meth:`DockerRuntime.close`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from concurrent import futures
+from contextlib import suppress
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from sonm_p2p.errors import (
     ImageNotFound,
@@ -30,59 +31,36 @@ from sonm_p2p.errors import (
     TaskNotFound,
     Timeout,
 )
+from sonm_p2p.miner._docker_events import _EventWatch
+from sonm_p2p.miner._docker_payloads import (
+    _cpu_percent,
+    _docker_state,
+    _engine_errors,
+    _explain,
+    _host_limits,
+    _memory_used,
+    _pull_failure,
+    _PullTally,
+)
 from sonm_p2p.miner.runtime import (
     _NO_COMMAND,
     TASK_LABEL,
     WATCH_ACTIONS,
     ContainerState,
     LogStream,
-    PullProgress,
-    RunSpec,
-    RuntimeInfo,
-    TaskUsage,
     _check_log_query,
     _check_run,
     _check_tail,
-    _cpu_percent,
-    _docker_state,
-    _host_limits,
-    _memory_used,
-    _parse_time,
-    _pull_failure,
-    _PullTally,
     _restart_policy,
     _split_image,
     _task_labels,
 )
+from sonm_p2p.model import PullProgress, RunSpec, RuntimeInfo, TaskUsage
+from sonm_p2p.supervisor import Supervisor
 
 __all__ = ["DockerRuntime"]
 
 log = logging.getLogger(__name__)
-
-#: The event watcher retries a broken engine connection after this, doubling up to the maximum.
-_WATCH_BACKOFF = (0.1, 2.0)
-#: How long unwatching waits for the watcher thread (blocked in a connect to a hung engine).
-_WATCH_JOIN = 5.0
-
-
-@contextmanager
-def _engine_errors(what: str, *, task_id: str | None = None) -> Iterator[None]:
-    """Turn whatever the docker SDK raises into a :class:`SonmError` saying ``what`` failed;
-    a missing container is ``TaskNotFound`` if ``task_id`` is given."""
-    try:
-        yield
-    except docker.errors.NotFound as exc:
-        if task_id is None:
-            raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
-        raise TaskNotFound(f"{what}: task {task_id} is gone") from exc
-    except docker.errors.APIError as exc:
-        raise RuntimeFailure(f"{what}: docker engine error: {_explain(exc)}") from exc
-    except docker.errors.DockerException as exc:
-        raise RuntimeFailure(f"{what}: {_explain(exc)}") from exc
-    except requests.exceptions.Timeout as exc:
-        raise Timeout(f"{what}: the docker engine did not answer in time") from exc
-    except requests.exceptions.RequestException as exc:
-        raise RuntimeFailure(f"{what}: docker engine unreachable: {exc}") from exc
 
 
 class DockerRuntime:
@@ -95,6 +73,11 @@ class DockerRuntime:
             ``sonm.task`` container on the engine is this runtime's).
         pids_limit: most processes a container may hold; defaults to 1024.
         client: the engine to use; defaults to ``docker.from_env()``.
+        pull_workers: most pulls run at once (more wait their turn); defaults to 8.
+
+    Its threads (pulls, event watchers) are its own, not its caller's: the runtime is used
+    without a daemon too (tests, tools), and its work must end when it is closed. :meth:`close`
+    stops and joins them; a daemon closes its runtime when it stops.
 
     Raises:
         RuntimeFailure: no ``client`` given and no engine answers.
@@ -107,6 +90,7 @@ class DockerRuntime:
         labels: Mapping[str, str] | None = None,
         pids_limit: int = 1024,
         client: docker.DockerClient | None = None,
+        pull_workers: int = 8,
     ) -> None:
         if client is None:
             with _engine_errors("connecting to the docker engine"):
@@ -115,11 +99,30 @@ class DockerRuntime:
         self.publish_ip = publish_ip
         self.labels: Mapping[str, str] = dict(labels or {})
         self.pids_limit = pids_limit
+        self._supervisor = Supervisor("docker-runtime", workers=pull_workers)
+        self._lock = threading.Lock()
+        self._pulls: set[threading.Event] = set()  # the "abandoned" flag of each pull running
+        self._watches: set[_EventWatch] = set()
 
     def __repr__(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
         url = self._client.api.base_url
         return f"<DockerRuntime {url} publish_ip={self.publish_ip} labels={{{labels}}}>"
+
+    def close(self) -> None:
+        """Stop every watch, abandon pulls in progress and join the threads (idempotent).
+
+        Containers are left running: a restarted miner adopts them. A pull abandoned here ends
+        at the engine's next message, so this may wait that long (a stalled registry: until the
+        engine gives up on it; :class:`Supervisor` logs a thread that outlives its timeout).
+        """
+        with self._lock:
+            watches, self._watches = list(self._watches), set()
+            for abandoned in self._pulls:
+                abandoned.set()
+        for watch in watches:
+            watch.close()
+        self._supervisor.close()
 
     def info(self) -> RuntimeInfo:
         """The engine's cores, memory, OS/arch and version."""
@@ -143,12 +146,12 @@ class DockerRuntime:
     ) -> None:
         """Make ``image`` present locally: use it if it is, else pull it (tag ``latest`` if none).
 
-        The pull runs in a daemon thread; on timeout this raises at once and abandons the pull:
-        the thread stops at the engine's next message (it never delays process exit), and the
-        engine may still finish the download in the background.
+        The pull runs on this runtime's bounded worker pool; on timeout this raises at once and
+        abandons the pull: its worker stops at the engine's next message, and the engine may
+        still finish the download in the background.
 
-        ``progress``, if given, is called from the pull thread with the progress summed over the
-        layers (see :class:`~sonm_p2p.miner.runtime.PullProgress`), at most every 0.1 s, then
+        ``progress``, if given, is called from the pull's worker with the progress summed over the
+        layers (see :class:`~sonm_p2p.model.PullProgress`), at most every 0.1 s, then
         once more when the pull succeeded, with ``layers_done == layers_total``. It is not
         called when the image is local already, nor after this method raised (but for one call
         that may race with a Timeout). An exception it raises aborts the pull and is raised
@@ -159,27 +162,33 @@ class DockerRuntime:
                 registry is unreachable; the message says which.
             InvalidRequest: ``image`` is not a valid reference.
             Timeout: the pull took longer than ``timeout`` seconds (None: wait as long as it takes).
+            RuntimeFailure: the runtime is closed.
         """
         repo, tag = _split_image(image)
         if self._image_config(image) is not None:
             return  # Docker resolves a missing tag to "latest" too
         abandoned = threading.Event()
-        failure: builtins.list[BaseException] = []
-
-        def pull() -> None:
+        with self._lock:
+            self._pulls.add(abandoned)
+        try:
             try:
-                self._pull(image, repo, tag, abandoned, progress)
-            except Exception as exc:  # handed to the waiting caller
-                failure.append(exc)
-
-        thread = threading.Thread(target=pull, name=f"sonm-pull {image}", daemon=True)
-        thread.start()
-        thread.join(None if timeout is None else max(timeout, 0.0))
-        if thread.is_alive():
-            abandoned.set()
-            raise Timeout(f"pulling {image} took longer than {timeout:g} s; abandoned")
-        if failure:
-            raise failure[0]
+                pull = self._supervisor.submit(self._pull, image, repo, tag, abandoned, progress)
+            except RuntimeError as exc:  # closed
+                raise RuntimeFailure(f"pulling {image}: the container runtime is closed") from exc
+            try:
+                pull.result(None if timeout is None else max(timeout, 0.0))
+            except futures.TimeoutError:
+                abandoned.set()
+                pull.cancel()  # if still queued behind other pulls
+                why = f"pulling {image} took longer than {timeout:g} s; abandoned"
+                raise Timeout(why) from None
+            except futures.CancelledError as exc:  # queued when the runtime closed
+                raise RuntimeFailure(f"pulling {image}: the container runtime closed") from exc
+            if abandoned.is_set():  # close() cut the pull short: the image is not there
+                raise RuntimeFailure(f"pulling {image}: the container runtime closed")
+        finally:
+            with self._lock:
+                self._pulls.discard(abandoned)
 
     def _pull(
         self,
@@ -400,14 +409,23 @@ class DockerRuntime:
 
         Events that happen after this returns are reported. Returns the function that stops
         watching: idempotent, it closes the engine connection and waits (at most 5 s) for the
-        thread to end; it may be called from ``callback`` itself.
+        thread to end; it may be called from ``callback`` itself. :meth:`close` stops it too.
 
         Raises:
-            RuntimeFailure: the engine cannot be reached to subscribe.
+            RuntimeFailure: the engine cannot be reached to subscribe, or the runtime is closed.
         """
         labels = [f"{k}={v}" for k, v in self.labels.items()] + [TASK_LABEL]
         filters = {"type": ["container"], "event": sorted(WATCH_ACTIONS), "label": labels}
-        return _EventWatch(self._client.api, filters, callback).close
+        watch = _EventWatch(self._client.api, filters, callback, self._supervisor)
+        with self._lock:
+            self._watches.add(watch)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watches.discard(watch)
+            watch.close()
+
+        return unwatch
 
     def usage(self, task_id: str) -> TaskUsage:
         """The task's CPU and memory use now, and its limits (from its HostConfig).
@@ -456,114 +474,3 @@ def _engine_chunks(stream: Iterator[bytes], task_id: str) -> Iterator[bytes]:
         raise
     except Exception as exc:
         raise RuntimeFailure(f"reading logs of task {task_id}: {_explain(exc)}") from exc
-
-
-class _EventWatch:
-    """One :meth:`DockerRuntime.watch` subscription: a daemon thread reading the engine's events.
-
-    The first connection is made in the constructor, so the caller learns at once if the engine
-    is unreachable and no event after the constructor returns is missed.
-    """
-
-    def __init__(
-        self, api: docker.APIClient, filters: dict[str, Any], callback: Callable[[str, str], None]
-    ) -> None:
-        self._api = api
-        self._filters = filters
-        self._callback = callback
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._wake = threading.Event()
-        # Resume point on reconnect: the engine's time of the last event seen, or of subscribing.
-        self._since: str | None = None
-        self._seen: deque[tuple[Any, ...]] = deque(maxlen=256)
-        with _engine_errors("subscribing to docker events"):
-            now = _parse_time(api.info().get("SystemTime"))
-            self._since = None if now is None else _since_param(round(now * 1e9))
-            self._stream: Any = api.events(decode=True, filters=filters, since=self._since)
-        self._thread = threading.Thread(target=self._run, name="sonm-watch", daemon=True)
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"<_EventWatch {'stopped' if self._stopped else 'watching'} since={self._since}>"
-
-    def close(self) -> None:
-        with self._lock:
-            self._stopped = True
-            stream, self._stream = self._stream, None
-        self._wake.set()
-        if stream is not None:
-            with suppress(Exception):  # half-gone already
-                stream.close()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(_WATCH_JOIN)
-
-    def _run(self) -> None:
-        backoff = _WATCH_BACKOFF[0]
-        while True:
-            with self._lock:
-                stream = self._stream
-            opened = time.monotonic()
-            if stream is not None:
-                try:
-                    for event in stream:
-                        self._deliver(event)
-                    why = "the engine ended the stream"
-                except Exception as exc:  # whatever the broken connection raised
-                    why = repr(exc)
-                with suppress(Exception):
-                    stream.close()
-                if self._stopped:
-                    return
-                log.warning("docker event stream broke (%s); reconnecting", why)
-                if time.monotonic() - opened > 5 * _WATCH_BACKOFF[1]:
-                    backoff = _WATCH_BACKOFF[0]  # it had been healthy: retry quickly
-            if self._wake.wait(backoff):
-                return
-            backoff = min(backoff * 2, _WATCH_BACKOFF[1])
-            try:
-                with _engine_errors("resubscribing to docker events"):
-                    stream = self._api.events(decode=True, filters=self._filters, since=self._since)
-            except SonmError as exc:
-                log.warning("%s; retrying in %.2g s", exc, backoff)
-                stream = None
-            with self._lock:
-                if self._stopped:
-                    if stream is not None:
-                        with suppress(Exception):
-                            stream.close()
-                    return
-                self._stream = stream
-
-    def _deliver(self, event: Any) -> None:
-        if not isinstance(event, dict):
-            return
-        actor = event.get("Actor") or {}
-        task_id = (actor.get("Attributes") or {}).get(TASK_LABEL)
-        action = event.get("Action") or event.get("status")
-        when = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
-        key = (actor.get("ID") or event.get("id"), action, when)
-        if not task_id or action not in WATCH_ACTIONS or key in self._seen:
-            return  # a replayed duplicate after a reconnect, or not a task event
-        self._seen.append(key)
-        if when:
-            self._since = _since_param(int(when))
-        if self._stopped:
-            return
-        try:
-            self._callback(task_id, action)
-        except Exception:
-            log.exception("watch callback failed on task %s %s", task_id, action)
-
-
-# --- small helpers -------------------------------------------------------------------------------
-
-
-def _explain(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-
-
-def _since_param(nanos: int) -> str:
-    """Unix nanoseconds as the engine's ``since`` parameter: ``"<seconds>.<nanoseconds>"``."""
-    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"

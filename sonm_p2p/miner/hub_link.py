@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sonm_p2p.errors import SonmError
 from sonm_p2p.identity import node_id_from_peer_id
+from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.bridge import SESSION
 from sonm_p2p.transport.node import P2PNode
 
@@ -71,7 +72,8 @@ class Backoff:
 
 
 class HubLink:
-    """Keeps the miner connected to a hub until :meth:`close`.
+    """Keeps the miner connected to a hub, from :meth:`start` until ``supervisor`` closes: the
+    link is one of its services, so the daemon's close stops and joins it.
 
     ``targets(avoid)`` returns :class:`HubCandidate` s in order; ``avoid`` holds hubs lost
     recently, which it should put last or leave out (a hub it must keep returning to may stay).
@@ -92,11 +94,13 @@ class HubLink:
         last_hub_contact: Callable[[], float],
         options: LinkOptions | None = None,
         *,
+        supervisor: Supervisor,
         allow_hub: Callable[[str], bool] = lambda node_id: True,
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
         before_session: Callable[[str, HubCandidate], None] = lambda peer_id, candidate: None,
     ) -> None:
         self.node = node
+        self._supervisor = supervisor
         self._targets = targets
         self.options = options or LinkOptions()
         self._last_contact = last_hub_contact
@@ -107,8 +111,7 @@ class HubLink:
         self.hub_id = ""
         self.target = ""
         self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._avoid: dict[str, float] = {}  # hub node ID -> when we lost it (monotonic)
 
     def __repr__(self) -> str:
@@ -116,15 +119,10 @@ class HubLink:
         return f"<HubLink {state}>"
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="hub-link", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        """Begin connecting (idempotent); the supervisor's close ends it."""
+        if not self._started:
+            self._started = True
+            self._supervisor.service("hub-link", self._run)
 
     def allow(self, peer_id: str) -> bool:
         """Whether ``peer_id`` may call this miner's gRPC (only its current hub may)."""
@@ -161,9 +159,9 @@ class HubLink:
             return peer, node_id, cand
         return None
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
-        while not self._stop.is_set():
+        while not stop.is_set():
             picked = self._dial()
             session = None
             if picked is not None:
@@ -182,27 +180,27 @@ class HubLink:
                 self.hub_peer = ""
                 delay = backoff.next()
                 log.info("retrying in %.1fs", delay)
-                self._stop.wait(delay)
+                stop.wait(delay)
                 continue
             log.info("connected to hub %s at %s (peer %s)", node_id, target, peer)
             self.connected.set()
             opened = time.monotonic()
             backoff.reset()
             try:
-                self._hold(session, opened)
+                self._hold(session, opened, stop)
             finally:
                 self.connected.clear()
                 self.hub_peer = ""
                 session.close()
-            if not self._stop.is_set():
+            if not stop.is_set():
                 self._avoid[node_id] = time.monotonic()
                 delay = backoff.next()
                 log.warning("lost the hub %s; reconnecting in %.1fs", node_id, delay)
-                self._stop.wait(delay)
+                stop.wait(delay)
 
-    def _hold(self, session: object, opened: float) -> None:
+    def _hold(self, session: object, opened: float, stop: threading.Event) -> None:
         silence = self.options.hub_silence
-        while not self._stop.is_set():
+        while not stop.is_set():
             if session.closed.wait(timeout=min(1.0, silence)):  # type: ignore[attr-defined]
                 return
             heard = max(self._last_contact(), opened)

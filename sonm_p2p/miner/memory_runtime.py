@@ -15,11 +15,6 @@ from sonm_p2p.miner.runtime import (
     _NO_COMMAND,
     ContainerState,
     LogStream,
-    PublishedPort,
-    PullProgress,
-    RunSpec,
-    RuntimeInfo,
-    TaskUsage,
     _check_log_query,
     _check_run,
     _check_tail,
@@ -29,6 +24,7 @@ from sonm_p2p.miner.runtime import (
     _restart_policy,
     _task_labels,
 )
+from sonm_p2p.model import PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 
 __all__ = ["MemoryRuntime"]
 
@@ -132,6 +128,11 @@ class MemoryRuntime:
             running = sum(c.running for c in self._containers.values())
             tasks = len(self._containers)
         return f"<MemoryRuntime local={sorted(self._local)} {tasks=} {running=}>"
+
+    def close(self) -> None:
+        """Stop calling watchers (idempotent); the fake's tasks stay, as containers would."""
+        with self._changed:
+            self._watchers.clear()
 
     def info(self) -> RuntimeInfo:
         """The ``info`` given to the constructor."""

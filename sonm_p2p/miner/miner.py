@@ -6,15 +6,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sonm_p2p.errors import MinerUnavailable, Refused, SonmError, TaskNotFound, Timeout
-from sonm_p2p.events import EventBus, PullStatus, TaskEvent
-from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, RunSpec, RuntimeInfo
+from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, LogStream
+from sonm_p2p.model import LogQuery, MinerStatus, PullProgress, RunSpec, RuntimeInfo
 from sonm_p2p.tasks import Endpoint, Task, TaskState
 
-__all__ = ["LogQuery", "Miner", "MinerStatus", "Offer", "TaskLoad", "task_from_container"]
+__all__ = ["Miner", "Offer", "task_from_container"]
 
 log = logging.getLogger(__name__)
 
@@ -56,42 +58,17 @@ class Offer:
     memory_bytes: int = 0
 
 
-@dataclass(frozen=True)
-class LogQuery:
-    """Which output of a task to read (see ``sonm.v1.LogsRequest``)."""
-
-    task_id: str
-    follow: bool = False
-    tail: int | None = None
-    since: float | None = None
-    stdout: bool = True
-    stderr: bool = True
-
-
-@dataclass(frozen=True)
-class TaskLoad:
-    task_id: str
-    cpu_percent: float
-    memory_bytes: int
-    memory_limit: int
-    cpus_limit: float
-
-
-@dataclass(frozen=True)
-class MinerStatus:
-    node_id: str
-    info: RuntimeInfo
-    cpus_offered: float
-    memory_offered: int
-    cpus_allocated: float
-    memory_allocated: int
-    load: tuple[TaskLoad, ...]
-    tasks: tuple[Task, ...]
-
-
 @dataclass
 class _HubClock:
     last_ping: float = 0.0
+
+
+@dataclass
+class _StartGate:
+    """Serializes starts of one task ID; dropped when its last user leaves."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
 
 
 class Miner:
@@ -99,6 +76,11 @@ class Miner:
 
     ``events`` carries every task's state changes (from the engine's events) and pull progress.
     Output of stopped tasks is kept under ``logs_dir`` (their containers are removed).
+
+    ``addresses()`` says where this miner listens on the overlay (its node's advertised
+    addresses, which change as relays are reserved); ``nat_type(stun_endpoint)`` classifies its
+    NAT against the hub's STUN responder ("" unknown). Both are what the handshake reports;
+    they default to nothing known.
     """
 
     def __init__(
@@ -108,6 +90,8 @@ class Miner:
         *,
         logs_dir: Path | None = None,
         offer: Offer | None = None,
+        addresses: Callable[[], list[str]] = list,
+        nat_type: Callable[[str], str] = lambda stun_endpoint: "",
     ) -> None:
         self.node_id = node_id
         self.runtime = runtime
@@ -115,16 +99,13 @@ class Miner:
         self.offer = offer or Offer()
         self.events = EventBus()
         self.hub_clock = _HubClock()
-        self._starting: dict[str, threading.Lock] = {}
+        self._starting: dict[str, _StartGate] = {}  # task ID -> gate, while a start runs
         self._stopping: set[str] = set()  # their "die" is a stop, reported by stop() itself
         self._lock = threading.Lock()
         self._info: RuntimeInfo | None = None
         self._unwatch: Callable[[], None] | None = None
-        #: Where this miner listens on the overlay (set by the daemon once its node runs).
-        self.addresses: Callable[[], list[str]] = list
-        #: This miner's NAT type classified against a STUN endpoint ("" unknown; set by the
-        #: daemon).
-        self.nat_type: Callable[[str], str] = lambda stun_endpoint: ""
+        self.addresses = addresses
+        self.nat_type = nat_type
 
     def __repr__(self) -> str:
         return f"<Miner {self.node_id} runtime={self.runtime!r}>"
@@ -151,7 +132,7 @@ class Miner:
         self._publish(task)
 
     def _publish(
-        self, task: Task | None = None, *, task_id: str = "", progress: PullStatus | None = None
+        self, task: Task | None = None, *, task_id: str = "", progress: PullProgress | None = None
     ) -> None:
         tid = task.task_id if task is not None else task_id
         self.events.publish(TaskEvent(tid, time.time(), task=task, progress=progress))
@@ -231,9 +212,7 @@ class Miner:
         Raises Refused (limits beyond the offer), ImageNotFound, ImageNotRunnable, Timeout,
         RuntimeFailure.
         """
-        with self._lock:
-            gate = self._starting.setdefault(task_id, threading.Lock())
-        with gate:
+        with self._start_gate(task_id):
             try:
                 return task_from_container(self.runtime.status(task_id), self.node_id)
             except TaskNotFound:
@@ -242,18 +221,8 @@ class Miner:
             deadline = None if timeout is None else time.monotonic() + timeout
             log.info("task %s: preparing image %s", task_id, spec.image)
 
-            def progress(p: object) -> None:
-                self._publish(
-                    task_id=task_id,
-                    progress=PullStatus(
-                        p.image,
-                        p.current_bytes,
-                        p.total_bytes,
-                        p.layers_done,  # type: ignore[attr-defined]
-                        p.layers_total,
-                        p.status,  # type: ignore[attr-defined]
-                    ),
-                )
+            def progress(p: PullProgress) -> None:
+                self._publish(task_id=task_id, progress=p)
 
             self.runtime.ensure_image(spec.image, timeout=timeout, progress=progress)
             if not still_wanted():
@@ -271,6 +240,22 @@ class Miner:
             task = task_from_container(state, self.node_id)
             self._publish(task)
             return task
+
+    @contextmanager
+    def _start_gate(self, task_id: str) -> Iterator[None]:
+        """Hold ``task_id``'s start lock; the entry goes once no start of it runs or waits, so
+        the table holds only starts in progress, however many tasks come and go."""
+        with self._lock:
+            gate = self._starting.setdefault(task_id, _StartGate())
+            gate.users += 1
+        try:
+            with gate.lock:
+                yield
+        finally:
+            with self._lock:
+                gate.users -= 1
+                if not gate.users:
+                    del self._starting[task_id]
 
     def stop(self, task_id: str) -> Task:
         """Stop gracefully (then kill), keep its output, remove the container."""
@@ -308,10 +293,11 @@ class Miner:
         except (SonmError, OSError) as exc:
             log.warning("task %s: could not keep its output: %s", task_id, exc)
 
-    def logs(self, q: LogQuery) -> Iterator[bytes]:
+    def logs(self, q: LogQuery) -> LogStream:
         """The task's output: live from its container, or kept from a stopped one.
 
         The returned iterator has ``close()``; closing it from another thread ends a follow.
+        Raises TaskNotFound (no container and no kept output), InvalidRequest.
         """
         try:
             self.runtime.status(q.task_id)
@@ -332,7 +318,9 @@ class Miner:
         if q.tail is not None:
             lines = data.splitlines(keepends=True)
             data = b"".join(lines[-q.tail :] if q.tail else [])
-        return iter([data] if data else [])
+        return LogStream(
+            iter([data] if data else []), lambda: None, what=f"kept logs of {q.task_id}"
+        )
 
     def status_report(self) -> MinerStatus:
         cpus_offered, mem_offered = self._offered()
@@ -343,12 +331,9 @@ class Miner:
             if t.state is not TaskState.RUNNING:
                 continue
             try:
-                u = self.runtime.usage(t.task_id)
+                loads.append(self.runtime.usage(t.task_id))
             except SonmError:
                 continue
-            loads.append(
-                TaskLoad(t.task_id, u.cpu_percent, u.memory_bytes, u.memory_limit, u.cpus_limit)
-            )
         return MinerStatus(
             node_id=self.node_id,
             info=self.info(),

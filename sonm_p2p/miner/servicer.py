@@ -91,17 +91,14 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
         self, request: common_pb2.LogsRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.LogChunk]:
         chunks = self.miner.logs(log_query_from_pb(request))
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            context.add_callback(close)  # the hub went away: end a follow at once
+        context.add_callback(chunks.close)  # the hub went away: end a follow at once
         try:
             for data in chunks:
                 if not context.is_active():
                     return
                 yield common_pb2.LogChunk(data=data)
         finally:
-            if close is not None:
-                close()
+            chunks.close()
 
     def Status(
         self, request: common_pb2.Empty, context: grpc.ServicerContext

@@ -11,7 +11,7 @@ from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2_grpc
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.identity import load_or_create
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import RunSpec
 from tests.harness import wait_for
 
 

@@ -23,7 +23,7 @@ from sonm_p2p.hub.core import (
 )
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import RunSpec
 from sonm_p2p.tasks import Task, TaskState
 
 HUB = "0xHub0000000000000000000000000000000000001"

@@ -7,7 +7,7 @@ import pytest
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.hub.admission import MAX_ARG_BYTES, check_id, check_spec, shown
 from sonm_p2p.hub.limits import RateLimit
-from sonm_p2p.miner.runtime import RunSpec
+from sonm_p2p.model import RunSpec
 
 WEB = "sonm-test/web:latest"
 

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 from cli._progress import render_bar
-from sonm_p2p.events import EventBus, PullStatus, TaskEvent
+from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.model import PullProgress
 
 
 def test_bar_shows_bytes_and_layers():
-    p = PullStatus("reg/img:1", 5_000_000, 10_000_000, 1, 3)
+    p = PullProgress("reg/img:1", 5_000_000, 10_000_000, 1, 3)
     line = render_bar(p, width=10)
     assert line == "pulling reg/img:1 [#####.....] 5.0 MB/10.0 MB, 1/3 layers"
 
 
 def test_bar_is_full_when_every_layer_is_done():
-    p = PullStatus("img", 0, 0, 2, 2)
+    p = PullProgress("img", 0, 0, 2, 2)
     assert "[##########]" in render_bar(p, width=10)
 
 

@@ -1,36 +1,25 @@
-"""The ContainerRuntime contract on the in-memory fake, and pure helpers of DockerRuntime."""
+"""What only MemoryRuntime does: its fake clock, exit codes, restart simulation, synchronous
+watch and test controls. The contract it shares with DockerRuntime is asserted in
+``tests/integration/test_runtime_contract.py`` (run against both)."""
 
 from __future__ import annotations
 
 import itertools
 import queue
-import subprocess
-import sys
 import threading
 
 import pytest
-import requests.exceptions
 
 from sonm_p2p.errors import (
-    ImageNotFound,
     ImageNotRunnable,
     InvalidRequest,
-    Refused,
-    RuntimeFailure,
     TaskNotFound,
     Timeout,
 )
-from sonm_p2p.miner import docker_runtime as dr
 from sonm_p2p.miner import runtime as rt
-from sonm_p2p.miner.runtime import (
-    TASK_LABEL,
-    ContainerRuntime,
-    MemoryRuntime,
-    PublishedPort,
-    PullProgress,
-    RunSpec,
-    TaskUsage,
-)
+from sonm_p2p.miner.memory_runtime import MemoryRuntime
+from sonm_p2p.miner.runtime import TASK_LABEL
+from sonm_p2p.model import PullProgress, RunSpec, TaskUsage
 
 WEB = "sonm-test/web:latest"
 NOENTRY = "sonm-test/noentry"
@@ -47,11 +36,6 @@ def runtime() -> MemoryRuntime:
         clock=lambda: float(next(clock)),
         pull_errors={"slow/image": Timeout("pulling slow/image took too long")},
     )
-
-
-def test_is_a_container_runtime(runtime):
-    assert isinstance(runtime, ContainerRuntime)
-    assert runtime.info().cpu_cores > 0
 
 
 def test_run_publishes_exposed_ports_and_labels(runtime):
@@ -105,18 +89,6 @@ def test_exit_on_its_own_is_reported(runtime):
     assert runtime.stop("t1").exit_code == 3
 
 
-def test_list_sees_every_task_in_order(runtime):
-    runtime.ensure_image(WEB)
-    for task in ("b", "a", "c"):
-        runtime.run(task, RunSpec(WEB), labels={})
-    runtime.exit("c", 0)
-    assert [(s.task_id, s.status) for s in runtime.list()] == [
-        ("a", "running"),
-        ("b", "running"),
-        ("c", "exited"),
-    ]
-
-
 def test_image_without_entrypoint_or_cmd_is_refused(runtime):
     runtime.ensure_image(NOENTRY)
     with pytest.raises(ImageNotRunnable, match="sonm-test/noentry"):
@@ -127,64 +99,16 @@ def test_image_without_entrypoint_or_cmd_is_refused(runtime):
     assert state.ports == ()
 
 
-def test_unknown_image_is_not_found(runtime):
-    with pytest.raises(ImageNotFound, match="nope:missing"):
-        runtime.ensure_image("nope:missing")
-
-
-def test_run_needs_a_local_image(runtime):
-    with pytest.raises(ImageNotFound, match="ensure_image"):
-        runtime.run("t1", RunSpec(WEB), labels={})
-
-
-def test_pull_errors_simulate_failed_pulls(runtime):
-    with pytest.raises(Timeout):
-        runtime.ensure_image("slow/image")
-
-
-def test_unknown_task_is_not_found(runtime):
-    for call in (runtime.status, runtime.stop, runtime.logs, lambda t: runtime.exit(t, 1)):
+def test_test_controls_of_an_unknown_task_raise(runtime):
+    calls = (
+        lambda t: runtime.exit(t, 1),
+        lambda t: runtime.write_output(t, b"x"),
+        lambda t: runtime.set_usage(t, cpu_percent=1.0),
+        runtime.spec_of,
+    )
+    for call in calls:
         with pytest.raises(TaskNotFound):
             call("ghost")
-    runtime.remove("ghost")  # no error
-
-
-def test_remove_forgets_a_running_task(runtime):
-    runtime.ensure_image(WEB)
-    runtime.run("t1", RunSpec(WEB), labels={})
-    runtime.remove("t1")
-    assert runtime.list() == []
-
-
-def test_duplicate_task_is_refused(runtime):
-    runtime.ensure_image(WEB)
-    runtime.run("t1", RunSpec(WEB), labels={})
-    with pytest.raises(Refused):
-        runtime.run("t1", RunSpec(WEB), labels={})
-
-
-@pytest.mark.parametrize("task_id", ["", "-x", "a/b", "a b"])
-def test_task_id_must_fit_a_container_name(runtime, task_id):
-    runtime.ensure_image(WEB)
-    with pytest.raises(InvalidRequest):
-        runtime.run(task_id, RunSpec(WEB), labels={})
-
-
-def test_negative_limits_are_invalid(runtime):
-    runtime.ensure_image(WEB)
-    with pytest.raises(InvalidRequest):
-        runtime.run("t1", RunSpec(WEB, cpus=-1), labels={})
-
-
-def test_logs_tail(runtime):
-    runtime.ensure_image(WEB)
-    runtime.run("t1", RunSpec(WEB), labels={})
-    runtime.write_output("t1", b"one\ntwo\nthree\n")
-    assert runtime.logs("t1") == b"one\ntwo\nthree\n"
-    assert runtime.logs("t1", tail=2) == b"two\nthree\n"
-    assert runtime.logs("t1", tail=0) == b""
-    with pytest.raises(InvalidRequest):
-        runtime.logs("t1", tail=-1)
 
 
 # --- restart policies ----------------------------------------------------------------------------
@@ -206,16 +130,6 @@ def test_restart_policies(runtime, restart, policy):
     runtime.ensure_image(WEB)
     runtime.run("t1", RunSpec(WEB, restart=restart), labels={})
     assert runtime.spec_of("t1").restart == restart
-
-
-@pytest.mark.parametrize(
-    "restart", ["sometimes", "always:3", "on-failure:", "on-failure:-1", "on-failure:x", " no"]
-)
-def test_malformed_restart_policy_is_invalid(runtime, restart):
-    runtime.ensure_image(WEB)
-    with pytest.raises(InvalidRequest, match="restart policy"):
-        runtime.run("t1", RunSpec(WEB, restart=restart), labels={})
-    assert runtime.list() == []
 
 
 def test_on_failure_restarts_at_most_n_times(runtime):
@@ -307,20 +221,6 @@ def test_stream_logs_follow_ends_when_the_task_exits(runtime):
     thread.join(5)
 
 
-def test_stream_logs_follow_closed_from_another_thread(runtime):
-    runtime.ensure_image(WEB)
-    runtime.run("t1", RunSpec(WEB), labels={})
-    stream = runtime.stream_logs("t1", follow=True)
-    chunks, thread = _reader(stream)
-    runtime.write_output("t1", b"x\n")
-    assert chunks.get(timeout=5) == b"x\n"
-    stream.close()  # the reader is blocked waiting for more
-    assert chunks.get(timeout=5) is None
-    stream.close()  # idempotent
-    thread.join(5)
-    assert "closed" in repr(stream)
-
-
 # --- watch ---------------------------------------------------------------------------------------
 
 
@@ -386,218 +286,3 @@ def test_usage_and_limits(runtime):
     for call in (runtime.usage, runtime.limits):
         with pytest.raises(TaskNotFound):
             call("ghost")
-
-
-# --- pure helpers of DockerRuntime ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("message", "error", "says"),
-    [
-        (
-            "pull access denied for nope, repository does not exist or may require "
-            "'docker login': denied: requested access to the resource is denied",
-            ImageNotFound,
-            "pull access denied",
-        ),
-        ("manifest for web:nope not found: manifest unknown", ImageNotFound, "manifest unknown"),
-        (
-            'Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused',
-            ImageNotFound,
-            "registry is unreachable",
-        ),
-        ("write /var/lib/docker/tmp: no space left on device", RuntimeFailure, "no space left"),
-    ],
-)
-def test_pull_failures_say_why(message, error, says):
-    failure = rt._pull_failure("img:tag", message)
-    assert type(failure) is error
-    assert says in str(failure)
-    assert "img:tag" in str(failure)
-
-
-def test_docker_state_from_inspect():
-    state = rt._docker_state(
-        {
-            "Id": "abc",
-            "Name": "/sonm-t1",
-            "Config": {"Image": WEB, "Labels": {TASK_LABEL: "t1"}},
-            "State": {
-                "Status": "exited",
-                "ExitCode": 3,
-                "Error": "",
-                "StartedAt": "2024-01-01T00:00:00.123456789Z",
-                "FinishedAt": "0001-01-01T00:00:00Z",
-            },
-            "NetworkSettings": {
-                "Ports": {
-                    "9090/udp": [{"HostIp": "127.0.0.1", "HostPort": "32769"}],
-                    "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}],
-                    "7070/tcp": None,
-                }
-            },
-        }
-    )
-    assert (state.task_id, state.status, state.exit_code) == ("t1", "exited", 3)
-    assert state.ports == (
-        PublishedPort(8080, "tcp", "127.0.0.1", 32768),
-        PublishedPort(9090, "udp", "127.0.0.1", 32769),
-    )
-    assert state.started_at == pytest.approx(1704067200.123456)
-    assert state.finished_at is None
-
-
-def test_running_container_has_no_exit_code():
-    state = rt._docker_state({"State": {"Status": "running", "ExitCode": 0}})
-    assert state.exit_code is None
-
-
-def _pull_messages() -> list[dict]:
-    return [
-        {"status": "Pulling from sonm-test/web", "id": "1"},
-        {"status": "Already exists", "id": "base"},
-        {"status": "Pulling fs layer", "id": "new"},
-        {"status": "Downloading", "id": "new", "progressDetail": {"current": 100, "total": 400}},
-        {"status": "Downloading", "id": "new", "progressDetail": {"current": 300, "total": 400}},
-        {"status": "Download complete", "id": "new", "progressDetail": {}},
-        {"status": "Extracting", "id": "new", "progressDetail": {"current": 50, "total": 400}},
-        {"status": "Pull complete", "id": "new", "progressDetail": {}},
-        {"status": "Digest: sha256:abc"},
-        {"status": "Status: Downloaded newer image for sonm-test/web:1"},
-    ]
-
-
-def test_pull_tally_sums_layers():
-    tally = rt._PullTally("img", interval=0)
-    reports = [tally.feed(m, now=float(i)) for i, m in enumerate(_pull_messages())]
-    summary = [(p.current_bytes, p.total_bytes, p.layers_done, p.layers_total) for p in reports]
-    assert summary == [
-        (0, 0, 0, 0),
-        (0, 0, 1, 1),
-        (0, 0, 1, 2),
-        (100, 400, 1, 2),
-        (300, 400, 1, 2),
-        (400, 400, 1, 2),
-        (400, 400, 1, 2),  # extracting: the download stays counted in full
-        (400, 400, 2, 2),
-        (400, 400, 2, 2),
-        (400, 400, 2, 2),
-    ]
-    assert reports[3].status == "Downloading"
-    final = tally.final()
-    assert (final.layers_done, final.layers_total, final.status) == (
-        2,
-        2,
-        "Status: Downloaded newer image for sonm-test/web:1",
-    )
-
-
-def test_pull_tally_is_throttled():
-    tally = rt._PullTally("img", interval=0.1)
-    times = [0.0, 0.05, 0.09, 0.1, 0.15, 0.3, 0.31, 0.32, 0.33, 0.34]
-    reported = [t for t, m in zip(times, _pull_messages(), strict=True) if tally.feed(m, now=t)]
-    assert reported == [0.0, 0.1, 0.3]
-    assert tally.final().layers_done == 2  # a final report whatever the throttle
-
-
-def test_usage_from_stats_and_host_config():
-    stats = {
-        "cpu_stats": {
-            "cpu_usage": {"total_usage": 3_000},
-            "system_cpu_usage": 20_000,
-            "online_cpus": 4,
-        },
-        "precpu_stats": {"cpu_usage": {"total_usage": 1_000}, "system_cpu_usage": 10_000},
-        "memory_stats": {"usage": 10_000, "stats": {"inactive_file": 4_000}},
-    }
-    assert rt._cpu_percent(stats) == pytest.approx(80.0)  # 2000/10000 of 4 cores
-    assert rt._memory_used(stats) == 6_000
-    assert rt._cpu_percent({"cpu_stats": {}, "precpu_stats": {}}) == 0.0
-    assert rt._memory_used({"memory_stats": {"usage": 5, "stats": {"total_inactive_file": 9}}}) == 5
-    assert rt._host_limits({"HostConfig": {"NanoCpus": 1_500_000_000, "Memory": 7}}) == (1.5, 7)
-    assert rt._host_limits({"HostConfig": {"CpuQuota": 50_000, "CpuPeriod": 100_000}}) == (0.5, 0)
-    assert rt._host_limits({}) == (0.0, 0)
-
-
-class _FakeEvents:
-    """A docker events stream: yields its events, then ends (``broken``) or blocks until closed."""
-
-    def __init__(self, events: list[dict], *, broken: bool) -> None:
-        self._events = list(events)
-        self._broken = broken
-        self._closed = threading.Event()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        if self._events:
-            return self._events.pop(0)
-        if not self._broken:
-            self._closed.wait()
-        raise StopIteration
-
-    def close(self) -> None:
-        self._closed.set()
-
-
-class _FakeApi:
-    """Just what the event watcher calls of ``docker.APIClient``."""
-
-    def __init__(self, answers: list) -> None:
-        self.answers = answers
-        self.calls: list[dict] = []
-
-    def info(self) -> dict:
-        return {"SystemTime": "2024-01-01T00:00:00.5Z"}
-
-    def events(self, **kwargs):
-        self.calls.append(kwargs)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-def _event(task: str, action: str, nanos: int) -> dict:
-    attributes = {TASK_LABEL: task, "sonm.miner": "0xabc"}
-    return {
-        "Action": action,
-        "Actor": {"ID": f"id-{task}", "Attributes": attributes},
-        "timeNano": nanos,
-    }
-
-
-def test_event_watch_reconnects_and_resumes(monkeypatch):
-    monkeypatch.setattr(dr, "_WATCH_BACKOFF", (0.01, 0.05))
-    start = _event("t1", "start", 1_704_067_200_900_000_000)
-    die = _event("t1", "die", 1_704_067_201_000_000_007)
-    # After a reconnect the engine replays from the last event seen, that one included.
-    last = _FakeEvents([dict(die), _event("t2", "start", 1_704_067_202_000_000_000)], broken=False)
-    api = _FakeApi(
-        [
-            _FakeEvents([start, die], broken=True),
-            requests.exceptions.ConnectionError("engine restarting"),
-            last,
-        ]
-    )
-    seen: queue.Queue = queue.Queue()
-    stop = dr._EventWatch(api, {"type": ["container"]}, lambda t, a: seen.put((t, a))).close
-    got = [seen.get(timeout=5) for _ in range(3)]
-    assert got == [("t1", "start"), ("t1", "die"), ("t2", "start")]
-    assert api.calls[0]["since"] == "1704067200.500000000"  # the engine's time when subscribing
-    assert api.calls[2]["since"] == "1704067201.000000007"  # resumes at the last event seen
-    stop()
-    stop()  # idempotent
-    assert last._closed.is_set()
-    assert seen.empty()  # the replayed "die" was not reported twice
-
-
-def test_implementation_modules_import_in_any_order():
-    for first in ("docker_runtime", "memory_runtime", "runtime"):
-        code = (
-            f"import sonm_p2p.miner.{first}\n"
-            "from sonm_p2p.miner.runtime import DockerRuntime, MemoryRuntime, ContainerRuntime\n"
-            "assert isinstance(MemoryRuntime(), ContainerRuntime)\n"
-        )
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -76,6 +76,7 @@ def task_to_pb(task: Task) -> common_pb2.TaskInfo:
         created_at_ms=int(task.created_at * 1000),
         updated_at_ms=int(task.updated_at * 1000),
         container_id=task.container_id,
+        record=task.record,
     )
 
 
@@ -93,6 +94,7 @@ def task_from_pb(msg: common_pb2.TaskInfo) -> Task:
         created_at=msg.created_at_ms / 1000,
         updated_at=msg.updated_at_ms / 1000,
         container_id=msg.container_id,
+        record=msg.record,
     )
 
 

@@ -19,6 +19,8 @@ from sonm_p2p.errors import PermissionDenied, Unauthenticated
 from sonm_p2p.identity import Identity, recover_signer
 
 __all__ = [
+    "is_task_record",
+    "task_record",
     "HEADER_ID",
     "HEADER_NONCE",
     "HEADER_SIG",
@@ -52,6 +54,29 @@ def sign_request(
         (HEADER_NONCE, nonce),
         (HEADER_SIG, sig.hex()),
     )
+
+
+def _record_message(hub_id: str, task_id: str, miner_id: str, owner: str) -> bytes:
+    fields = (hub_id.lower(), task_id, miner_id.lower(), owner.lower())
+    return "\n".join(("sonm-task-record/1", *fields)).encode()
+
+
+def task_record(identity: Identity, task_id: str, miner_id: str, owner: str) -> str:
+    """The hub's signed record of a task it created (hex): the miner keeps it with the
+    container (label ``sonm.record``) and reports it back, so a hub that lost its table adopts
+    only tasks it created, with the owner it recorded, never one a miner claims."""
+    return identity.sign(_record_message(identity.node_id, task_id, miner_id, owner)).hex()
+
+
+def is_task_record(record: str, hub_id: str, task_id: str, miner_id: str, owner: str) -> bool:
+    """Whether ``record`` is ``hub_id``'s record of this task on this miner for this owner."""
+    try:
+        signer = recover_signer(
+            _record_message(hub_id, task_id, miner_id, owner), bytes.fromhex(record)
+        )
+    except ValueError:
+        return False
+    return signer.lower() == hub_id.lower()
 
 
 class RequestVerifier:

@@ -277,6 +277,9 @@ class Task:
     created_at: float
     updated_at: float
     container_id: str = ""
+    #: In a miner's report: the record (hub signature) the task was started with; see
+    #: :func:`sonm_p2p.auth.task_record`. Not stored by the hub.
+    record: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", TaskState(self.state))

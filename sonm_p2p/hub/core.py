@@ -227,11 +227,15 @@ class HubCore:
         now: float,
         *,
         lookup: Callable[[str], Task | None],
+        trusted: Callable[[Task, str], bool],
     ) -> list[Event]:
         """A miner's handshake report against the hub's active tasks for it (``known``).
 
         ``lookup(task_id)`` finds any task in the table (None when unknown): a reported task the
         table already has — terminal here, or another miner's — is left as the hub has it.
+        A task the table does not know is adopted only when ``trusted(task, miner_id)``: it
+        carries the hub's own record of creating it on that miner for that owner (so a miner
+        cannot make the hub attribute a container to an owner of its choosing).
         """
         events: list[Event] = []
         by_id = {t.task_id: t for t in report}
@@ -248,8 +252,14 @@ class HubCore:
                 if other.miner_id != link.node_id:
                     events.append(ReportIgnored(seen.task_id, f"a task of {other.miner_id}"))
                 continue  # already terminal here: keep the hub's word
+            if not trusted(seen, link.node_id):
+                events.append(ReportIgnored(seen.task_id, "no record of this hub creating it"))
+                continue
             adopted = replace(
-                seen, miner_id=link.node_id, endpoints=link.fix_endpoints(seen.endpoints)
+                seen,
+                miner_id=link.node_id,
+                endpoints=link.fix_endpoints(seen.endpoints),
+                record="",  # checked; the hub does not keep it
             )
             events.append(TaskChanged(adopted))
         return events

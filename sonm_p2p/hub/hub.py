@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from sonm_p2p.auth import is_task_record, task_record
 from sonm_p2p.errors import (
     Busy,
     InvalidRequest,
@@ -57,6 +58,8 @@ __all__ = ["Hub", "HubOptions", "MinerView"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_STATUS_TTL = 1.0  # seconds a miner's live status is shared by every caller
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
@@ -153,6 +156,9 @@ class Hub:
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # starts and stops in flight, on the loop
+        # Live miners' last status and the call in flight (touched on the loop only).
+        self._status: dict[str, tuple[float, _Session, MinerStatus]] = {}
+        self._status_calls: dict[str, asyncio.Task[MinerStatus]] = {}
         self.state.mark_all_offline()  # nobody is connected to a hub that just started
 
     def __repr__(self) -> str:
@@ -211,6 +217,8 @@ class Hub:
         if session is not None:
             session.gone = f"went offline ({event.why})"
             session.close()
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._status.pop, link.node_id, None)
         log.warning("miner %s offline (%s); %d tasks LOST", link.node_id, event.why, len(lost))
         if event.disconnect:
             self.node.disconnect(link.peer_id)
@@ -218,6 +226,8 @@ class Hub:
     def _save(self, task: Task) -> Task:
         """Store ``task`` and tell its watchers."""
         self.state.put_task(task)
+        if self._loop is not None and not self._loop.is_closed():  # its miner's status changed
+            self._loop.call_soon_threadsafe(self._status.pop, task.miner_id, None)
         self.events.publish(TaskEvent(task.task_id, task.updated_at, task=task))
         return task
 
@@ -279,7 +289,11 @@ class Hub:
                     old.gone = event.why
                     old.close()
             known = self.state.list_tasks(node_id, active_only=True)
-            self._apply(self.core.reconcile(link, known, hs.tasks, now, lookup=self._lookup))
+            self._apply(
+                self.core.reconcile(
+                    link, known, hs.tasks, now, lookup=self._lookup, trusted=self._created_here
+                )
+            )
             session.watch = asyncio.run_coroutine_threadsafe(self._follow(session), self._loop)
         log.info("miner %s online from %s (%d tasks)", node_id, remote or "?", len(hs.tasks))
 
@@ -289,6 +303,10 @@ class Hub:
             session = next((s for s in self._sessions.values() if s.link.peer_id == peer_id), None)
             if session is not None:
                 self._apply(self.core.disconnected(session.link))
+
+    def _created_here(self, seen: Task, miner_id: str) -> bool:
+        """Whether a task a miner reports carries this hub's record of creating it there."""
+        return is_task_record(seen.record, self.node_id, seen.task_id, miner_id, seen.owner)
 
     def _lookup(self, task_id: str) -> Task | None:
         try:
@@ -446,7 +464,12 @@ class Hub:
     ) -> Task:
         try:
             seen = await session.client.astart(
-                task.task_id, spec, owner=owner, hub_id=self.node_id, timeout=timeout
+                task.task_id,
+                spec,
+                owner=owner,
+                hub_id=self.node_id,
+                timeout=timeout,
+                record=task_record(self.identity, task.task_id, session.node_id, owner),
             )
         except SonmError as exc:
             await self.blocking(self._start_failed, task.task_id, str(exc))
@@ -609,11 +632,32 @@ class Hub:
             )
 
     async def miner_status(self, miner: str) -> tuple[MinerRecord, MinerStatus | None]:
-        """The miner's record, and its live status (None when offline)."""
+        """The miner's record, and its live status (None when offline).
+
+        Callers within ``_STATUS_TTL`` of each other share one call to the miner (and one
+        answer), so no number of callers makes a miner compute its status more than about once
+        a second.
+        """
         node_id, record, session = await self.blocking(self._miner_now, miner)
         if session is None:
             return record, None
-        return record, await session.client.aminer_status(self.options.ping_timeout * 2)
+        loop = asyncio.get_running_loop()
+        cached = self._status.get(node_id)
+        if cached is not None and cached[1] is session and loop.time() - cached[0] < _STATUS_TTL:
+            return record, cached[2]
+        call = self._status_calls.get(node_id)
+        if call is None or call.done():
+            call = self._background(session.client.aminer_status(self.options.ping_timeout * 2))
+            self._status_calls[node_id] = call
+
+            def keep(done: asyncio.Task[MinerStatus]) -> None:
+                if self._status_calls.get(node_id) is done:
+                    del self._status_calls[node_id]
+                if not done.cancelled() and done.exception() is None and not session.gone:
+                    self._status[node_id] = (loop.time(), session, done.result())
+
+            call.add_done_callback(keep)
+        return record, await asyncio.shield(call)
 
     def _miner_now(self, miner: str) -> tuple[str, MinerRecord, _Session | None]:
         miner = check_id(miner, "miner")

@@ -120,43 +120,49 @@ class MinerClient:
     def _error(self, exc: grpc.RpcError) -> Exception:
         return from_rpc_error(exc, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}")
 
-    async def aping(self, timeout: float) -> None:
-        """Ping on the loop. Raises MinerUnavailable, Timeout."""
+    async def _aunary(self, method: str, request: object, timeout: float | None) -> Any:
         assert self._astub is not None, "MinerClient made without a loop"
         try:
-            await self._astub.Ping(common_pb2.Empty(), timeout=timeout)
+            return await getattr(self._astub, method)(request, timeout=timeout)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled, not the call
+            # The call was cancelled under us: the channel closed as the session ended.
+            raise MinerUnavailable(f"miner {self.miner_id} went away during the call") from None
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    async def aping(self, timeout: float) -> None:
+        """Ping on the loop. Raises MinerUnavailable, Timeout."""
+        await self._aunary("Ping", common_pb2.Empty(), timeout)
+
     async def astart(
-        self, task_id: str, spec: RunSpec, *, owner: str, hub_id: str, timeout: float | None
+        self,
+        task_id: str,
+        spec: RunSpec,
+        *,
+        owner: str,
+        hub_id: str,
+        timeout: float | None,
+        record: str = "",
     ) -> Task:
         """:meth:`start` on the loop."""
         assert self._astub is not None, "MinerClient made without a loop"
         req = miner_pb2.MinerStartRequest(
-            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id
+            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id, record=record
         )
-        try:
-            return task_from_pb(await self._astub.Start(req, timeout=timeout))
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        return task_from_pb(await self._aunary("Start", req, timeout))
 
     async def astop(self, task_id: str, timeout: float | None) -> Task:
         """:meth:`stop` on the loop."""
-        assert self._astub is not None, "MinerClient made without a loop"
-        try:
-            reply = await self._astub.Stop(common_pb2.TaskRef(task_id=task_id), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
-        return task_from_pb(reply)
+        return task_from_pb(
+            await self._aunary("Stop", common_pb2.TaskRef(task_id=task_id), timeout)
+        )
 
     async def aminer_status(self, timeout: float | None) -> MinerStatus:
         """:meth:`miner_status` on the loop."""
-        assert self._astub is not None, "MinerClient made without a loop"
-        try:
-            return status_from_pb(await self._astub.Status(common_pb2.Empty(), timeout=timeout))
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        return status_from_pb(await self._aunary("Status", common_pb2.Empty(), timeout))
 
     def alogs(self, query: LogQuery) -> AioStream:
         """The task's output as a stream on the loop (``cancel()`` from the loop ends it)."""
@@ -188,10 +194,17 @@ class MinerClient:
         return Handshake(reply)  # type: ignore[arg-type]
 
     def start(
-        self, task_id: str, spec: RunSpec, *, owner: str, hub_id: str, timeout: float | None
+        self,
+        task_id: str,
+        spec: RunSpec,
+        *,
+        owner: str,
+        hub_id: str,
+        timeout: float | None,
+        record: str = "",
     ) -> Task:
         req = miner_pb2.MinerStartRequest(
-            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id
+            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id, record=record
         )
         return task_from_pb(self._call("Start", req, timeout))  # type: ignore[arg-type]
 

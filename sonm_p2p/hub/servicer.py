@@ -29,8 +29,9 @@ from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
 from sonm_p2p.auth import RequestVerifier, check_owner
 from sonm_p2p.discovery import HubGossip
+from sonm_p2p.errors import Busy
 from sonm_p2p.hub.hub import Hub
-from sonm_p2p.hub.limits import StreamBudget, StreamLimits, client_of
+from sonm_p2p.hub.limits import RateLimit, StreamBudget, StreamLimits, client_of
 
 __all__ = ["HubServicer"]
 
@@ -49,6 +50,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     ) -> None:
         self.hub = hub
         self.streams = StreamBudget(streams or StreamLimits())
+        # A miner's status is its costliest read (the engine's stats): rate-limited per caller.
+        self._status_reads = RateLimit(rate=10.0, burst=50)
         self.reachability = reachability
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
@@ -170,6 +173,9 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     async def MinerStatus(
         self, request: common_pb2.MinerRef, context: grpc.aio.ServicerContext
     ) -> common_pb2.MinerStatusReply:
+        wait = self._status_reads.take(client_of(context.peer()), time.monotonic())
+        if wait:
+            raise Busy(f"too many status reads from this address: the next in {wait:.1f}s")
         record, live = await self.hub.miner_status(request.miner_id)
         if live is not None:
             reply = status_to_pb(live)

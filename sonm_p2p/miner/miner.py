@@ -47,6 +47,7 @@ def task_from_container(c: ContainerState, miner_id: str) -> Task:
         created_at=c.started_at or now,
         updated_at=c.finished_at or c.started_at or now,
         container_id=c.container_id,
+        record=c.labels.get("sonm.record", ""),
     )
 
 
@@ -90,6 +91,7 @@ class Miner:
         *,
         logs_dir: Path | None = None,
         offer: Offer | None = None,
+        status_ttl: float = 2.0,
         addresses: Callable[[], list[str]] = list,
         nat_type: Callable[[str], str] = lambda stun_endpoint: "",
     ) -> None:
@@ -100,6 +102,9 @@ class Miner:
         self.events = EventBus()
         self.hub_clock = _HubClock()
         self._starting: dict[str, _StartGate] = {}  # task ID -> gate, while a start runs
+        self.status_ttl = status_ttl
+        self._status: tuple[float, MinerStatus] | None = None  # (monotonic time, last sample)
+        self._sampling = threading.Lock()
         self._stopping: set[str] = set()  # their "die" is a stop, reported by stop() itself
         self._lock = threading.Lock()
         self._info: RuntimeInfo | None = None
@@ -136,6 +141,7 @@ class Miner:
     ) -> None:
         tid = task.task_id if task is not None else task_id
         self.events.publish(TaskEvent(tid, time.time(), task=task, progress=progress))
+        self._status = None  # a task changed: the next status is sampled anew
 
     def info(self) -> RuntimeInfo:
         if self._info is None:
@@ -203,6 +209,7 @@ class Miner:
         hub_id: str,
         timeout: float | None,
         still_wanted: Callable[[], bool] = lambda: True,
+        record: str = "",
     ) -> Task:
         """Pull (if needed) and run ``spec`` as task ``task_id``; return it RUNNING.
 
@@ -230,6 +237,8 @@ class Miner:
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout(f"task {task_id}: image {spec.image} took longer than the deadline")
             labels = {"sonm.hub": hub_id, "sonm.owner": owner}
+            if record:  # the hub's signed record: what lets it adopt the task later
+                labels["sonm.record"] = record
             state = self.runtime.run(task_id, spec, labels=labels)
             if not still_wanted():
                 self.runtime.remove(task_id)
@@ -323,6 +332,28 @@ class Miner:
         )
 
     def status_report(self) -> MinerStatus:
+        """Offer, allocation, usage and tasks, sampled at most every ``status_ttl`` seconds.
+
+        Sampling asks the engine for every task's stats (about a second with Docker): callers
+        within the TTL share the last sample, and while one caller samples the others get the
+        previous one instead of waiting, so a flood of reads never takes the threads that
+        answer the hub's pings.
+        """
+        cached = self._status
+        if cached is not None and time.monotonic() - cached[0] < self.status_ttl:
+            return cached[1]
+        got = self._sampling.acquire() if cached is None else self._sampling.acquire(blocking=False)
+        if not got:
+            assert cached is not None
+            return cached[1]
+        try:
+            report = self._sample_status()
+            self._status = (time.monotonic(), report)
+            return report
+        finally:
+            self._sampling.release()
+
+    def _sample_status(self) -> MinerStatus:
         cpus_offered, mem_offered = self._offered()
         cpus_used, mem_used = self._allocated()
         loads = []

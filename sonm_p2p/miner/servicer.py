@@ -57,6 +57,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
             spec_from_pb(request.spec),
             owner=request.owner,
             hub_id=request.hub_id,
+            record=request.record,
             timeout=context.time_remaining(),
             still_wanted=context.is_active,
         )

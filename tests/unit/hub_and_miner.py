@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sonm_p2p.auth import is_task_record, task_record
 from sonm_p2p.hub.core import (
     Event,
     HubCore,
@@ -21,12 +22,14 @@ from sonm_p2p.hub.core import (
     ReportIgnored,
     TaskChanged,
 )
+from sonm_p2p.identity import Identity
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner
 from sonm_p2p.model import RunSpec
 from sonm_p2p.tasks import Task, TaskState
 
-HUB = "0xHub0000000000000000000000000000000000001"
+HUB_KEY = Identity(bytes(range(1, 33)))  # the hub's key: it signs the records of its tasks
+HUB = HUB_KEY.node_id
 MINER = "0xMiner000000000000000000000000000000000002"
 OWNER = "0xOwner000000000000000000000000000000000003"
 WEB = "sonm-test/web:latest"
@@ -104,7 +107,11 @@ class HubAndMiner:
         self.link, self.online[node_id] = link, True
         known = [t for t in self.table.values() if t.miner_id == node_id and not t.terminal]
         seen = self.miner.tasks() if report is None else report
-        self.apply(self.core.reconcile(link, known, seen, self.clock(), lookup=self.table.get))
+        self.apply(
+            self.core.reconcile(
+                link, known, seen, self.clock(), lookup=self.table.get, trusted=_created_by_hub
+            )
+        )
         self._drain()  # what happened before the handshake is in the report
         return link
 
@@ -125,7 +132,10 @@ class HubAndMiner:
             task_id=task_id, miner_id=MINER, image=image, owner=OWNER, now=self.clock()
         )
         self.table[task_id] = task
-        seen = self.miner.start(task_id, RunSpec(image), owner=OWNER, hub_id=HUB, timeout=5)
+        record = task_record(HUB_KEY, task_id, MINER, OWNER)
+        seen = self.miner.start(
+            task_id, RunSpec(image), owner=OWNER, hub_id=HUB, timeout=5, record=record
+        )
         self.apply(self.core.started(self.link, self.table[task_id], seen, self.clock()))
         self._drain()  # the start's own events arrive after its reply
         return self.table[task_id]
@@ -155,6 +165,10 @@ class HubAndMiner:
         self.online = dict.fromkeys(self.online, False)
         if lose_database:
             self.table.clear()
+
+
+def _created_by_hub(seen: Task, miner_id: str) -> bool:
+    return is_task_record(seen.record, HUB, seen.task_id, miner_id, seen.owner)
 
 
 def hub_and_miner(*, max_missed_pings: int = 3, clock: FakeClock | None = None) -> HubAndMiner:

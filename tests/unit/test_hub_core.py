@@ -227,3 +227,18 @@ def test_liveness_follows_the_rule_for_any_sequence() -> None:
         online = net.link is not None
         assert net.online[MINER] is online
         assert net.state("task-0001") is (TaskState.RUNNING if online else TaskState.LOST)
+
+
+def test_a_hub_adopts_only_tasks_it_recorded_with_the_owner_it_recorded() -> None:
+    net = hub_and_miner()
+    net.connect()
+    net.start("task-0001")
+    (mine,) = net.miner.tasks()
+    assert mine.record  # the hub's signed record travels with the container
+    net.restart_hub(lose_database=True)
+    forged_owner = replace(mine, task_id="task-0002", owner=OTHER)  # record of another task
+    claimed = replace(mine, task_id="task-0003", owner=OTHER, record="")  # no record at all
+    net.connect(report=[mine, forged_owner, claimed])
+    assert set(net.table) == {"task-0001"}
+    assert net.table["task-0001"].owner == OWNER and net.table["task-0001"].record == ""
+    assert {i.task_id for i in net.ignored} == {"task-0002", "task-0003"}

@@ -80,7 +80,7 @@ class TaskRef(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "miner_id", "image", "state", "endpoints", "exit_code", "error", "owner", "created_at_ms", "updated_at_ms", "container_id", "has_exit_code")
+    __slots__ = ("task_id", "miner_id", "image", "state", "endpoints", "exit_code", "error", "owner", "created_at_ms", "updated_at_ms", "container_id", "has_exit_code", "record")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class TaskInfo(_message.Message):
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     miner_id: str
     image: str
@@ -105,7 +106,8 @@ class TaskInfo(_message.Message):
     updated_at_ms: int
     container_id: str
     has_exit_code: bool
-    def __init__(self, task_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., image: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., container_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ...) -> None: ...
+    record: str
+    def __init__(self, task_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., image: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., container_id: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., record: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("cpu_cores", "memory_bytes", "os", "arch", "docker_version", "gpus")

@@ -32,13 +32,15 @@ class HandshakeReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., nat_type: _Optional[str] = ...) -> None: ...
 
 class MinerStartRequest(_message.Message):
-    __slots__ = ("task_id", "spec", "owner", "hub_id")
+    __slots__ = ("task_id", "spec", "owner", "hub_id", "record")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     spec: _common_pb2.TaskSpec
     owner: str
     hub_id: str
-    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., owner: _Optional[str] = ..., hub_id: _Optional[str] = ...) -> None: ...
+    record: str
+    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., owner: _Optional[str] = ..., hub_id: _Optional[str] = ..., record: _Optional[str] = ...) -> None: ...

@@ -1,4 +1,4 @@
-"""The UDP half of ``/sonm/forward/1.0.0`` (see ``forward.py`` for the protocol).
+"""The UDP half of ``/sonm/forward/1.0.0`` (see ``_wire.py`` for the protocol).
 
 Datagrams travel as frames (u16 length + payload) on one stream per user-side client address;
 a flow ends when either side ends it or nothing moved for ``ForwardOptions.udp_idle`` seconds.
@@ -14,13 +14,13 @@ from typing import Any
 import trio
 
 from sonm_p2p.transport._splice import send
-from sonm_p2p.transport.forward import (
+from sonm_p2p.transport.forward._streams import finish
+from sonm_p2p.transport.forward._wire import (
     MAX_DATAGRAM,
     ForwardOptions,
     ForwardRequest,
     ForwardStatus,
     FrameDecoder,
-    _finish,
     encode_datagram,
     encode_reply,
 )
@@ -95,7 +95,7 @@ async def serve_udp_stream(
     except OSError as exc:
         sock.close()
         message = f"{request.port}/udp of task {request.task_id} is not reachable: {exc}"
-        await _finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
+        await finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
         return
     try:
         await send(stream, encode_reply(ForwardStatus.OK))
@@ -113,7 +113,7 @@ async def serve_udp_stream(
     finally:
         sock.close()
         with trio.CancelScope(shield=True):
-            await _finish(stream)
+            await finish(stream)
 
 
 async def serve_udp_flows(forward: Any, sock: Any, o: ForwardOptions) -> None:
@@ -131,7 +131,7 @@ async def serve_udp_flows(forward: Any, sock: Any, o: ForwardOptions) -> None:
             flows.pop(addr, None)
             if stream is not None:
                 with trio.CancelScope(shield=True):
-                    await _finish(stream)
+                    await finish(stream)
 
     async with trio.open_nursery() as nursery:
         while True:

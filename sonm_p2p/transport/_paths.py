@@ -430,13 +430,10 @@ class PeerPaths:
         except Exception as exc:
             log.debug("hole punch to %s failed: %r", peer_id, exc)
             ok = False
-        self.last_upgrade[peer_id] = (ok, time.perf_counter() - began)
-        log.info(
-            "hole punch to %s: %s in %.2fs",
-            peer_id,
-            "ok" if ok else "failed",
-            self.last_upgrade[peer_id][1],
-        )
+        took = time.perf_counter() - began
+        if _safe_connected(self.host, peer_id):  # not for a peer that left meanwhile
+            self.last_upgrade[peer_id] = (ok, took)
+        log.info("hole punch to %s: %s in %.2fs", peer_id, "ok" if ok else "failed", took)
         return ok
 
     async def _wait_identified(self, relay_id: str, timeout: float = 2.0) -> None:

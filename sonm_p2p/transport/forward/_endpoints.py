@@ -130,7 +130,8 @@ class Forward:
         self._scope = trio.CancelScope()
         self.closed = False
 
-    def _failed(self, what: str) -> None:
+    def failed(self, what: str) -> None:
+        """Record (and log) the failure of one connection or flow."""
         log.warning("forward %s to %s…: %s", self.request, self.peer_id[:12], what)
         with self._lock:
             self.errors = [*self.errors[-19:], what]
@@ -153,7 +154,7 @@ class Forward:
         local = f"{host}:{port}/{self.request.proto}"
         return f"<Forward {local} -> {self.request} on {self.peer_id[:12]}… {state}>"
 
-    async def _open(self, o: ForwardOptions) -> Any:
+    async def open_stream(self, o: ForwardOptions) -> Any:
         """A stream with the request written and the OK reply read (raises the refusal)."""
         try:
             stream = await self._core.open_stream(self.peer_id, FORWARD)
@@ -180,7 +181,7 @@ class Forward:
             stream = await self._core.open_stream(self.peer_id, FORWARD)
             await send(stream, encode_request(self.request))
         except Exception as exc:
-            self._failed(f"cannot open a stream: {exc}")
+            self.failed(f"cannot open a stream: {exc}")
             abort(tcp)
             await tcp.aclose()
             return
@@ -189,7 +190,7 @@ class Forward:
             with trio.fail_after(o.header_timeout):
                 status, message = await read_reply(stream)
             if status is not ForwardStatus.OK:
-                self._failed(message or status.name)
+                self.failed(message or status.name)
                 raise error_for(status, message)
 
         await splice(stream, tcp, first=expect_ok)
@@ -234,7 +235,7 @@ async def _open_forward(
         probe = Forward(
             core, peer_id, ForwardRequest(request.task_id, request.port, request.proto, True)
         )
-        await finish(await probe._open(o))
+        await finish(await probe.open_stream(o))
     host, port = local
     if request.proto is Proto.TCP:
         listeners = await trio.open_tcp_listeners(port, host=host)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -25,7 +25,7 @@ from sonm_p2p.transport.forward._wire import (
     encode_reply,
 )
 
-__all__ = ["serve_udp_flows", "serve_udp_stream"]
+__all__ = ["FlowOwner", "serve_udp_flows", "serve_udp_stream"]
 
 log = logging.getLogger("sonm_p2p.transport.forward")
 
@@ -116,17 +116,29 @@ async def serve_udp_stream(
             await finish(stream)
 
 
-async def serve_udp_flows(forward: Any, sock: Any, o: ForwardOptions) -> None:
+class FlowOwner(Protocol):
+    """What the user side of a UDP forward serves flows for (a ``Forward``)."""
+
+    connections: int
+
+    async def open_stream(self, o: ForwardOptions) -> Any:
+        """A stream with the request sent and the OK reply read (raises the refusal)."""
+
+    def failed(self, what: str) -> None:
+        """Record the failure of one flow."""
+
+
+async def serve_udp_flows(forward: FlowOwner, sock: Any, o: ForwardOptions) -> None:
     """The user side of a UDP forward: one stream per client address, replies sent back."""
     flows: dict[Any, trio.MemorySendChannel[bytes]] = {}
 
     async def flow(addr: Any, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
         stream = None
         try:
-            stream = await forward._open(o)
+            stream = await forward.open_stream(o)
             await _udp_pump(stream, inbox.receive, lambda d: sock.sendto(d, addr), o.udp_idle)
         except Exception as exc:
-            forward._failed(f"udp flow from {addr[0]}:{addr[1]}: {exc}")
+            forward.failed(f"udp flow from {addr[0]}:{addr[1]}: {exc}")
         finally:
             flows.pop(addr, None)
             if stream is not None:

@@ -210,6 +210,9 @@ class _SentAddrs:
     def __len__(self) -> int:
         return len(self._sent)
 
+    def __contains__(self, peer: object) -> bool:
+        return str(peer) in self._sent
+
 
 def _dcutr_class() -> type:
     import multiaddr

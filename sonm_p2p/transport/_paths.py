@@ -163,8 +163,10 @@ class PeerPaths:
     known: addresses learned for each peer (``connect``), used again to redial it when a stream is
         wanted and the connection is gone.
     Per-peer state is pruned when the peer goes away (:meth:`peer_left`, called on the host's
-    disconnect notifications): the upgrade state and lock at once, the addresses and NAT type
-    ``forget_after`` seconds later (unless the peer came back).
+    disconnect notifications): the upgrade state, last punch and lock at once; the addresses,
+    NAT type and the addresses it sent in DCUtR exchanges (what tells its stale mappings apart
+    when it comes back) ``forget_after`` seconds later, unless it came back. py-libp2p's DCUtR
+    prunes its own per-peer tables on disconnect.
     """
 
     def __init__(
@@ -218,9 +220,8 @@ class PeerPaths:
         lock = self._locks.get(peer_id)
         if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
             del self._locks[peer_id]
-        if self.dcutr is not None:
-            self.dcutr.sent.forget(peer_id)
-        if peer_id in self.known or peer_id in self.remote_nat:
+        sent = self.dcutr.sent if self.dcutr is not None else ()
+        if peer_id in self.known or peer_id in self.remote_nat or peer_id in sent:
             self.departures.left(peer_id, now)
         self.prune(now)
 
@@ -235,6 +236,8 @@ class PeerPaths:
                 continue
             self.known.pop(peer_id, None)
             self.remote_nat.pop(peer_id, None)
+            if self.dcutr is not None:
+                self.dcutr.sent.forget(peer_id)
         return gone
 
     def watch(self) -> Any:

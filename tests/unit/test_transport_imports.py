@@ -15,10 +15,10 @@ ROOT = Path(sonm_p2p.transport.__file__).parent
 PACKAGE = "sonm_p2p.transport"
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path = ROOT) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for path in ROOT.rglob("*.py"):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join([PACKAGE, *parts])] = path
@@ -49,31 +49,59 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def test_transport_import_graph_is_acyclic() -> None:
-    modules = _modules()
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Which transport modules each transport module imports (a package importing its own
+    submodules in its ``__init__`` is not an edge back)."""
+    modules = _modules(root)
     graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
-    # The package's own __init__ importing its submodules is not a layering edge back.
     for name in graph:
         if modules[name].name != "__init__.py":
             graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle (``a -> b -> a``), or None when the graph is acyclic."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(name: str) -> None:
+    def visit(name: str) -> list[str] | None:
         state[name] = 1
         stack.append(name)
-        for dep in sorted(graph[name]):
+        for dep in sorted(graph.get(name, ())):
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep) :] + [dep]
-                raise AssertionError("import circle: " + " -> ".join(cycle))
-            if dep not in state:
-                visit(dep)
+                return stack[stack.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)) is not None:
+                return found
         stack.pop()
         state[name] = 2
+        return None
 
     for name in sorted(graph):
-        if name not in state:
-            visit(name)
+        if name not in state and (found := visit(name)) is not None:
+            return found
+    return None
+
+
+def test_transport_import_graph_is_acyclic() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_check_finds_circles_behind_deferred_and_type_checking_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "transport"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "node.py").write_text("from sonm_p2p.transport._handles import Tunnel\n")
+    (pkg / "_handles.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from sonm_p2p.transport.node import P2PNode\n"
+    )
+    (pkg / "relay.py").write_text("def f():\n    from sonm_p2p.transport import node\n")
+    cycle = find_cycle(import_graph(pkg))
+    assert cycle is not None and {"sonm_p2p.transport.node", "sonm_p2p.transport._handles"} <= set(
+        cycle
+    )
 
 
 def test_no_transport_module_over_600_lines() -> None:

@@ -19,7 +19,8 @@ from sonm_p2p.transport.stun import ClientOptions, NatType, StunError, probe_nat
 
 __all__ = ["NatCache", "NatProbe", "quick_options", "stun_report", "usable_nat_type"]
 
-log = logging.getLogger(__name__)
+# NatCache runs in the miner; its lines keep the logger name they had there (same output).
+log = logging.getLogger("sonm_p2p.miner.daemon")
 
 #: Retransmission timeout and tries per STUN request for a probe that must be quick (the
 #: default waits 2.1 s per request).

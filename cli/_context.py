@@ -10,7 +10,7 @@ from typing import Any
 from sonm_p2p.client import HubClient
 from sonm_p2p.identity import Identity, load_or_create
 from sonm_p2p.tasks import Endpoint, Task
-from sonm_p2p.transport.addrs import parse_hostport
+from sonm_p2p.transport.addrs import format_hostport, parse_hostport
 
 __all__ = ["CliContext", "endpoints_json", "task_json"]
 
@@ -35,7 +35,7 @@ class CliContext:
 
         if classify(self.hub) == "direct":
             host, port = parse_hostport(self.hub, default_port=10001)
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return format_hostport(host, port)
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(self.bootstrap, self.home)

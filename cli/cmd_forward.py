@@ -56,54 +56,36 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
     cannot work, it takes the relayed path at once instead of trying a punch for 3 s. The
     output shows the NAT type ("unknown" if STUN failed) and whether the punch was skipped.
     """
-    from cli._natcheck import NatProbe
     from sonm_p2p.config import client_listen
-    from sonm_p2p.transport.dial_ladder import PathKind, UpgradeState
-    from sonm_p2p.transport.forward import open_forward
-    from sonm_p2p.transport.node import NodeOptions, P2PNode
+    from sonm_p2p.transport.forward import TaskForwarder
 
     container_port, proto = _port(port)
     local_host, local_port = parse_hostport(local, allow_zero=True)
     with c.client() as client:
-        nat = NatProbe(client)  # STUN runs while the task is looked up and the node starts
+        # STUN runs while the task is looked up and the node starts
+        forwarder = TaskForwarder(lambda: client.info().stun_endpoint, listen=client_listen())
         try:
             task = client.task_status(job)
             miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)
         finally:
-            nat.release()
+            forwarder.release()
     if miner is None or not miner.online or not miner.peer_id:
         raise MinerUnavailable(f"task {task.task_id}'s miner {task.miner_id} is offline")
-    node = P2PNode(c.identity(), NodeOptions(listen=client_listen()))
-    node.start()
-    c.stack.callback(node.close)
-    stun = nat.report()
-    nat_type = str(stun.get("nat_type") or "unknown")
-    if not stun.get("error"):
-        node.nat_type = nat_type  # a symmetric NAT: no hole punch, relayed at once
-    miner_nat = miner.nat_type if miner.nat_type not in ("", "unknown") else None
-    connected = node.connect_peer(miner.peer_id, list(miner.multiaddrs), remote_nat=miner_nat)
-    punch_skipped = (
-        connected.kind is PathKind.RELAYED
-        and node.options.upgrade.next_attempt(
-            UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=miner_nat
-        )
-        is None
+    c.stack.callback(forwarder.close)
+    opened = forwarder.open(
+        c.identity(),
+        peer_id=miner.peer_id,
+        multiaddrs=list(miner.multiaddrs),
+        miner_id=miner.node_id,
+        miner_nat_type=miner.nat_type,
+        task_id=task.task_id,
+        port=container_port,
+        proto=proto,
+        local=(local_host, local_port),
     )
-    path = node.path(miner.peer_id)  # the path new streams take, its RTT measured by a ping
-    if path is None:
-        raise MinerUnavailable(f"lost the connection to miner {miner.node_id}")
-    fwd = open_forward(
-        node, miner.peer_id, task.task_id, container_port, proto, (local_host, local_port)
-    )
-    c.stack.callback(fwd.close)
-    host, lport = fwd.local_addr
-    info = {
-        "local": f"{host}:{lport}", "task": task.task_id, "port": f"{container_port}/{proto}",
-        "miner": miner.node_id, "path": str(path.kind), "remote": path.remote,
-        "rtt_ms": None if path.rtt is None else round(path.rtt * 1000, 3),
-        "nat_type": nat_type, "nat_error": stun.get("error"),
-        "miner_nat_type": miner.nat_type or "unknown", "punch_skipped": punch_skipped,
-    }  # fmt: skip
+    info = opened.as_dict()
+    host, lport = opened.forward.local_addr
+    path = opened.path
     if c.as_json:
         emit_json(info)
     else:

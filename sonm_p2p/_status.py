@@ -152,7 +152,7 @@ def from_rpc_error(
     trailers = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
     name = trailers.get(ERROR_TRAILER)
     if name in _BY_NAME:
-        return _BY_NAME[name](details)
+        return _BY_NAME[name].from_message(details)
     if code == grpc.StatusCode.CANCELLED:
         # A unary call we did not cancel ends CANCELLED when its channel is closed under it:
         # the peer's session ended (a miner that went away mid-call).

@@ -4,18 +4,23 @@
 
     SonmError                       exit 1, gRPC UNKNOWN
     ├── ConfigError                 exit 2, bad flag / env / config file (message names the file)
+    ├── ForwardError                exit 1, UNKNOWN: a forward exchange broke (a refusal raises the
+    │                               class its status maps to: TaskNotFound, PermissionDenied...)
     ├── NotFound                    exit 3, NOT_FOUND
     │   ├── MinerNotFound           no miner with that node ID (or prefix)
     │   ├── TaskNotFound            no task with that ID
     │   └── ImageNotFound           image neither local nor pullable
     ├── InvalidRequest              exit 6, INVALID_ARGUMENT
-    │   └── AmbiguousMiner          a prefix that names more than one miner
+    │   ├── AmbiguousMiner          a prefix that names more than one miner
+    │   └── InvalidAnnouncement     a hub announcement failed a check (``reason``)
     ├── Refused                     exit 6, FAILED_PRECONDITION
     │   └── ImageNotRunnable        image with neither ENTRYPOINT nor CMD
     ├── Unavailable                 exit 4, UNAVAILABLE
     │   ├── HubUnavailable          the hub does not answer (client side)
     │   ├── MinerUnavailable        the miner is offline or went away mid-call
     │   ├── DialError               no transport path to a peer
+    │   │   └── RelayRefused        a relay answered RESERVE/CONNECT with an error (``status``)
+    │   ├── StunError               no usable STUN answer: malformed, or an error response
     │   └── Busy                    RESOURCE_EXHAUSTED: too many streams or calls; try later
     ├── Timeout                     exit 5, DEADLINE_EXCEEDED
     ├── Unauthenticated             exit 8, UNAUTHENTICATED: unsigned, forged, stale or replayed
@@ -34,16 +39,20 @@ __all__ = [
     "Busy",
     "ConfigError",
     "DialError",
+    "ForwardError",
     "HubUnavailable",
     "ImageNotFound",
     "ImageNotRunnable",
+    "InvalidAnnouncement",
     "InvalidRequest",
     "MinerNotFound",
     "MinerUnavailable",
     "NotFound",
     "Refused",
+    "RelayRefused",
     "RuntimeFailure",
     "SonmError",
+    "StunError",
     "TaskNotFound",
     "Timeout",
     "Unauthenticated",
@@ -59,6 +68,11 @@ class SonmError(Exception):
     grpc_code: str = "UNKNOWN"
     #: Process exit code of a CLI command that fails with this error.
     exit_code: int = 1
+
+    @classmethod
+    def from_message(cls, message: str) -> SonmError:
+        """The error as rebuilt from its message on the far side of a gRPC call."""
+        return cls(message)
 
 
 class ConfigError(SonmError):
@@ -92,6 +106,15 @@ class AmbiguousMiner(InvalidRequest):
     pass
 
 
+class InvalidAnnouncement(InvalidRequest):
+    """An announcement failed a check; :attr:`reason` says which (a
+    ``discovery.announcement.DropReason``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+
+
 class Refused(SonmError):
     grpc_code = "FAILED_PRECONDITION"
     exit_code = 6
@@ -116,6 +139,35 @@ class MinerUnavailable(Unavailable):
 
 class DialError(Unavailable):
     pass
+
+
+class RelayRefused(DialError):
+    """The relay answered a RESERVE or CONNECT with an error status (see ``status``; 0 when
+    rebuilt from a gRPC status, which does not carry it)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StunError(Unavailable):
+    """A STUN message that cannot be used: malformed, not a Binding response, or an error answer."""
+
+
+class ForwardError(SonmError):
+    """A forward request refused by the serving node (``status``, a
+    ``transport.forward.ForwardStatus``), or a malformed exchange."""
+
+    #: ``ForwardStatus.INTERNAL``: what a rebuilt error says (gRPC does not carry the status).
+    _INTERNAL = 6
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @classmethod
+    def from_message(cls, message: str) -> ForwardError:
+        return cls(cls._INTERNAL, message)
 
 
 class Busy(Unavailable):

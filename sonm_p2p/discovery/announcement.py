@@ -18,7 +18,7 @@ from enum import StrEnum
 from google.protobuf.message import DecodeError
 
 from sonm_p2p._pb.sonm.v1 import discovery_pb2
-from sonm_p2p.errors import InvalidRequest
+from sonm_p2p.errors import InvalidAnnouncement
 from sonm_p2p.identity import Identity, node_id_from_peer_id
 
 __all__ = [
@@ -56,14 +56,6 @@ class DropReason(StrEnum):
     EXPIRED = "expired"  # issued_at + ttl is past
     FUTURE = "future"  # issued_at is ahead of our clock by more than the allowed skew
     REPLAYED = "replayed"  # not newer than one already accepted from the same node
-
-
-class InvalidAnnouncement(InvalidRequest):
-    """An announcement failed a check; :attr:`reason` says which (a :class:`DropReason`)."""
-
-    def __init__(self, reason: DropReason, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else str(reason))
-        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,7 +41,7 @@ import trio
 
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
-from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer, local_ips
+from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer
 from sonm_p2p.discovery.validator import AnnouncementValidator, ValidatorOptions
 from sonm_p2p.errors import SonmError, Timeout
 from sonm_p2p.identity import Identity
@@ -295,11 +295,11 @@ class HubGossip:
             try:
                 if learned is None:
                     with trio.fail_after(node.options.dial_timeout):
-                        learned = await node._probe_peer_id(multiaddr.Multiaddr(maddr))
+                        learned = await node.core.probe(multiaddr.Multiaddr(maddr))
                 if learned == self._self_id:
                     log.debug("bootstrap %s is this node", maddr)
                     return
-                await node._connect(maddr, learned)
+                await node.core.connect(maddr, learned)
                 log.debug("connected to bootstrap %s", maddr)
                 delay = 0.25
                 await trio.sleep(1.0)
@@ -359,7 +359,7 @@ class HubGossip:
         try:
             for maddr in peer.multiaddrs:
                 try:
-                    await self.node._connect(maddr, peer.peer_id)
+                    await self.node.core.connect(maddr, peer.peer_id)
                     log.info("connected to LAN hub %s at %s", peer.peer_id, maddr)
                     return
                 except Exception as exc:
@@ -410,18 +410,6 @@ def hub_announcer(
     return build
 
 
-def expand_addrs(addrs: list[str]) -> list[str]:
-    """Multiaddrs with an unspecified host (0.0.0.0, ::) replaced by each of this machine's
-    interface addresses; loopback only when there is nothing else (others cannot dial it)."""
-    ips = local_ips() or local_ips(loopback=True)
-    out: list[str] = []
-    for addr in addrs:
-        parts = addr.split("/")
-        if len(parts) > 2 and parts[2] in ("0.0.0.0", "::"):
-            version = "ip4" if parts[2] == "0.0.0.0" else "ip6"
-            for ip in ips:
-                if ("." in ip) == (version == "ip4"):
-                    out.append("/".join([*parts[:1], version, ip, *parts[3:]]))
-        else:
-            out.append(addr)
-    return out
+#: Listen multiaddrs with a wildcard host replaced by each interface address (kept under its
+#: old name; the one implementation is ``transport.addrs.expand_listen``).
+expand_addrs = _addrs.expand_listen

@@ -25,7 +25,9 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_NAMESPACE", "LanDiscovery", "LanPeer", "local_ips", "service_type"]
+from sonm_p2p.transport.addrs import interface_ips
+
+__all__ = ["DEFAULT_NAMESPACE", "LanDiscovery", "LanPeer", "service_type"]
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +163,6 @@ class LanDiscovery:
             log.exception("mDNS on_found callback failed")
 
 
-def local_ips(*, loopback: bool = False) -> list[str]:
-    """This machine's interface addresses (IPv4 first), without link-local ones."""
-    import ifaddr
-
-    v4: list[str] = []
-    v6: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if addr.is_link_local or (addr.is_loopback and not loopback):
-                continue
-            (v4 if addr.version == 4 else v6).append(str(addr))
-    return sorted(set(v4), key=v4.index) + sorted(set(v6), key=v6.index)
-
-
 def _peer_from_info(info) -> LanPeer | None:  # noqa: ANN001 - zeroconf.ServiceInfo
     props = {
         (k.decode(errors="replace") if isinstance(k, bytes) else k): (
@@ -220,7 +203,11 @@ def _advertised_ips(addrs: list[str]) -> list[str]:
             continue
         if parts[2] in ("0.0.0.0", "::"):
             version = 4 if parts[2] == "0.0.0.0" else 6
-            ips += [ip for ip in local_ips() if ipaddress.ip_address(ip).version == version]
+            ips += [
+                ip
+                for ip in interface_ips(loopback=False)
+                if ipaddress.ip_address(ip).version == version
+            ]
         else:
             ips.append(parts[2])
     return [ip for ip in dict.fromkeys(ips) if ipaddress.ip_address(ip).version == 4]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.tasks import Endpoint, Failed, Found, Lost, Pulled, Started, Stopped, Task, TaskState
-from sonm_p2p.transport.relay import is_circuit
+from sonm_p2p.transport.addrs import is_circuit
 
 __all__ = [
     "HubCore",

@@ -17,7 +17,6 @@ from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
 from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
-from sonm_p2p.discovery.mdns import local_ips
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.limits import StreamLimits
@@ -26,7 +25,7 @@ from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.supervisor import Supervisor
-from sonm_p2p.transport.addrs import parse_hostport
+from sonm_p2p.transport.addrs import format_hostport, interface_ips, parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 from sonm_p2p.transport.reachability import Reachability
@@ -134,7 +133,7 @@ class HubDaemon:
 
     def start(self) -> None:
         host, port = parse_hostport(self.options.grpc_listen)
-        endpoint = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        endpoint = format_hostport(host, port)
         self.hub.start()  # its loop serves the client API too
         self._server, self.grpc_port = self._on_loop(self._bind(endpoint))
         if not self.grpc_port:
@@ -214,7 +213,7 @@ class HubDaemon:
         host, port = bound.primary
         if host in ("0.0.0.0", "::"):
             host = parse_hostport(self.grpc_endpoint)[0]
-        self.stun_endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.stun_endpoint = format_hostport(host, port)
 
     def close(self) -> None:
         """Stop serving and join every thread the hub started. Idempotent."""
@@ -234,6 +233,6 @@ class HubDaemon:
 
 def _announced(host: str, port: int) -> str:
     if host in ("0.0.0.0", "::", ""):
-        ips = [ip for ip in local_ips() if ":" not in ip] or ["127.0.0.1"]
+        ips = [ip for ip in interface_ips(loopback=False) if ":" not in ip] or ["127.0.0.1"]
         host = ips[0]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)

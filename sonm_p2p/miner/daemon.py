@@ -9,8 +9,6 @@ joins them all.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ import grpc
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip
-from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, SonmError, Timeout
+from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
@@ -30,9 +28,10 @@ from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.supervisor import Supervisor
-from sonm_p2p.transport.addrs import parse_circuit, parse_hostport
+from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, serve_forward
+from sonm_p2p.transport.nat import NatCache
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 
 __all__ = ["MinerDaemon", "MinerOptions", "NatCache"]
@@ -198,50 +197,6 @@ class MinerDaemon:
         if self._server_pool is not None:
             self._server_pool.shutdown(wait=True, cancel_futures=True)
             self._server_pool = None
-
-
-class NatCache:
-    """This miner's NAT type, classified by STUN against its hub's responder when the hub first
-    calls (the handshake waits for it: a few round trips, at most ~2.3 s when nothing answers)
-    and kept for ``ttl`` seconds per responder. The node learns it too: behind a symmetric NAT
-    it starts no hole punch, which could not work. Thread-safe; never raises."""
-
-    def __init__(self, node: P2PNode, ttl: float = 600.0) -> None:
-        self.node = node
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._known: dict[str, tuple[float, str]] = {}  # endpoint -> (monotonic, NAT type)
-
-    def __repr__(self) -> str:
-        known = ", ".join(f"{ep}: {nat}" for ep, (_, nat) in self._known.items())
-        return f"<NatCache {known or 'empty'}>"
-
-    def classify(self, stun_endpoint: str) -> str:
-        from sonm_p2p.transport.stun import ClientOptions, NatType, StunError, probe_nat
-
-        if not stun_endpoint:
-            return ""
-        with self._lock:  # one probe at a time: a reconnecting miner asks once
-            seen = self._known.get(stun_endpoint)
-            if seen is not None and time.monotonic() - seen[0] < self.ttl:
-                return seen[1]
-            try:
-                report = probe_nat(
-                    parse_hostport(stun_endpoint), options=ClientOptions(rto=0.25, attempts=2)
-                )
-                nat = report.nat_type
-            except (StunError, OSError, SonmError) as exc:
-                log.info("STUN against %s failed: %s", stun_endpoint, exc)
-                nat = NatType.UNKNOWN
-            if nat == NatType.BLOCKED:  # no answer: UDP blocked or no responder; TCP may differ
-                nat = NatType.UNKNOWN
-            self._known[stun_endpoint] = (time.monotonic(), str(nat))
-        log.info("NAT type seen through the hub's STUN responder %s: %s", stun_endpoint, nat)
-        try:
-            self.node.nat_type = None if nat == NatType.UNKNOWN else str(nat)
-        except SonmError:
-            pass  # the node is closing
-        return str(nat)
 
 
 def _make_runtime(options: MinerOptions, labels: Mapping[str, str]) -> ContainerRuntime:

@@ -31,66 +31,15 @@ from typing import Any
 
 import trio
 
-from sonm_p2p.transport._handles import _reason
+from sonm_p2p.transport._conn import connections, is_relayed, reason
+from sonm_p2p.transport.addrs import interface_ips, split_circuit, tcp_target
 from sonm_p2p.transport.dial_ladder import Scope, _ip_of, classify
 
-__all__ = ["connections", "dcutr_service", "dial", "is_relayed", "peer_address"]
+__all__ = ["choose_punch_targets", "dcutr_service"]
 
 log = logging.getLogger(__name__)
 
 _PROTECT_TAG = "sonm-upgrade"
-
-
-def is_relayed(conn: Any) -> bool:
-    try:
-        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
-    except Exception:
-        return False
-
-
-def peer_address(conn: Any) -> tuple[str, int] | None:
-    """(ip, port) at the far end of a TCP connection; py-libp2p 0.8.1 reports None for IPv6."""
-    try:
-        secured = conn.muxed_conn.secured_conn
-        addr = secured.get_remote_address()
-    except Exception:
-        return None
-    if addr:
-        return str(addr[0]), int(addr[1])
-    # Noise session > read-writer > raw connection > TrioTCPStream > trio stream > socket.
-    layer: Any = secured
-    for _ in range(8):
-        if hasattr(layer, "getpeername"):
-            try:
-                ip, port = layer.getpeername()[:2]
-                return str(ip), int(port)
-            except (OSError, ValueError):
-                return None
-        layer = next(
-            (getattr(layer, a) for a in ("socket", "stream", "conn") if hasattr(layer, a)), None
-        )
-        if layer is None:
-            return None
-    return None
-
-
-async def dial(host: Any, info: Any) -> None:
-    """``host.connect(info)`` for a dial the application asked for now.
-
-    py-libp2p refuses every dial to a peer for 60 s after one that failed on all its addresses
-    (a "negative cache" meant for its background auto-dialling): a hub restarting, or a relay
-    briefly away, would stay unreachable for a minute. Such a dial forgets that first.
-    """
-    cache = getattr(host.get_network(), "_negative_peer_cache", None)
-    if cache is not None:
-        cache.evict(str(info.peer_id))
-    await host.connect(info)
-
-
-def connections(host: Any, peer: Any) -> list[Any]:
-    """Open connections to ``peer`` (a libp2p ID)."""
-    conns = host.get_network().get_connections(peer)
-    return [c for c in conns if not getattr(c, "is_closed", False)]
 
 
 def _punchable(addr: Any, source: tuple[str, int] | None) -> bool:
@@ -103,13 +52,6 @@ def _punchable(addr: Any, source: tuple[str, int] | None) -> bool:
     if scope is Scope.LOOPBACK:
         return source is not None and source[0].startswith("127.")
     return scope in (Scope.PUBLIC, Scope.SITE)
-
-
-def _tcp_target(addr: Any) -> tuple[str, int] | None:
-    parts = str(addr).split("/")
-    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
-        return None
-    return parts[2], int(parts[4])
 
 
 _BUSY = object()  #: the 4-tuple is taken: the peer's dial made the connection already
@@ -143,8 +85,6 @@ async def _connect_from(source: tuple[str, int], target: tuple[str, int]) -> Any
 
 def _not_behind_nat(host: Any) -> bool:
     """Whether peers (the relay, through identify) see us at one of our own addresses."""
-    from sonm_p2p.transport.addrs import interface_ips
-
     manager = getattr(host, "_observed_addr_manager", None)
     try:
         observed = [str(a).split("/")[2] for a in manager.addrs(min_observers=1)]
@@ -161,7 +101,7 @@ def _listen_sources(host: Any) -> dict[int, tuple[str, int]]:
     them where the relay saw us (port-preserving NATs)."""
     sources: dict[int, tuple[str, int]] = {}
     for addr in host.get_transport_addrs():
-        target = _tcp_target(addr)
+        target = tcp_target(addr)
         if target is not None:
             sources.setdefault(6 if ":" in target[0] else 4, target)
     return sources
@@ -200,7 +140,7 @@ def choose_punch_targets(
         for addr in addrs:
             if "/p2p-circuit" in str(addr):
                 continue
-            target = _tcp_target(addr)
+            target = tcp_target(addr)
             if target is None or target in seen or target in avoid or target in skip:
                 continue
             version = 6 if ":" in target[0] else 4
@@ -231,10 +171,10 @@ def _punch_targets(
     for conn in connections(host, peer):
         if not is_relayed(conn):
             continue
-        relay_id = str(conn.get_transport_addresses()[0]).split("/p2p-circuit")[0]
-        relay_id = relay_id.rsplit("/p2p/", 1)[-1]
+        circuit = split_circuit(str(conn.get_transport_addresses()[0]))
         try:
-            avoid |= {t for a in store.addrs(ID.from_base58(relay_id)) if (t := _tcp_target(a))}
+            relay = ID.from_base58(circuit.relay_id if circuit else "")
+            avoid |= {t for a in store.addrs(relay) if (t := tcp_target(a))}
         except Exception:
             pass
     try:
@@ -256,12 +196,22 @@ class _SentAddrs:
     def exchange(self, peer: Any, addrs: Sequence[Any]) -> set[tuple[str, int]]:
         """Record what ``peer`` sent now; what it sent before and not now."""
         key = str(peer)
-        now = {t for a in addrs if (t := _tcp_target(a)) is not None}
+        now = {t for a in addrs if (t := tcp_target(a)) is not None}
         before = self._sent.pop(key, set())
         self._sent[key] = before | now  # re-inserted: the dict is oldest first
         while len(self._sent) > self._max_peers:
             del self._sent[next(iter(self._sent))]
         return before - now
+
+    def forget(self, peer: Any) -> None:
+        """Drop what ``peer`` sent (it went away; a new connection starts afresh)."""
+        self._sent.pop(str(peer), None)
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def __contains__(self, peer: object) -> bool:
+        return str(peer) in self._sent
 
 
 def _dcutr_class() -> type:
@@ -299,7 +249,7 @@ def _dcutr_class() -> type:
             # back to back from the same port until it connects or ``dial_timeout`` passes;
             # only then is the connection upgraded (Noise, Yamux), once.
             network = self.host.get_network()
-            target = _tcp_target(addr)
+            target = tcp_target(addr)
             if target is None or source is None or not _punchable(addr, source):
                 return
             raw = None
@@ -338,7 +288,7 @@ def _dcutr_class() -> type:
                     await raw.close()
                 if not isinstance(exc, Exception):
                     raise  # cancelled: another address won the race
-                log.debug("punch upgrade %s: %s", addr, _reason(exc))
+                log.debug("punch upgrade %s: %s", addr, reason(exc))
                 return
             if await self._verify_direct_connection(peer_id):
                 self._direct_connections.add(peer_id)

@@ -1,8 +1,8 @@
 """Executing the dial ladder, upgrading relayed paths, and what path a peer is on (trio thread).
 
 The policy (what to try, in which order, when to hole-punch) is ``dial_ladder.py``; the hole
-punch itself is ``_dcutr.py``; this module does the rest of the I/O for
-:class:`~sonm_p2p.transport.node.P2PNode`.
+punch itself is ``_dcutr.py``; this module does the rest of the I/O for the node's core
+(``core.py``). What it learns per peer is forgotten when the peer goes away (:class:`Departures`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import trio
 
 from sonm_p2p.errors import DialError
-from sonm_p2p.transport._dcutr import connections, dial, is_relayed, peer_address
-from sonm_p2p.transport._handles import _reason
+from sonm_p2p.transport._conn import connections, dial, is_relayed, peer_address, reason
 from sonm_p2p.transport._splice import send
+from sonm_p2p.transport.addrs import is_circuit, split_circuit, tcp_multiaddr
 from sonm_p2p.transport.dial_ladder import (
     AttemptKind,
     LadderOptions,
@@ -29,9 +29,10 @@ from sonm_p2p.transport.dial_ladder import (
     UpgradeState,
     plan,
 )
-from sonm_p2p.transport.relay import dial_relayed, is_circuit
+from sonm_p2p.transport.relay import dial_relayed
 
 __all__ = [
+    "Departures",
     "Path",
     "PeerPaths",
     "best_connection",
@@ -88,12 +89,11 @@ def describe(conn: Any, peer_id: str, punched: weakref.WeakSet[Any]) -> Path:
     """The :class:`Path` (without RTT) of one connection."""
     if is_relayed(conn):
         remote = str(conn.get_transport_addresses()[0])
-        relay = remote.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
-        return Path(peer_id, PathKind.RELAYED, remote, None, relay)
+        circuit = split_circuit(remote)
+        return Path(peer_id, PathKind.RELAYED, remote, None, circuit.relay_id if circuit else "")
     kind = PathKind.HOLE_PUNCHED if conn in punched else PathKind.DIRECT
     far = peer_address(conn)
-    remote = f"/ip{6 if ':' in far[0] else 4}/{far[0]}/tcp/{far[1]}" if far else ""
-    return Path(peer_id, kind, remote)
+    return Path(peer_id, kind, tcp_multiaddr(*far) if far else "")
 
 
 async def ping(host: Any, peer: Any, *, rounds: int = 2, timeout: float = 5.0) -> float:
@@ -124,11 +124,49 @@ async def ping(host: Any, peer: Any, *, rounds: int = 2, timeout: float = 5.0) -
     return best
 
 
+class Departures:
+    """When each peer's last connection closed, and so when to forget what was learned about it
+    (pure: time comes in as ``now``).
+
+    forget_after: seconds a peer stays remembered after it left (its addresses are what redials
+        it when a stream is wanted again); 0 forgets at once.
+    """
+
+    def __init__(self, forget_after: float) -> None:
+        self.forget_after = forget_after
+        self._since: dict[str, float] = {}  # peer -> when it left, oldest first
+
+    def left(self, peer_id: str, now: float) -> None:
+        self._since.pop(peer_id, None)
+        self._since[peer_id] = now
+
+    def returned(self, peer_id: str) -> None:
+        self._since.pop(peer_id, None)
+
+    def expire(self, now: float) -> list[str]:
+        """Peers gone for ``forget_after`` seconds or more; they are no longer tracked."""
+        out: list[str] = []
+        for peer_id, since in list(self._since.items()):
+            if now - since < self.forget_after:
+                break  # insertion order is departure order
+            del self._since[peer_id]
+            out.append(peer_id)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+
 class PeerPaths:
     """Reaching peers by the ladder, upgrading relayed paths, and reporting paths (trio side).
 
     known: addresses learned for each peer (``connect``), used again to redial it when a stream is
         wanted and the connection is gone.
+    Per-peer state is pruned when the peer goes away (:meth:`peer_left`, called on the host's
+    disconnect notifications): the upgrade state, last punch and lock at once; the addresses,
+    NAT type and the addresses it sent in DCUtR exchanges (what tells its stale mappings apart
+    when it comes back) ``forget_after`` seconds later, unless it came back. py-libp2p's DCUtR
+    prunes its own per-peer tables on disconnect.
     """
 
     def __init__(
@@ -140,6 +178,7 @@ class PeerPaths:
         ladder: LadderOptions,
         policy: UpgradePolicy,
         local_ips: Callable[[], list[str]],
+        forget_after: float = 600.0,
     ) -> None:
         self.host = host
         self.dcutr = dcutr
@@ -155,6 +194,79 @@ class PeerPaths:
         self._local_ips = local_ips
         self._locks: dict[str, trio.Lock] = {}
         self._driving: dict[str, trio.Event] = {}
+        self.departures = Departures(forget_after)
+
+    def tracked(self) -> dict[str, int]:
+        """How many peers each per-peer table holds (for tests and diagnostics)."""
+        sent = self.dcutr.sent if self.dcutr is not None else ()
+        return {
+            "known": len(self.known),
+            "remote_nat": len(self.remote_nat),
+            "upgrades": len(self.upgrades),
+            "last_upgrade": len(self.last_upgrade),
+            "locks": len(self._locks),
+            "driving": len(self._driving),
+            "departures": len(self.departures),
+            "punch_exchanges": len(sent),
+        }
+
+    def peer_left(self, peer_id: str, now: float) -> None:
+        """A connection to ``peer_id`` closed: when it was its last, forget the peer's transient
+        state now and its addresses later (:class:`Departures`)."""
+        if _safe_connected(self.host, peer_id):
+            return
+        self.upgrades.pop(peer_id, None)
+        self.last_upgrade.pop(peer_id, None)
+        lock = self._locks.get(peer_id)
+        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
+            del self._locks[peer_id]
+        sent = self.dcutr.sent if self.dcutr is not None else ()
+        if peer_id in self.known or peer_id in self.remote_nat or peer_id in sent:
+            self.departures.left(peer_id, now)
+        self.prune(now)
+
+    def peer_joined(self, peer_id: str) -> None:
+        self.departures.returned(peer_id)
+
+    def prune(self, now: float) -> list[str]:
+        """Forget the addresses and NAT type of peers gone for long enough; returns them."""
+        gone = self.departures.expire(now)
+        for peer_id in gone:
+            if _safe_connected(self.host, peer_id):
+                continue
+            self.known.pop(peer_id, None)
+            self.remote_nat.pop(peer_id, None)
+            if self.dcutr is not None:
+                self.dcutr.sent.forget(peer_id)
+        return gone
+
+    def watch(self) -> Any:
+        """A py-libp2p network notifee that reports connections opening and closing here;
+        register it with ``network.register_notifee``."""
+        from libp2p.abc import INotifee
+
+        paths = self
+
+        class _Watch(INotifee):
+            async def connected(self, network: Any, conn: Any) -> None:
+                paths.peer_joined(conn.muxed_conn.peer_id.to_base58())
+
+            async def disconnected(self, network: Any, conn: Any) -> None:
+                paths.peer_left(conn.muxed_conn.peer_id.to_base58(), trio.current_time())
+
+            async def opened_stream(self, network: Any, stream: Any) -> None:
+                pass
+
+            async def closed_stream(self, network: Any, stream: Any) -> None:
+                pass
+
+            async def listen(self, network: Any, multiaddr: Any) -> None:
+                pass
+
+            async def listen_close(self, network: Any, multiaddr: Any) -> None:
+                pass
+
+        return _Watch()
 
     def _punched(self) -> weakref.WeakSet[Any]:
         return self.dcutr.punched if self.dcutr is not None else weakref.WeakSet()
@@ -197,14 +309,19 @@ class PeerPaths:
         from libp2p.peer.id import ID
 
         pid = ID.from_base58(peer_id)
+        self.prune(trio.current_time())
         self.remember(peer_id, addrs)
         if remote_nat is not None:
             self.remote_nat[peer_id] = remote_nat
         lock = self._locks.setdefault(peer_id, trio.Lock())
-        async with lock:
-            conn = best_connection(self.host, pid)
-            if conn is None:
-                conn = await self._climb(peer_id, pid)
+        try:
+            async with lock:
+                conn = best_connection(self.host, pid)
+                if conn is None:
+                    conn = await self._climb(peer_id, pid)
+        except BaseException:
+            self.peer_left(peer_id, trio.current_time())  # never reached: forget it in time
+            raise
         path = describe(conn, peer_id, self._punched())
         if path.kind is PathKind.RELAYED:
             done = self._drive_upgrades(peer_id)
@@ -220,7 +337,7 @@ class PeerPaths:
         from libp2p.peer.peerinfo import PeerInfo
 
         addrs = self.known.get(peer_id, [])
-        relays = {a.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1] for a in addrs if is_circuit(a)}
+        relays = {c.relay_id for a in addrs if is_circuit(a) and (c := split_circuit(a))}
         connected = [r for r in relays if _safe_connected(self.host, r)]
         attempts = plan(
             peer_id,
@@ -246,7 +363,7 @@ class PeerPaths:
             except trio.TooSlowError:
                 failures.append(f"{attempt}: no answer within {attempt.timeout:g}s")
             except Exception as exc:
-                failures.append(f"{attempt}: {_reason(exc)}")
+                failures.append(f"{attempt}: {reason(exc)}")
             log.debug("ladder to %s: %s", peer_id, failures[-1])
         raise DialError(f"cannot reach {peer_id[:16]}…: " + "; ".join(failures))
 
@@ -316,13 +433,10 @@ class PeerPaths:
         except Exception as exc:
             log.debug("hole punch to %s failed: %r", peer_id, exc)
             ok = False
-        self.last_upgrade[peer_id] = (ok, time.perf_counter() - began)
-        log.info(
-            "hole punch to %s: %s in %.2fs",
-            peer_id,
-            "ok" if ok else "failed",
-            self.last_upgrade[peer_id][1],
-        )
+        took = time.perf_counter() - began
+        if _safe_connected(self.host, peer_id):  # not for a peer that left meanwhile
+            self.last_upgrade[peer_id] = (ok, took)
+        log.info("hole punch to %s: %s in %.2fs", peer_id, "ok" if ok else "failed", took)
         return ok
 
     async def _wait_identified(self, relay_id: str, timeout: float = 2.0) -> None:

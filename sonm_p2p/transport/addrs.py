@@ -1,4 +1,5 @@
-"""Parsing of the address forms users type: ``host:port``, ``[v6]:port``, multiaddrs."""
+"""Addresses, in one place: parsing and formatting of ``host:port`` / ``[v6]:port``, multiaddrs and
+circuit addresses, and this machine's interface addresses. Pure, except :func:`interface_ips`."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from sonm_p2p.errors import ConfigError
 
 __all__ = [
     "Circuit",
+    "circuit_addr",
     "expand_listen",
+    "format_hostport",
     "interface_ips",
+    "is_circuit",
     "local_ips_of",
     "parse_circuit",
     "parse_hostport",
     "parse_target",
+    "split_circuit",
     "tcp_multiaddr",
+    "tcp_target",
 ]
 
 
@@ -50,6 +56,20 @@ def parse_hostport(
     if default_port is None:
         raise ConfigError(f"bad address {text!r}: expected host:port")
     return host, default_port
+
+
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, or ``[v6]:port`` for an IPv6 address (inverse of :func:`parse_hostport`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tcp_target(addr: object) -> tuple[str, int] | None:
+    """(ip, port) of an ``/ip4/…/tcp/…`` or ``/ip6/…/tcp/…`` multiaddr (anything after is
+    ignored); None for any other address."""
+    parts = str(addr).split("/")
+    if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        return None
+    return parts[2], int(parts[4])
 
 
 def tcp_multiaddr(host: str, port: int) -> str:
@@ -93,6 +113,32 @@ class Circuit(NamedTuple):
         return f"{self.relay_addr}/p2p/{self.relay_id}"
 
 
+def is_circuit(addr: str) -> bool:
+    """Whether ``addr`` is a relayed (circuit) address."""
+    return "/p2p-circuit" in addr
+
+
+def circuit_addr(relay_addr: str, relay_id: str, target_id: str) -> str:
+    """``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<target>`` (``relay_addr`` without /p2p)."""
+    base = relay_addr.split("/p2p/")[0].rstrip("/")
+    return f"{base}/p2p/{relay_id}/p2p-circuit/p2p/{target_id}"
+
+
+def split_circuit(addr: str) -> Circuit | None:
+    """The parts of a circuit address as found on the wire or on a connection (the relay's
+    address may be empty: ``/p2p/<relay>/p2p-circuit/p2p/<peer>``); None for any other address
+    or a circuit address that does not name both peers. Never raises: see :func:`parse_circuit`
+    for what users type."""
+    head, sep, tail = addr.partition("/p2p-circuit")
+    if not sep:
+        return None
+    target = tail.strip("/").removeprefix("p2p/").split("/")[0]
+    relay_part, sep, relay_id = head.rpartition("/p2p/")
+    if not sep or not relay_id.strip("/") or not target:
+        return None
+    return Circuit(relay_part, relay_id.strip("/"), target)
+
+
 def parse_circuit(text: str) -> Circuit | None:
     """The parts of a relayed address, None for any other address; ConfigError for a relayed
     address that does not name both the relay and the peer (or relays through a relay)."""
@@ -112,9 +158,9 @@ def parse_circuit(text: str) -> Circuit | None:
     return Circuit(relay_addr, relay_id, peer_id)
 
 
-def interface_ips() -> list[str]:
+def interface_ips(*, loopback: bool = True) -> list[str]:
     """This machine's (this network namespace's) interface addresses, IPv4 first, without
-    link-local ones; loopback included."""
+    link-local ones; loopback ones unless ``loopback`` is False."""
     import ifaddr
 
     v4: list[str] = []
@@ -126,7 +172,7 @@ def interface_ips() -> list[str]:
                 addr = ipaddress.ip_address(text.split("%")[0])
             except ValueError:
                 continue
-            if addr.is_link_local:
+            if addr.is_link_local or (addr.is_loopback and not loopback):
                 continue
             bucket = v4 if addr.version == 4 else v6
             if str(addr) not in bucket:

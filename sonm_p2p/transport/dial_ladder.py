@@ -29,6 +29,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sonm_p2p.transport.addrs import split_circuit
+
 __all__ = [
     "Attempt",
     "AttemptKind",
@@ -142,18 +144,6 @@ def _same_site(
     return any(own.version == ip.version and own in net for own in ours)
 
 
-def _split_circuit(addr: str) -> tuple[str, str, str] | None:
-    """(relay transport addr, relay id, target id) of a circuit address, or None."""
-    head, sep, tail = addr.partition("/p2p-circuit")
-    if not sep:
-        return None
-    target = tail.strip("/").removeprefix("p2p/").split("/")[0]
-    relay_part, sep, relay_id = head.rpartition("/p2p/")
-    if not sep or not relay_id or not target:
-        return None
-    return relay_part, relay_id.strip("/"), target
-
-
 def _strip_peer(addr: str, peer_id: str) -> str | None:
     """The transport part of a direct address; None when it names another peer."""
     base, sep, tail = addr.partition("/p2p/")
@@ -184,7 +174,7 @@ def plan(
     relayed: list[tuple[tuple[int, int, int], Attempt]] = []
     seen: set[tuple[str, str | None]] = set()
     for index, addr in enumerate(addrs):
-        circuit = _split_circuit(addr)
+        circuit = split_circuit(addr)
         if circuit is not None:
             relay_addr, relay_id, target = circuit
             if target != peer_id or relay_id == peer_id or (relay_addr, relay_id) in seen:

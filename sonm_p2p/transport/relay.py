@@ -16,7 +16,8 @@ side of a relayed peer). This module adds what a production node needs around it
   the *dialler* (using up relay slots), tries every circuit address it ever stored first, and
   stores circuit addresses in the peerstore forever.
 
-All functions here run on the node's trio thread (see ``node.py``).
+All functions here run on the node's trio thread (see ``core.py``, which keeps a node's
+reservations).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from sonm_p2p.errors import DialError, SonmError
+from sonm_p2p.errors import DialError, RelayRefused, SonmError
+from sonm_p2p.transport._conn import connections, dial, peer_address
 from sonm_p2p.transport._splice import send
+from sonm_p2p.transport.addrs import circuit_addr, is_circuit, tcp_multiaddr
 
 __all__ = [
     "HOP",
@@ -38,7 +42,6 @@ __all__ = [
     "RelayOptions",
     "RelayRefused",
     "RelayReservation",
-    "RelayReservations",
     "circuit_addr",
     "dial_relayed",
     "is_circuit",
@@ -84,14 +87,6 @@ class RelayOptions:
             raise ValueError("relay limits must not be negative (reservation_ttl > 0)")
 
 
-class RelayRefused(DialError):
-    """The relay answered a RESERVE or CONNECT with an error status (see ``status``)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 _STATUS_TEXT = {
     200: "reservation refused",
     201: "relay resource limit exceeded",
@@ -101,16 +96,6 @@ _STATUS_TEXT = {
     400: "malformed message",
     401: "unexpected message",
 }
-
-
-def circuit_addr(relay_addr: str, relay_id: str, target_id: str) -> str:
-    """``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<target>`` (``relay_addr`` without /p2p)."""
-    base = relay_addr.split("/p2p/")[0].rstrip("/")
-    return f"{base}/p2p/{relay_id}/p2p-circuit/p2p/{target_id}"
-
-
-def is_circuit(addr: str) -> bool:
-    return "/p2p-circuit" in addr
 
 
 def _limits(options: RelayOptions) -> Any:
@@ -368,7 +353,7 @@ class RelayReservation:
         self.failure: BaseException | None = None
         self.refreshes = 0
         self._connected = False
-        self._cancel: Any = None
+        self._cancel: Callable[[], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -402,6 +387,10 @@ class RelayReservation:
             return []
         return [circuit_addr(a, self.relay_id, self.self_id) for a in self.relay_addrs]
 
+    def on_cancel(self, cancel: Callable[[], None]) -> None:
+        """What :meth:`cancel` does (set by whoever runs :meth:`keep`; thread-safe)."""
+        self._cancel = cancel
+
     def cancel(self) -> None:
         """Stop refreshing (the relay lets the reservation expire). Idempotent."""
         cancel, self._cancel = self._cancel, None
@@ -421,8 +410,6 @@ class RelayReservation:
         import multiaddr
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
-
-        from sonm_p2p.transport._dcutr import dial
 
         relay = ID.from_base58(self.relay_id)
         task_status.started()
@@ -456,64 +443,13 @@ class RelayReservation:
             backoff = min(backoff * 2, 30.0)
 
 
-class RelayReservations:
-    """The reservations one node keeps (trio side; ``all`` may be read from any thread)."""
-
-    def __init__(self, node: Any) -> None:
-        self._node = node
-        self.all: list[RelayReservation] = []
-
-    async def add(self, relay_id: str, relay_addr: str) -> RelayReservation:
-        """Start keeping a reservation on a connected relay (the existing one if any)."""
-        for res in self.all:
-            if res.relay_id == relay_id:
-                return res
-        node = self._node
-        res = RelayReservation(relay_id, [relay_addr], node.peer_id)
-        self.all.append(res)
-        scope = trio.CancelScope()
-        res._cancel = lambda: node._call_soon(scope.cancel)
-
-        async def keep() -> None:
-            try:
-                with scope:
-                    await res.keep(node._host)
-            finally:
-                self.drop(res)
-
-        node._spawn(keep)
-        return res
-
-    def drop(self, res: RelayReservation) -> None:
-        if res in self.all:
-            self.all.remove(res)
-
-    async def add_when_reachable(self, target: str) -> None:
-        """Connect to ``target`` (retrying with back-off), then keep a reservation there."""
-        from sonm_p2p.transport.addrs import parse_target
-
-        maddr, peer_id = parse_target(target)
-        delay = 0.5
-        while True:
-            try:
-                relay_id = await self._node._connect(maddr, peer_id)
-                break
-            except SonmError as exc:
-                log.debug("relay %s: %s (retry in %.1fs)", target, exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        await self.add(relay_id, maddr)
-
-
 def _connected(host: Any, peer: Any) -> bool:
-    return any(not getattr(c, "is_closed", False) for c in host.get_network().get_connections(peer))
+    return bool(connections(host, peer))
 
 
 def _remote_tcp_addr(host: Any, peer: Any) -> str | None:
-    from sonm_p2p.transport._dcutr import peer_address
-
     for conn in host.get_network().get_connections(peer):
         far = peer_address(conn)
         if far is not None:
-            return f"/ip{6 if ':' in far[0] else 4}/{far[0]}/tcp/{far[1]}"
+            return tcp_multiaddr(*far)
     return None

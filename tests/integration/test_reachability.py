@@ -40,7 +40,7 @@ def _node(made: list[P2PNode], **options: object) -> P2PNode:
 
 
 def _ask(node: P2PNode, server: P2PNode, addrs: list[str]) -> tuple[Reachability, str]:
-    verdict, answers = node.run(check_reachability, node._host, [server.peer_id], addrs)
+    verdict, answers = node.run(check_reachability, node.core.host, [server.peer_id], addrs)
     return verdict, answers[server.peer_id]
 
 

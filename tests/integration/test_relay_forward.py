@@ -318,11 +318,11 @@ def stream_counts(node: P2PNode, peer_id: str) -> dict[str, int]:
         from libp2p.peer.id import ID
 
         counts = {"relayed": 0, "direct": 0}
-        for conn in node._host.get_network().get_connections(ID.from_base58(peer_id)):
+        for conn in node.core.host.get_network().get_connections(ID.from_base58(peer_id)):
             relayed = any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
             counts["relayed" if relayed else "direct"] += len(conn.get_streams())
         counts["connections"] = len(
-            node._host.get_network().get_connections(ID.from_base58(peer_id))
+            node.core.host.get_network().get_connections(ID.from_base58(peer_id))
         )
         return counts
 

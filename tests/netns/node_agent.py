@@ -244,7 +244,7 @@ class _State:
         began = time.perf_counter()
         path = self.node.connect_peer(peer, addrs, upgrade_wait=upgrade_wait, remote_nat=remote_nat)
         took = time.perf_counter() - began
-        upgrade = self.node._paths.last_upgrade.get(peer) if self.node._paths else None
+        upgrade = self.node.core.paths.last_upgrade.get(peer) if self.node.core.paths else None
         return {"path": path.as_dict(), "seconds": took, "upgrade": upgrade}
 
     def path(self, peer: str) -> Any:

@@ -1,4 +1,4 @@
-"""The UDP half of ``/sonm/forward/1.0.0`` (see ``forward.py`` for the protocol).
+"""The UDP half of ``/sonm/forward/1.0.0`` (see ``_wire.py`` for the protocol).
 
 Datagrams travel as frames (u16 length + payload) on one stream per user-side client address;
 a flow ends when either side ends it or nothing moved for ``ForwardOptions.udp_idle`` seconds.
@@ -9,23 +9,23 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from sonm_p2p.transport._splice import send
-from sonm_p2p.transport.forward import (
+from sonm_p2p.transport.forward._streams import finish
+from sonm_p2p.transport.forward._wire import (
     MAX_DATAGRAM,
     ForwardOptions,
     ForwardRequest,
     ForwardStatus,
     FrameDecoder,
-    _finish,
     encode_datagram,
     encode_reply,
 )
 
-__all__ = ["serve_udp_flows", "serve_udp_stream"]
+__all__ = ["FlowOwner", "serve_udp_flows", "serve_udp_stream"]
 
 log = logging.getLogger("sonm_p2p.transport.forward")
 
@@ -95,7 +95,7 @@ async def serve_udp_stream(
     except OSError as exc:
         sock.close()
         message = f"{request.port}/udp of task {request.task_id} is not reachable: {exc}"
-        await _finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
+        await finish(stream, encode_reply(ForwardStatus.UNREACHABLE, message))
         return
     try:
         await send(stream, encode_reply(ForwardStatus.OK))
@@ -113,25 +113,37 @@ async def serve_udp_stream(
     finally:
         sock.close()
         with trio.CancelScope(shield=True):
-            await _finish(stream)
+            await finish(stream)
 
 
-async def serve_udp_flows(forward: Any, sock: Any, o: ForwardOptions) -> None:
+class FlowOwner(Protocol):
+    """What the user side of a UDP forward serves flows for (a ``Forward``)."""
+
+    connections: int
+
+    async def open_stream(self, o: ForwardOptions) -> Any:
+        """A stream with the request sent and the OK reply read (raises the refusal)."""
+
+    def failed(self, what: str) -> None:
+        """Record the failure of one flow."""
+
+
+async def serve_udp_flows(forward: FlowOwner, sock: Any, o: ForwardOptions) -> None:
     """The user side of a UDP forward: one stream per client address, replies sent back."""
     flows: dict[Any, trio.MemorySendChannel[bytes]] = {}
 
     async def flow(addr: Any, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
         stream = None
         try:
-            stream = await forward._open(o)
+            stream = await forward.open_stream(o)
             await _udp_pump(stream, inbox.receive, lambda d: sock.sendto(d, addr), o.udp_idle)
         except Exception as exc:
-            forward._failed(f"udp flow from {addr[0]}:{addr[1]}: {exc}")
+            forward.failed(f"udp flow from {addr[0]}:{addr[1]}: {exc}")
         finally:
             flows.pop(addr, None)
             if stream is not None:
                 with trio.CancelScope(shield=True):
-                    await _finish(stream)
+                    await finish(stream)
 
     async with trio.open_nursery() as nursery:
         while True:

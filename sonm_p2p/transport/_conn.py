@@ -1,0 +1,126 @@
+"""Generic helpers on py-libp2p connections and streams (trio thread only).
+
+Used by every layer of the transport (the node's core, the dial ladder, relay, DCUtR, forward);
+they know nothing about any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import trio
+
+__all__ = [
+    "aclose_quietly",
+    "connections",
+    "dial",
+    "is_relayed",
+    "peer_address",
+    "quiet_libp2p_logs",
+    "read_until_end",
+    "reason",
+]
+
+log = logging.getLogger("sonm_p2p.transport.node")
+
+
+def is_relayed(conn: Any) -> bool:
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:
+        return False
+
+
+def peer_address(conn: Any) -> tuple[str, int] | None:
+    """(ip, port) at the far end of a TCP connection; py-libp2p 0.8.1 reports None for IPv6."""
+    try:
+        secured = conn.muxed_conn.secured_conn
+        addr = secured.get_remote_address()
+    except Exception:
+        return None
+    if addr:
+        return str(addr[0]), int(addr[1])
+    # Noise session > read-writer > raw connection > TrioTCPStream > trio stream > socket.
+    layer: Any = secured
+    for _ in range(8):
+        if hasattr(layer, "getpeername"):
+            try:
+                ip, port = layer.getpeername()[:2]
+                return str(ip), int(port)
+            except (OSError, ValueError):
+                return None
+        layer = next(
+            (getattr(layer, a) for a in ("socket", "stream", "conn") if hasattr(layer, a)), None
+        )
+        if layer is None:
+            return None
+    return None
+
+
+async def dial(host: Any, info: Any) -> None:
+    """``host.connect(info)`` for a dial the application asked for now.
+
+    py-libp2p refuses every dial to a peer for 60 s after one that failed on all its addresses
+    (a "negative cache" meant for its background auto-dialling): a hub restarting, or a relay
+    briefly away, would stay unreachable for a minute. Such a dial forgets that first.
+    """
+    cache = getattr(host.get_network(), "_negative_peer_cache", None)
+    if cache is not None:
+        cache.evict(str(info.peer_id))
+    await host.connect(info)
+
+
+def connections(host: Any, peer: Any) -> list[Any]:
+    """Open connections to ``peer`` (a libp2p ID)."""
+    conns = host.get_network().get_connections(peer)
+    return [c for c in conns if not getattr(c, "is_closed", False)]
+
+
+async def read_until_end(stream: Any) -> None:
+    """Read and drop until the stream ends (EOF, reset or any error)."""
+    while True:
+        try:
+            data = await stream.read(1024)
+        except Exception:
+            return
+        if not data:
+            return
+
+
+async def aclose_quietly(obj: Any, *, reset: bool = False) -> None:
+    """Close (or reset) a stream, connection or listener within 2 s, ignoring errors."""
+    try:
+        with trio.move_on_after(2):
+            if reset and hasattr(obj, "reset"):
+                await obj.reset()
+            elif hasattr(obj, "aclose"):
+                await obj.aclose()
+            else:
+                await obj.close()
+    except Exception as exc:
+        log.debug("close failed: %r", exc)
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's message with its cause, for one-line errors."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
+
+
+def quiet_libp2p_logs() -> None:
+    # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
+    # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
+    # Importing libp2p configures its logger (level WARNING, no propagation): adjust after it.
+    import libp2p  # noqa: F401
+
+    lg = logging.getLogger("libp2p")
+    if os.environ.get("SONM_DEBUG"):
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = True
+    else:
+        lg.setLevel(logging.CRITICAL)

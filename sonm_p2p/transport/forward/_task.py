@@ -1,0 +1,126 @@
+"""``sonmcli forward`` as a library call: check this machine's NAT, reach the task's miner by the
+dial ladder, open the local listener (:class:`TaskForwarder`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sonm_p2p.errors import MinerUnavailable
+from sonm_p2p.identity import Identity
+from sonm_p2p.transport._paths import Path
+from sonm_p2p.transport.dial_ladder import PathKind, UpgradeState
+from sonm_p2p.transport.forward._endpoints import Forward, open_forward
+from sonm_p2p.transport.nat import NatProbe
+from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+__all__ = ["TaskForward", "TaskForwarder"]
+
+
+@dataclass(frozen=True)
+class TaskForward:
+    """An open forward to a task's port and how it was reached.
+
+    nat_type / nat_error: this machine's NAT as STUN saw it ("unknown" and why when it failed).
+    miner_nat_type: the miner's, as its hub lists it ("unknown" when not known).
+    punch_skipped: the path is relayed and no hole punch was tried (a symmetric NAT).
+    """
+
+    forward: Forward
+    task_id: str
+    port: int
+    proto: str
+    miner_id: str
+    path: Path
+    nat_type: str
+    nat_error: str | None
+    miner_nat_type: str
+    punch_skipped: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        host, lport = self.forward.local_addr
+        return {
+            "local": f"{host}:{lport}", "task": self.task_id, "port": f"{self.port}/{self.proto}",
+            "miner": self.miner_id, "path": str(self.path.kind), "remote": self.path.remote,
+            "rtt_ms": None if self.path.rtt is None else round(self.path.rtt * 1000, 3),
+            "nat_type": self.nat_type, "nat_error": self.nat_error,
+            "miner_nat_type": self.miner_nat_type, "punch_skipped": self.punch_skipped,
+        }  # fmt: skip
+
+
+class TaskForwarder:
+    """Forwards a local port to a task's published port on its miner, through the overlay.
+
+    Created first, it starts classifying this machine's NAT against the hub's STUN responder
+    (``stun_endpoint()``, e.g. the hub's Info RPC; at most ~2 s) while the caller goes on
+    looking the task up; :meth:`release` waits until ``stun_endpoint`` is done (the caller's
+    client may then close). :meth:`open` then starts a node, reaches the miner (behind a
+    symmetric NAT here or there: relayed at once, no hopeless punch) and opens the listener.
+    :meth:`close` ends the forward and the node (idempotent).
+    """
+
+    def __init__(self, stun_endpoint: Callable[[], str], *, listen: Sequence[str]) -> None:
+        self._nat = NatProbe(stun_endpoint)
+        self._listen = tuple(listen)
+        self._node: P2PNode | None = None
+        self._forward: Forward | None = None
+
+    def release(self) -> None:
+        self._nat.release()
+
+    def open(
+        self,
+        identity: Identity,
+        *,
+        peer_id: str,
+        multiaddrs: Sequence[str],
+        miner_id: str,
+        miner_nat_type: str,
+        task_id: str,
+        port: int,
+        proto: str,
+        local: tuple[str, int],
+    ) -> TaskForward:
+        """Raises MinerUnavailable when the miner's connection is lost at once, and what
+        ``P2PNode.connect_peer`` and ``open_forward`` raise (DialError, TaskNotFound...)."""
+        node = self._node = P2PNode(identity, NodeOptions(listen=self._listen))
+        node.start()
+        stun = self._nat.report()
+        nat_type = str(stun.get("nat_type") or "unknown")
+        if not stun.get("error"):
+            node.nat_type = nat_type  # a symmetric NAT: no hole punch, relayed at once
+        miner_nat = miner_nat_type if miner_nat_type not in ("", "unknown") else None
+        connected = node.connect_peer(peer_id, list(multiaddrs), remote_nat=miner_nat)
+        punch_skipped = (
+            connected.kind is PathKind.RELAYED
+            and node.options.upgrade.next_attempt(
+                UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=miner_nat
+            )
+            is None
+        )
+        path = node.path(peer_id)  # the path new streams take, its RTT measured by a ping
+        if path is None:
+            raise MinerUnavailable(f"lost the connection to miner {miner_id}")
+        fwd = self._forward = open_forward(node, peer_id, task_id, port, proto, local)
+        return TaskForward(
+            forward=fwd,
+            task_id=task_id,
+            port=port,
+            proto=proto,
+            miner_id=miner_id,
+            path=path,
+            nat_type=nat_type,
+            nat_error=stun.get("error"),
+            miner_nat_type=miner_nat_type or "unknown",
+            punch_skipped=punch_skipped,
+        )
+
+    def close(self) -> None:
+        if self._forward is not None:
+            self._forward.close()
+        if self._node is not None:
+            self._node.close()
+
+    def __repr__(self) -> str:
+        return f"<TaskForwarder {self._forward!r}>"

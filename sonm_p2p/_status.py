@@ -59,10 +59,33 @@ def _aborted(context: Any, exc: Exception) -> bool:
     return code is not None and code() is not None
 
 
-async def _abort_async(context: grpc.aio.ServicerContext, err: errors.SonmError) -> NoReturn:
-    context.set_trailing_metadata(((ERROR_TRAILER, type(err).__name__),))
-    await context.abort(getattr(grpc.StatusCode, err.grpc_code), str(err))
-    raise AssertionError("unreachable")  # context.abort raises
+def _status_of(exc: Exception, method: Callable[..., Any]) -> tuple[grpc.StatusCode, str, str]:
+    """The status, message and class trailer a failed call ends with: a domain error as itself,
+    anything else INTERNAL, with its traceback logged here and never sent."""
+    if isinstance(exc, errors.SonmError):
+        return getattr(grpc.StatusCode, exc.grpc_code), str(exc), type(exc).__name__
+    log.exception("%s failed", method.__qualname__)
+    return grpc.StatusCode.INTERNAL, _INTERNAL, ""
+
+
+def _end(context: grpc.ServicerContext, exc: Exception, method: Callable[..., Any]) -> None:
+    if _aborted(context, exc):
+        raise exc
+    code, message, name = _status_of(exc, method)
+    if name:
+        context.set_trailing_metadata(((ERROR_TRAILER, name),))
+    context.abort(code, message)
+
+
+async def _aend(
+    context: grpc.aio.ServicerContext, exc: Exception, method: Callable[..., Any]
+) -> None:
+    if _aborted(context, exc):
+        raise exc
+    code, message, name = _status_of(exc, method)
+    if name:
+        context.set_trailing_metadata(((ERROR_TRAILER, name),))
+    await context.abort(code, message)
 
 
 def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,13 +96,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except errors.SonmError as err:
-                await _abort_async(context, err)
             except Exception as exc:
-                if _aborted(context, exc):
-                    raise
-                log.exception("%s failed", method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+                await _aend(context, exc, method)
 
         return astream
 
@@ -89,13 +107,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         async def aunary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await method(self, request, context)
-            except errors.SonmError as err:
-                await _abort_async(context, err)
             except Exception as exc:
-                if _aborted(context, exc):
-                    raise
-                log.exception("%s failed", method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+                await _aend(context, exc, method)
 
         return aunary
 
@@ -105,13 +118,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 yield from method(self, request, context)
-            except errors.SonmError as err:
-                abort(context, err)
             except Exception as exc:
-                if _aborted(context, exc):
-                    raise
-                log.exception("%s failed", method.__qualname__)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
+                _end(context, exc, method)
 
         return stream
 
@@ -119,13 +127,8 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except errors.SonmError as err:
-            abort(context, err)
         except Exception as exc:
-            if _aborted(context, exc):
-                raise
-            log.exception("%s failed", method.__qualname__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
+            _end(context, exc, method)
 
     return unary
 

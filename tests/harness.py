@@ -194,6 +194,11 @@ class Hub:
     def p2p_target(self) -> str:
         return f"127.0.0.1:{self.p2p_port}"
 
+    def cli_argv(self, *args: str) -> list[str]:
+        """The argv of ``sonmcli`` talking to this hub with the test client's key (for Popen)."""
+        home = str(self.net.root / "client")
+        return [str(BIN / "sonmcli"), "--home", home, "--hub", self.grpc_target, *args]
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return sonmcli(
             "--hub", self.grpc_target, *args, home=self.net.root / "client", timeout=timeout

@@ -80,6 +80,14 @@ class GossipOptions:
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
 
+    @classmethod
+    def of(cls, daemon: Any) -> GossipOptions:
+        """The options a daemon's settings name (its ``bootstrap``, ``mdns``,
+        ``mdns_namespace``); the rest default."""
+        return cls(
+            bootstrap=daemon.bootstrap, mdns=daemon.mdns, mdns_namespace=daemon.mdns_namespace
+        )
+
 
 class HubGossip:
     """Hub discovery on one node. Create it before ``node.start()``; it adds itself as a service.

@@ -109,11 +109,7 @@ class HubDaemon:
         self.grpc_port = 0
         self.gossip = HubGossip(
             self.node,
-            GossipOptions(
-                bootstrap=options.bootstrap,
-                mdns=options.mdns,
-                mdns_namespace=options.mdns_namespace,
-            ),
+            GossipOptions.of(options),
             announce=hub_announcer(
                 self.identity,
                 self.node,

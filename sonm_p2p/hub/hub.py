@@ -464,9 +464,8 @@ class Hub:
     ) -> Task:
         try:
             seen = await session.client.astart(
-                task.task_id,
+                task,
                 spec,
-                owner=owner,
                 hub_id=self.node_id,
                 timeout=timeout,
                 record=task_record(self.identity, task.task_id, session.node_id, owner),

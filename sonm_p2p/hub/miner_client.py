@@ -17,7 +17,7 @@ from sonm_p2p._convert import (
     task_from_pb,
 )
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
-from sonm_p2p._status import ServerStream, from_rpc_error
+from sonm_p2p._status import from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
 from sonm_p2p.events import TaskEvent
 from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
@@ -64,8 +64,11 @@ class AioStream:
             async for message in self._call:
                 yield self._convert(message)
         except asyncio.CancelledError:
-            if not self.cancelled:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise  # our own task is being cancelled, not the call
+            if not self.cancelled:  # cut under us: the channel closed as the session ended
+                raise MinerUnavailable("the miner went away during the stream") from None
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED or not self.cancelled:
                 raise self._error(exc) from None
@@ -138,30 +141,28 @@ class MinerClient:
         await self._aunary("Ping", common_pb2.Empty(), timeout)
 
     async def astart(
-        self,
-        task_id: str,
-        spec: RunSpec,
-        *,
-        owner: str,
-        hub_id: str,
-        timeout: float | None,
-        record: str = "",
+        self, task: Task, spec: RunSpec, *, hub_id: str, timeout: float | None, record: str = ""
     ) -> Task:
-        """:meth:`start` on the loop."""
-        assert self._astub is not None, "MinerClient made without a loop"
+        """Pull (if needed) and run ``spec`` as ``task`` (its ID and owner) on the miner; the
+        task RUNNING. ``record``: the hub's signed record of the task (see
+        :func:`sonm_p2p.auth.task_record`)."""
         req = miner_pb2.MinerStartRequest(
-            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id, record=record
+            task_id=task.task_id,
+            spec=spec_to_pb(spec),
+            owner=task.owner,
+            hub_id=hub_id,
+            record=record,
         )
         return task_from_pb(await self._aunary("Start", req, timeout))
 
     async def astop(self, task_id: str, timeout: float | None) -> Task:
-        """:meth:`stop` on the loop."""
+        """Stop the task on the miner (SIGTERM, then kill); the task STOPPED."""
         return task_from_pb(
             await self._aunary("Stop", common_pb2.TaskRef(task_id=task_id), timeout)
         )
 
     async def aminer_status(self, timeout: float | None) -> MinerStatus:
-        """:meth:`miner_status` on the loop."""
+        """Offer, allocation, usage and tasks of the miner."""
         return status_from_pb(await self._aunary("Status", common_pb2.Empty(), timeout))
 
     def alogs(self, query: LogQuery) -> AioStream:
@@ -192,38 +193,3 @@ class MinerClient:
         request = miner_pb2.HandshakeRequest(hub_id=hub_id, stun_endpoint=stun_endpoint)
         reply = self._call("Handshake", request, timeout)
         return Handshake(reply)  # type: ignore[arg-type]
-
-    def start(
-        self,
-        task_id: str,
-        spec: RunSpec,
-        *,
-        owner: str,
-        hub_id: str,
-        timeout: float | None,
-        record: str = "",
-    ) -> Task:
-        req = miner_pb2.MinerStartRequest(
-            task_id=task_id, spec=spec_to_pb(spec), owner=owner, hub_id=hub_id, record=record
-        )
-        return task_from_pb(self._call("Start", req, timeout))  # type: ignore[arg-type]
-
-    def stop(self, task_id: str, timeout: float | None) -> Task:
-        reply = self._call("Stop", common_pb2.TaskRef(task_id=task_id), timeout)
-        return task_from_pb(reply)  # type: ignore[arg-type]
-
-    def task_status(self, task_id: str, timeout: float | None) -> Task:
-        reply = self._call("TaskStatus", common_pb2.TaskRef(task_id=task_id), timeout)
-        return task_from_pb(reply)  # type: ignore[arg-type]
-
-    def miner_status(self, timeout: float | None) -> MinerStatus:
-        return status_from_pb(self._call("Status", common_pb2.Empty(), timeout))  # type: ignore[arg-type]
-
-    def _stream(self, method: str, request: object, convert: Callable[[Any], Any]) -> ServerStream:
-        call = getattr(self._stub, method)(request)
-        return ServerStream(
-            call, convert, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}"
-        )
-
-    def logs(self, query: LogQuery) -> ServerStream:
-        return self._stream("Logs", log_query_to_pb(query), lambda m: m.data)

@@ -97,14 +97,7 @@ class MinerDaemon:
         self._allowed = {h.lower() for h in options.hub_ids}
         self.gossip: HubGossip | None = None
         if not options.hub:
-            self.gossip = HubGossip(
-                self.node,
-                GossipOptions(
-                    bootstrap=options.bootstrap,
-                    mdns=options.mdns,
-                    mdns_namespace=options.mdns_namespace,
-                ),
-            )
+            self.gossip = HubGossip(self.node, GossipOptions.of(options))
         self.link = HubLink(
             self.node,
             self._targets,

@@ -55,7 +55,7 @@ from sonm_p2p.miner.runtime import (
     _split_image,
     _task_labels,
 )
-from sonm_p2p.model import PullProgress, RunSpec, RuntimeInfo, TaskUsage
+from sonm_p2p.model import LogQuery, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 from sonm_p2p.supervisor import Supervisor
 
 __all__ = ["DockerRuntime"]
@@ -355,16 +355,7 @@ class DockerRuntime:
             out = container.logs(stdout=True, stderr=True, tail="all" if tail is None else tail)
         return bytes(out)
 
-    def stream_logs(
-        self,
-        task_id: str,
-        *,
-        follow: bool = False,
-        tail: int | None = None,
-        since: float | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
-    ) -> LogStream:
+    def stream_logs(self, query: LogQuery) -> LogStream:
         """The task's output as it comes, in chunks (stdout and stderr interleaved).
 
         Args:
@@ -382,7 +373,10 @@ class DockerRuntime:
             TaskNotFound: this runtime has no container for ``task_id``.
             InvalidRequest: a negative ``tail`` or ``since``, or neither stdout nor stderr.
         """
-        since = _check_log_query(tail, since, stdout, stderr)
+        task_id, follow, tail, stdout, stderr = (
+            query.task_id, query.follow, query.tail, query.stdout, query.stderr
+        )  # fmt: skip
+        since = _check_log_query(tail, query.since, stdout, stderr)
         container = self._find(task_id)
         with _engine_errors("reading logs", task_id=task_id):
             stream = container.logs(

@@ -24,7 +24,7 @@ from sonm_p2p.miner.runtime import (
     _restart_policy,
     _task_labels,
 )
-from sonm_p2p.model import PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
+from sonm_p2p.model import LogQuery, PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 
 __all__ = ["MemoryRuntime"]
 
@@ -282,21 +282,15 @@ class MemoryRuntime:
             out = b"".join(c.data for c in self._get(task_id).output)
         return _last_lines(out, tail)
 
-    def stream_logs(
-        self,
-        task_id: str,
-        *,
-        follow: bool = False,
-        tail: int | None = None,
-        since: float | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
-    ) -> LogStream:
+    def stream_logs(self, query: LogQuery) -> LogStream:
         """As :meth:`DockerRuntime.stream_logs`: first the matching output so far (one chunk),
         then, with ``follow``, each :meth:`write_output` as a chunk until the task stops or is
         removed. ``since`` compares with the ``clock`` at the time of writing. Raises the same
         errors."""
-        since = _check_log_query(tail, since, stdout, stderr)
+        task_id, follow, tail, stdout, stderr = (
+            query.task_id, query.follow, query.tail, query.stdout, query.stderr
+        )  # fmt: skip
+        since = _check_log_query(tail, query.since, stdout, stderr)
         with self._changed:
             fake = self._get(task_id)
             backlog = len(fake.output)

@@ -315,14 +315,7 @@ class Miner:
             if path is None or not path.exists():
                 raise
         else:
-            return self.runtime.stream_logs(
-                q.task_id,
-                follow=q.follow,
-                tail=q.tail,
-                since=q.since,
-                stdout=q.stdout,
-                stderr=q.stderr,
-            )
+            return self.runtime.stream_logs(q)
         data = path.read_bytes()
         if q.tail is not None:
             lines = data.splitlines(keepends=True)

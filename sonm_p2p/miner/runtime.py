@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sonm_p2p.errors import InvalidRequest
-from sonm_p2p.model import PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
+from sonm_p2p.model import LogQuery, PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -166,16 +166,7 @@ class ContainerRuntime(Protocol):
     def status(self, task_id: str) -> ContainerState: ...
     def list(self) -> builtins.list[ContainerState]: ...
     def logs(self, task_id: str, *, tail: int | None = None) -> bytes: ...
-    def stream_logs(
-        self,
-        task_id: str,
-        *,
-        follow: bool = False,
-        tail: int | None = None,
-        since: float | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
-    ) -> LogStream: ...
+    def stream_logs(self, query: LogQuery) -> LogStream: ...
     def watch(self, callback: Callable[[str, str], None]) -> Callable[[], None]: ...
     def usage(self, task_id: str) -> TaskUsage: ...
     def limits(self, task_id: str) -> tuple[float, int]: ...

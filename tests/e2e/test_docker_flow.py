@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import needs_docker
-from tests.harness import BIN, wait_for
+from tests.harness import wait_for
 
 pytestmark = needs_docker
 
@@ -130,19 +130,9 @@ def test_miner_that_dies_during_a_start_fails_the_call_without_orphans(net, hub_
     try:
         image = f"127.0.0.1:{registry.port}/slow/image:1"
         start = subprocess.Popen(
-            [
-                str(BIN / "sonmcli"),
-                "--home",
-                str(net.root / "client"),
-                "--hub",
-                hub.grpc_target,
-                "--timeout",
-                "120s",
-                "start",
-                "--image",
-                image,
-                f"--miner={miner.node_id}",
-            ],
+            hub.cli_argv(
+                "--timeout", "120s", "start", "--image", image, f"--miner={miner.node_id}"
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -11,7 +11,7 @@ import pytest
 
 from sonm_p2p.client import HubClient
 from tests.conftest import needs_docker
-from tests.harness import BIN, wait_for
+from tests.harness import wait_for
 
 pytestmark = needs_docker
 
@@ -114,22 +114,7 @@ def test_logs_follow_tail_and_after_stop(net, fast_hub):
         "-c",
         "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; sleep 0.2; done",
     )
-    follow = subprocess.run(
-        [
-            str(BIN / "sonmcli"),
-            "--home",
-            str(net.root / "client"),
-            "--hub",
-            hub.grpc_target,
-            "logs",
-            "-f",
-            "--stdout",
-            job,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    follow = hub.cli("logs", "-f", "--stdout", job, timeout=30)
     assert follow.returncode == 0, follow.stderr
     assert follow.stdout.split() == [f"out{i}" for i in range(1, 6)]  # ended with the task
 

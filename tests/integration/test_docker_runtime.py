@@ -26,7 +26,8 @@ import pytest
 from sonm_p2p.errors import ImageNotFound, ImageNotRunnable, InvalidRequest, TaskNotFound, Timeout
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.runtime import ContainerRuntime
-from sonm_p2p.model import PullProgress, RunSpec
+from sonm_p2p.model import LogQuery, PullProgress, RunSpec
+from tests.streams import next_event, read_in_thread
 
 
 def _engine_answers() -> bool:
@@ -212,18 +213,6 @@ def test_restart_policy_reaches_the_host_config(client, test_label, runtime):
     assert len(_ours(client, test_label)) == 1
 
 
-def _next_event(events: queue.Queue, wanted: tuple[str, str], within: float) -> list:
-    """Events taken from the queue until ``wanted`` (included); fail at the deadline."""
-    deadline = time.monotonic() + within
-    seen: list = []
-    while wanted not in seen:
-        try:
-            seen.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
-        except queue.Empty:
-            pytest.fail(f"no {wanted} event within {within} s; saw {seen}")
-    return seen
-
-
 def test_watch_reports_an_exit_on_its_own(client, test_label, runtime):
     other = _runtime(client, test_label, miner="0xother")
     task = _task()
@@ -232,11 +221,11 @@ def test_watch_reports_an_exit_on_its_own(client, test_label, runtime):
     try:
         other.run(_task(), RunSpec(BUSYBOX, command=("true",)), labels={})  # not ours: unseen
         runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", "sleep 0.3; exit 4")), labels={})
-        seen = _next_event(events, (task, "die"), within=3)
+        seen = next_event(events, (task, "die"), within=3)
         assert seen == [(task, "start"), (task, "die")]
         assert runtime.status(task).exit_code == 4
         runtime.remove(task)
-        assert _next_event(events, (task, "destroy"), within=3) == [(task, "destroy")]
+        assert next_event(events, (task, "destroy"), within=3) == [(task, "destroy")]
     finally:
         started = time.monotonic()
         unwatch()
@@ -249,16 +238,8 @@ def test_stream_logs_follow_can_be_closed_from_another_thread(runtime):
     task = _task()
     ticker = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done"
     runtime.run(task, RunSpec(BUSYBOX, command=("sh", "-c", ticker)), labels={})
-    stream = runtime.stream_logs(task, follow=True, stderr=False)
-    chunks: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for chunk in stream:
-            chunks.put(chunk)
-        chunks.put(None)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    stream = runtime.stream_logs(LogQuery(task, follow=True, stderr=False))
+    chunks, reader = read_in_thread(stream)
     got = b"".join(chunks.get(timeout=5) for _ in range(3))
     assert got.startswith(b"line 0\n") and got.count(b"\n") >= 3
     started = time.monotonic()
@@ -267,9 +248,9 @@ def test_stream_logs_follow_can_be_closed_from_another_thread(runtime):
     assert not reader.is_alive()
     assert time.monotonic() - started < 2
     # Without follow the stream ends by itself; tail limits where it starts.
-    assert b"".join(runtime.stream_logs(task, tail=1)).count(b"\n") == 1
+    assert b"".join(runtime.stream_logs(LogQuery(task, tail=1))).count(b"\n") == 1
     with pytest.raises(TaskNotFound):
-        runtime.stream_logs(_task())
+        runtime.stream_logs(LogQuery(_task()))
 
 
 def test_usage_and_limits_of_a_running_task(runtime):

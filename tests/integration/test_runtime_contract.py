@@ -29,7 +29,8 @@ from sonm_p2p.errors import (
 )
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.runtime import TASK_LABEL, ContainerRuntime, ContainerState
-from sonm_p2p.model import RunSpec, TaskUsage
+from sonm_p2p.model import LogQuery, RunSpec, TaskUsage
+from tests.streams import next_event, read_in_thread
 
 WEB = "sonm-test/web:latest"
 NOENTRY = "sonm-test/noentry:latest"
@@ -372,46 +373,32 @@ def test_logs_tail(rig):
 def test_stream_logs_picks_streams_and_tail(rig):
     rt, task = rig.runtime, _task()
     rig.run_exited(task, out=b"one\nthree\n", err=b"two\n")
-    assert sorted(b"".join(rt.stream_logs(task)).split()) == [b"one", b"three", b"two"]
-    assert b"".join(rt.stream_logs(task, stderr=False)) == b"one\nthree\n"
-    assert b"".join(rt.stream_logs(task, stdout=False)) == b"two\n"
+    assert sorted(b"".join(rt.stream_logs(LogQuery(task))).split()) == [b"one", b"three", b"two"]
+    assert b"".join(rt.stream_logs(LogQuery(task, stderr=False))) == b"one\nthree\n"
+    assert b"".join(rt.stream_logs(LogQuery(task, stdout=False))) == b"two\n"
     for bad in ({"tail": -1}, {"since": -1.0}, {"stdout": False, "stderr": False}):
         with pytest.raises(InvalidRequest):
-            rt.stream_logs(task, **bad)
+            rt.stream_logs(LogQuery(task, **bad))
     # Tail on one stream's output (the engine tails before it picks streams: with both, the
     # last lines may be the other stream's).
     only_out = _task()
     rig.run_exited(only_out, out=b"one\ntwo\nthree\n")
-    assert b"".join(rt.stream_logs(only_out, tail=2)) == b"two\nthree\n"
-    assert b"".join(rt.stream_logs(only_out, tail=0)) == b""
-
-
-def _reader(stream: Iterator[bytes]) -> tuple[queue.Queue, threading.Thread]:
-    """Read ``stream`` in a thread; chunks go to the queue, then None when it ends."""
-    chunks: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for chunk in stream:
-            chunks.put(chunk)
-        chunks.put(None)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return chunks, thread
+    assert b"".join(rt.stream_logs(LogQuery(only_out, tail=2))) == b"two\nthree\n"
+    assert b"".join(rt.stream_logs(LogQuery(only_out, tail=0))) == b""
 
 
 def test_stream_logs_follow_ends_when_the_task_exits(rig):
     task = _task()
     rig.run_exiting_after(task, b"hi\n", 0.3)
-    with rig.runtime.stream_logs(task, follow=True) as stream:
+    with rig.runtime.stream_logs(LogQuery(task, follow=True)) as stream:
         assert b"".join(stream) == b"hi\n"  # returns once the task exits
 
 
 def test_stream_logs_follow_is_closed_from_another_thread(rig):
     rt, task = rig.runtime, _task()
     rig.run_printing(task, b"x\n")
-    stream = rt.stream_logs(task, follow=True)
-    chunks, thread = _reader(stream)
+    stream = rt.stream_logs(LogQuery(task, follow=True))
+    chunks, thread = read_in_thread(stream)
     assert chunks.get(timeout=5) == b"x\n"
     started = time.monotonic()
     stream.close()  # the reader is blocked waiting for more
@@ -426,28 +413,16 @@ def test_stream_logs_follow_is_closed_from_another_thread(rig):
 # --- watch, usage, close -------------------------------------------------------------------------
 
 
-def _next_event(events: queue.Queue, wanted: tuple[str, str], within: float) -> list:
-    """Events taken from the queue until ``wanted`` (included); fail at the deadline."""
-    deadline = time.monotonic() + within
-    seen: list = []
-    while wanted not in seen:
-        try:
-            seen.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
-        except queue.Empty:
-            pytest.fail(f"no {wanted} event within {within} s; saw {seen}")
-    return seen
-
-
 def test_watch_reports_start_exit_and_removal(rig):
     rt, task = rig.runtime, _task()
     events: queue.Queue = queue.Queue()
     unwatch = rt.watch(lambda task_id, action: events.put((task_id, action)))
     try:
         rig.run_exited(task, code=4)
-        assert _next_event(events, (task, "die"), within=3) == [(task, "start"), (task, "die")]
+        assert next_event(events, (task, "die"), within=3) == [(task, "start"), (task, "die")]
         assert rt.status(task).exit_code == 4
         rt.remove(task)
-        assert _next_event(events, (task, "destroy"), within=3) == [(task, "destroy")]
+        assert next_event(events, (task, "destroy"), within=3) == [(task, "destroy")]
     finally:
         unwatch()
     unwatch()  # idempotent
@@ -474,7 +449,7 @@ def test_close_ends_watches_and_leaves_tasks_running(rig):
     events: queue.Queue = queue.Queue()
     rt.watch(lambda task_id, action: events.put((task_id, action)))
     rt.run(task, rig.sleeper(), labels={})
-    _next_event(events, (task, "start"), within=3)
+    next_event(events, (task, "start"), within=3)
     rt.close()
     rt.close()  # idempotent
     assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]

@@ -12,16 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sonm_p2p.auth import is_task_record, task_record
-from sonm_p2p.hub.core import (
-    Event,
-    HubCore,
-    MinerLink,
-    MinerOffline,
-    MinerSeen,
-    PingMissed,
-    ReportIgnored,
-    TaskChanged,
-)
+from sonm_p2p.hub import core
+from sonm_p2p.hub.core import HubCore, MinerLink
 from sonm_p2p.identity import Identity
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner
@@ -63,9 +55,9 @@ class HubAndMiner:
     table: dict[str, Task] = field(default_factory=dict)
     online: dict[str, bool] = field(default_factory=dict)
     link: MinerLink | None = None
-    offline: list[MinerOffline] = field(default_factory=list)
-    ignored: list[ReportIgnored] = field(default_factory=list)
-    missed: list[PingMissed] = field(default_factory=list)
+    offline: list[core.MinerOffline] = field(default_factory=list)
+    ignored: list[core.ReportIgnored] = field(default_factory=list)
+    missed: list[core.PingMissed] = field(default_factory=list)
     miner_up: bool = True  # False: the miner's process hangs (pings go unanswered)
 
     def __post_init__(self) -> None:
@@ -73,22 +65,22 @@ class HubAndMiner:
 
     # -- the shell's part: carry out what the core decides ---------------------------------
 
-    def apply(self, events: list[Event]) -> list[Event]:
+    def apply(self, events: list[core.Event]) -> list[core.Event]:
         for event in events:
-            if isinstance(event, TaskChanged):
+            if isinstance(event, core.TaskChanged):
                 self.table[event.task.task_id] = event.task
-            elif isinstance(event, MinerOffline):
+            elif isinstance(event, core.MinerOffline):
                 self.online[event.link.node_id] = False
                 self.offline.append(event)
                 if self.link is not None and event.link.serial == self.link.serial:
                     self.link = None
                 active = [t for t in self.table.values() if t.miner_id == event.link.node_id]
                 self.apply(self.core.lose(active, self.clock()))
-            elif isinstance(event, MinerSeen):
+            elif isinstance(event, core.MinerSeen):
                 self.online[event.node_id] = True
-            elif isinstance(event, PingMissed):
+            elif isinstance(event, core.PingMissed):
                 self.missed.append(event)
-            elif isinstance(event, ReportIgnored):
+            elif isinstance(event, core.ReportIgnored):
                 self.ignored.append(event)
         return events
 
@@ -115,13 +107,13 @@ class HubAndMiner:
         self._drain()  # what happened before the handshake is in the report
         return link
 
-    def ping(self) -> list[Event]:
+    def ping(self) -> list[core.Event]:
         """One ping round: answered while the miner is up and its session lasts."""
         assert self.link is not None, "not connected"
         link = self.link
         return self.apply(self.core.on_ping_result(link, self.miner_up, self.clock(), "timeout"))
 
-    def disconnect(self, why: str = "disconnected") -> list[Event]:
+    def disconnect(self, why: str = "disconnected") -> list[core.Event]:
         assert self.link is not None, "not connected"
         return self.apply(self.core.disconnected(self.link, why))
 

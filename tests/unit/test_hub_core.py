@@ -11,15 +11,21 @@ from sonm_p2p.hub.core import HubCore, MinerLink, MinerOffline, ReportIgnored
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner
 from sonm_p2p.tasks import Endpoint, Task, TaskState
-from tests.unit.hub_and_miner import IMAGES, MINER, OWNER, WEB, hub_and_miner
+from tests.unit.hub_and_miner import IMAGES, MINER, OWNER, WEB, HubAndMiner, hub_and_miner
 
 OTHER = "0xOther000000000000000000000000000000000004"
 
 
-def test_three_missed_pings_make_a_miner_offline_and_its_tasks_lost() -> None:
+def running_task() -> HubAndMiner:
+    """A hub and its miner, connected, running task-0001."""
     net = hub_and_miner()
     net.connect()
     net.start("task-0001")
+    return net
+
+
+def test_three_missed_pings_make_a_miner_offline_and_its_tasks_lost() -> None:
+    net = running_task()
     assert net.state("task-0001") is TaskState.RUNNING
     net.miner_up = False
     assert [type(e).__name__ for e in net.ping()] == ["PingMissed"]
@@ -49,9 +55,7 @@ def test_an_answered_ping_resets_the_count() -> None:
 
 
 def test_a_closed_session_is_offline_at_once_and_the_return_brings_tasks_back() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     (offline,) = net.disconnect()
     assert isinstance(offline, MinerOffline) and not offline.disconnect
     assert net.state("task-0001") is TaskState.LOST
@@ -63,21 +67,22 @@ def test_a_closed_session_is_offline_at_once_and_the_return_brings_tasks_back() 
     assert task.endpoints and all(ep.host_ip == "203.0.113.7" for ep in task.endpoints)
 
 
-def test_a_task_that_exited_while_its_miner_was_away_is_exited_with_its_code() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
-    net.disconnect()
+@pytest.mark.parametrize("away", [True, False], ids=["while-away", "while-connected"])
+def test_a_task_that_exits_is_exited_with_its_code(away: bool) -> None:
+    net = running_task()
+    if away:
+        net.disconnect()
     net.runtime.exit("task-0001", 3)
-    net.connect()
+    if away:
+        net.connect()  # the handshake's report says it
+    else:
+        net.deliver()  # the miner's event stream says it
     assert net.state("task-0001") is TaskState.EXITED
     assert net.table["task-0001"].exit_code == 3
 
 
 def test_a_container_gone_from_its_miner_is_failed() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     net.disconnect()
     # The miner comes back from a machine that lost its containers.
     net.miner = Miner(MINER, MemoryRuntime(images=IMAGES, clock=net.clock))
@@ -87,20 +92,8 @@ def test_a_container_gone_from_its_miner_is_failed() -> None:
     assert task.error == "the container is gone from its miner"
 
 
-def test_events_while_connected_reach_the_table() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
-    net.runtime.exit("task-0001", 0)
-    net.deliver()
-    assert net.state("task-0001") is TaskState.EXITED
-    assert net.table["task-0001"].exit_code == 0
-
-
 def test_a_hub_restart_keeps_its_table_and_the_miner_reconciles_it() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     net.start("task-0002")
     net.restart_hub()
     net.runtime.exit("task-0002", 1)  # while the hub was down
@@ -110,9 +103,7 @@ def test_a_hub_restart_keeps_its_table_and_the_miner_reconciles_it() -> None:
 
 
 def test_a_hub_that_lost_its_database_adopts_the_miners_containers() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     net.restart_hub(lose_database=True)
     net.connect()
     task = net.table["task-0001"]
@@ -122,18 +113,14 @@ def test_a_hub_that_lost_its_database_adopts_the_miners_containers() -> None:
 
 
 def test_terminal_tasks_stay_as_the_hub_has_them() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     net.table["task-0001"] = net.core.stopped(net.table["task-0001"], 0, net.clock())[0].task
     net.connect()  # the miner still reports the container running
     assert net.state("task-0001") is TaskState.STOPPED
 
 
 def test_a_miner_cannot_rewrite_or_adopt_another_miners_task() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     theirs = Task.create(task_id="task-9999", miner_id=OTHER, image=WEB, owner=OWNER, now=1.0)
     net.table["task-9999"] = replace(theirs, state=TaskState.RUNNING)
     forged = replace(
@@ -206,9 +193,7 @@ def test_liveness_follows_the_rule_for_any_sequence() -> None:
     """Random pings, sessions and ends: offline exactly after the third miss in a row or an
     end, online from a handshake, and the running task LOST exactly while offline."""
     rng = random.Random(0)
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     misses = 0
     for _ in range(500):
         net.clock.advance(rng.uniform(0, 20))
@@ -230,9 +215,7 @@ def test_liveness_follows_the_rule_for_any_sequence() -> None:
 
 
 def test_a_hub_adopts_only_tasks_it_recorded_with_the_owner_it_recorded() -> None:
-    net = hub_and_miner()
-    net.connect()
-    net.start("task-0001")
+    net = running_task()
     (mine,) = net.miner.tasks()
     assert mine.record  # the hub's signed record travels with the container
     net.restart_hub(lose_database=True)

@@ -5,8 +5,6 @@ watch and test controls. The contract it shares with DockerRuntime is asserted i
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 
 import pytest
 
@@ -19,7 +17,8 @@ from sonm_p2p.errors import (
 from sonm_p2p.miner import runtime as rt
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.runtime import TASK_LABEL
-from sonm_p2p.model import PullProgress, RunSpec, TaskUsage
+from sonm_p2p.model import LogQuery, PullProgress, RunSpec, TaskUsage
+from tests.streams import read_in_thread
 
 WEB = "sonm-test/web:latest"
 NOENTRY = "sonm-test/noentry"
@@ -182,37 +181,23 @@ def test_stream_logs_picks_streams_tail_and_since(runtime):
     runtime.write_output("t1", b"one\n")  # written at clock 1001
     runtime.write_output("t1", b"two\n", stderr=True)  # 1002
     runtime.write_output("t1", b"three\n")  # 1003
-    assert b"".join(runtime.stream_logs("t1")) == b"one\ntwo\nthree\n"
-    assert b"".join(runtime.stream_logs("t1", stderr=False)) == b"one\nthree\n"
-    assert b"".join(runtime.stream_logs("t1", stdout=False)) == b"two\n"
-    assert b"".join(runtime.stream_logs("t1", tail=1)) == b"three\n"
-    assert b"".join(runtime.stream_logs("t1", since=1002)) == b"two\nthree\n"
+    assert b"".join(runtime.stream_logs(LogQuery("t1"))) == b"one\ntwo\nthree\n"
+    assert b"".join(runtime.stream_logs(LogQuery("t1", stderr=False))) == b"one\nthree\n"
+    assert b"".join(runtime.stream_logs(LogQuery("t1", stdout=False))) == b"two\n"
+    assert b"".join(runtime.stream_logs(LogQuery("t1", tail=1))) == b"three\n"
+    assert b"".join(runtime.stream_logs(LogQuery("t1", since=1002))) == b"two\nthree\n"
     for bad in ({"tail": -1}, {"since": -1.0}, {"stdout": False, "stderr": False}):
         with pytest.raises(InvalidRequest):
-            runtime.stream_logs("t1", **bad)
+            runtime.stream_logs(LogQuery("t1", **bad))
     with pytest.raises(TaskNotFound):
-        runtime.stream_logs("ghost")
-
-
-def _reader(stream) -> tuple[queue.Queue, threading.Thread]:
-    """Read ``stream`` in a thread; chunks go to the queue, then None when it ends."""
-    chunks: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for chunk in stream:
-            chunks.put(chunk)
-        chunks.put(None)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return chunks, thread
+        runtime.stream_logs(LogQuery("ghost"))
 
 
 def test_stream_logs_follow_ends_when_the_task_exits(runtime):
     runtime.ensure_image(WEB)
     runtime.run("t1", RunSpec(WEB), labels={})
     runtime.write_output("t1", b"before\n")
-    chunks, thread = _reader(runtime.stream_logs("t1", follow=True))
+    chunks, thread = read_in_thread(runtime.stream_logs(LogQuery("t1", follow=True)))
     assert chunks.get(timeout=5) == b"before\n"
     runtime.write_output("t1", b"after\n")
     assert chunks.get(timeout=5) == b"after\n"

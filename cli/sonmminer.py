@@ -78,6 +78,23 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Container engine (memory: a fake, for tests).",
 )
 @click.option(
+    "--runtime-class",
+    default="",
+    metavar="NAME",
+    envvar="SONM_RUNTIME_CLASS",
+    help="OCI runtime for tasks, e.g. runsc (gVisor) for stronger isolation; it must be "
+    "registered with the engine (checked at start). Default: the engine's (runc).",
+)
+@click.option(
+    "--allow-registry",
+    "allow_registries",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Pull from this registry even though its address is internal (loopback, private, "
+    "link-local): such pulls are refused otherwise, since a reference names where the engine "
+    "sends requests from this machine (repeatable).",
+)
+@click.option(
     "--hub-silence",
     type=Duration(),
     default="35s",
@@ -93,6 +110,19 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     "--max-memory",
     default=None,
     help="Memory offered to tasks in all, e.g. 8g (default: all of it).",
+)
+@click.option(
+    "--default-cpu",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="CPU cores a task that asks for none gets (and counts against --max-cpu).",
+)
+@click.option(
+    "--default-memory",
+    default="512m",
+    show_default=True,
+    help="Memory a task that asks for none gets (and counts against --max-memory).",
 )
 @click.option(
     "--hub-id",
@@ -125,7 +155,11 @@ def main(
     runtime: str,
     hub_silence: float,
     max_cpu: float,
+    runtime_class: str,
+    allow_registries: tuple[str, ...],
     max_memory: str | None,
+    default_cpu: float,
+    default_memory: str,
     hub_ids: tuple[str, ...],
     bootstrap: tuple[str, ...],
     mdns: bool,
@@ -163,8 +197,15 @@ def main(
         publish_ip=publish_ip,
         labels=_labels(labels),
         runtime=runtime,
+        runtime_class=runtime_class,
+        allow_registries=allow_registries,
         link=LinkOptions(hub_silence=hub_silence),
-        offer=Offer(cpus=max_cpu, memory_bytes=parse_size(max_memory, "--max-memory")),
+        offer=Offer(
+            cpus=max_cpu,
+            memory_bytes=parse_size(max_memory, "--max-memory"),
+            default_cpus=default_cpu,
+            default_memory_bytes=parse_size(default_memory, "--default-memory"),
+        ),
     )
     try:
         daemon = MinerDaemon(options)

@@ -138,6 +138,7 @@ class Network:
         *,
         runtime: str = "docker",
         extra: list[str] | None = None,
+        allow_local_registry: bool = True,
     ) -> Miner:
         home = self.root / name
         target = hub.p2p_target if isinstance(hub, Hub) else hub
@@ -152,6 +153,7 @@ class Network:
             f"sonm.test={self.test_label}",
             "--runtime",
             runtime,
+            *(["--allow-registry", "127.0.0.1"] if allow_local_registry else []),
             *(extra or []),
         ]
         return Miner(self, name, self.spawn(name, argv), home, argv)
@@ -169,6 +171,8 @@ class Network:
                 all=True, filters={"label": f"sonm.test={self.test_label}"}
             ):
                 c.remove(force=True)
+            for n in client.networks.list(filters={"label": f"sonm.test={self.test_label}"}):
+                n.remove()
         except Exception:
             pass
 

@@ -8,6 +8,7 @@ an engine (``tests/unit/test_docker_payloads.py``).
 from __future__ import annotations
 
 import builtins
+import logging
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,8 @@ from sonm_p2p.errors import (
 )
 from sonm_p2p.miner.runtime import TASK_LABEL, ContainerState, _parse_port_key
 from sonm_p2p.model import PublishedPort, PullProgress
+
+log = logging.getLogger(__name__)
 
 #: Pull progress is reported at most this often (seconds), plus a final report.
 _PROGRESS_INTERVAL = 0.1
@@ -52,10 +55,15 @@ def _parse_time(value: str | None) -> float | None:
 
 
 def _pull_failure(image: str, message: str) -> SonmError:
-    """Classify a failed pull by the daemon's message."""
+    """Classify a failed pull by the daemon's message.
+
+    The message itself (which can carry what a registry answered: a page of whatever server the
+    reference named) stays in the miner's log: what the error says is read by every client.
+    """
+    log.info("pulling %s failed: %s", image, message)
     low = message.lower()
     if "invalid reference format" in low:
-        return InvalidRequest(f"invalid image reference {image!r}: {message}")
+        return InvalidRequest(f"invalid image reference {image!r}")
     if re.search("pull access denied|access to the resource is denied|unauthorized", low):
         why = "pull access denied (the repository does not exist or needs a login)"
     elif "manifest unknown" in low or "not found" in low:
@@ -63,10 +71,8 @@ def _pull_failure(image: str, message: str) -> SonmError:
     elif _UNREACHABLE.search(low):
         why = "the registry is unreachable"
     else:
-        return RuntimeFailure(f"pulling {image} failed: {message}")
-    return ImageNotFound(
-        f"image {image} is not present locally and cannot be pulled: {why}: {message}"
-    )
+        return RuntimeFailure(f"pulling {image} failed (the engine's answer is in the miner's log)")
+    return ImageNotFound(f"image {image} is not present locally and cannot be pulled: {why}")
 
 
 def _docker_state(attrs: Mapping[str, Any]) -> ContainerState:

@@ -25,6 +25,7 @@ from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner, Offer
+from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.supervisor import Supervisor
@@ -51,8 +52,12 @@ class MinerOptions:
     publish_ip: where container ports are published (all interfaces by default).
     labels: extra labels on every container (tests use them to clean up).
     offer: CPUs and memory offered to the hub (0: all the engine has).
+    allow_registries: registries (``host`` or ``host:port``) pulled from though internal
+        (loopback, private, link-local); defaults to none.
     runtime: "docker" (the default), or "memory": an in-memory fake engine that knows the test
         images, for tests of everything but Docker itself.
+    runtime_class: the engine's OCI runtime for tasks ("" the engine's default, runc;
+        "runsc" for gVisor), checked against the engine at start.
     """
 
     home: Path
@@ -66,7 +71,9 @@ class MinerOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     link: LinkOptions = field(default_factory=LinkOptions)
     runtime: str = "docker"
+    runtime_class: str = ""
     offer: Offer = field(default_factory=Offer)
+    allow_registries: tuple[str, ...] = ()
 
 
 class MinerDaemon:
@@ -91,6 +98,7 @@ class MinerDaemon:
             self.runtime,
             logs_dir=options.home / "logs",
             offer=options.offer,
+            registries=RegistryPolicy(allow=options.allow_registries),
             addresses=lambda: self.node.advertised_addrs,  # [] until the node runs
             nat_type=self._nat.classify,
         )
@@ -162,6 +170,9 @@ class MinerDaemon:
 
     def start(self) -> None:
         self.miner.info()  # fail early (and clearly) when the container engine is not there
+        if isinstance(self.runtime, DockerRuntime):
+            self.runtime.check_runtime_class()
+            log.info("tasks are isolated by: %s", self.runtime.isolation)
         self.miner.watch_runtime()
         self._server_pool = futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix="miner-grpc"
@@ -194,7 +205,9 @@ class MinerDaemon:
 
 def _make_runtime(options: MinerOptions, labels: Mapping[str, str]) -> ContainerRuntime:
     if options.runtime == "docker":
-        return DockerRuntime(publish_ip=options.publish_ip, labels=labels)
+        return DockerRuntime(
+            publish_ip=options.publish_ip, labels=labels, runtime_class=options.runtime_class
+        )
     if options.runtime == "memory":
         images = {
             "sonm-test/web:latest": (("8080/tcp", "9090/udp"), True),

@@ -9,6 +9,7 @@ engine. Its background work (pulls, the events watcher) belongs to a
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
 import math
 import threading
@@ -22,6 +23,7 @@ import docker
 import docker.errors
 
 from sonm_p2p.errors import (
+    ConfigError,
     ImageNotFound,
     ImageNotRunnable,
     InvalidRequest,
@@ -58,9 +60,21 @@ from sonm_p2p.miner.runtime import (
 from sonm_p2p.model import LogQuery, PullProgress, RunSpec, RuntimeInfo, TaskUsage
 from sonm_p2p.supervisor import Supervisor
 
-__all__ = ["DockerRuntime"]
+__all__ = ["TASK_CAPABILITIES", "DockerRuntime"]
 
 log = logging.getLogger(__name__)
+
+#: What a task keeps of root's capabilities (all others dropped): enough for ordinary images
+#: (files owned by other users, dropping privileges, low ports), not NET_RAW, SYS_* or MKNOD.
+TASK_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "SETUID",
+    "SETGID",
+    "KILL",
+    "NET_BIND_SERVICE",
+)
 
 
 class DockerRuntime:
@@ -89,6 +103,7 @@ class DockerRuntime:
         publish_ip: str = "0.0.0.0",
         labels: Mapping[str, str] | None = None,
         pids_limit: int = 1024,
+        runtime_class: str = "",
         client: docker.DockerClient | None = None,
         pull_workers: int = 8,
     ) -> None:
@@ -99,6 +114,8 @@ class DockerRuntime:
         self.publish_ip = publish_ip
         self.labels: Mapping[str, str] = dict(labels or {})
         self.pids_limit = pids_limit
+        self.runtime_class = runtime_class
+        self._network: str | None = None  # the tasks' network, once made (see _task_network)
         self._supervisor = Supervisor("docker-runtime", workers=pull_workers)
         self._lock = threading.Lock()
         self._pulls: set[threading.Event] = set()  # the "abandoned" flag of each pull running
@@ -112,7 +129,8 @@ class DockerRuntime:
     def close(self) -> None:
         """Stop every watch, abandon pulls in progress and join the threads (idempotent).
 
-        Containers are left running: a restarted miner adopts them. A pull abandoned here ends
+        Containers are left running: a restarted miner adopts them; the tasks' network goes
+        only when no container of this runtime is left on it. A pull abandoned here ends
         at the engine's next message, so this may wait that long (a stalled registry: until the
         engine gives up on it; :class:`Supervisor` logs a thread that outlives its timeout).
         """
@@ -123,6 +141,12 @@ class DockerRuntime:
         for watch in watches:
             watch.close()
         self._supervisor.close()
+        if self._network:
+            try:
+                if not self._containers(None):
+                    self._client.networks.get(self._network).remove()
+            except (SonmError, docker.errors.DockerException) as exc:
+                log.debug("leaving network %s: %s", self._network, exc)
 
     def info(self) -> RuntimeInfo:
         """The engine's cores, memory, OS/arch and version."""
@@ -234,6 +258,58 @@ class DockerRuntime:
                 raise
         return attrs.get("Config") or {}
 
+    def check_runtime_class(self) -> None:
+        """Raise ConfigError unless the engine knows ``runtime_class`` (e.g. runsc)."""
+        if not self.runtime_class:
+            return
+        with _engine_errors("asking the engine for its runtimes"):
+            known = set(self._client.info().get("Runtimes") or {})
+        if self.runtime_class not in known:
+            raise ConfigError(
+                f"the engine has no runtime {self.runtime_class!r} (it has: "
+                f"{', '.join(sorted(known)) or 'none'}); register it in /etc/docker/daemon.json "
+                '("runtimes": {"runsc": {"path": "/usr/bin/runsc"}}) and restart dockerd'
+            )
+
+    @property
+    def isolation(self) -> str:
+        """What keeps tasks apart, in a line for the operator."""
+        network = self._task_network()
+        apart = (
+            f"network {network}, inter-container traffic off"
+            if network
+            else "the engine's default bridge, shared (the tasks' own network could not be made)"
+        )
+        return (
+            f"runtime {self.runtime_class or 'runc (default)'}; capabilities: "
+            f"{', '.join(TASK_CAPABILITIES)} only; no-new-privileges; at most "
+            f"{self.pids_limit} processes per task; {apart}"
+        )
+
+    def _task_network(self) -> str | None:
+        """The bridge network this runtime's tasks join, made on first use with
+        inter-container traffic off: a task reaches the outside and its published ports work,
+        but no other tenant's container. None (the default bridge) if the engine refuses."""
+        with self._lock:
+            if self._network is not None:
+                return self._network or None
+            key = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+            name = f"sonm-tasks-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            try:
+                found = self._client.networks.list(names=[name])
+                if not any(n.name == name for n in found):
+                    self._client.networks.create(
+                        name,
+                        driver="bridge",
+                        labels=dict(self.labels),
+                        options={"com.docker.network.bridge.enable_icc": "false"},
+                    )
+                self._network = name
+            except docker.errors.APIError as exc:
+                log.warning("tasks share the default bridge: cannot make %s: %s", name, exc)
+                self._network = ""
+            return self._network or None
+
     def run(self, task_id: str, spec: RunSpec, *, labels: Mapping[str, str]) -> ContainerState:
         """Create and start the task's container ``sonm-<task_id>``; return its running state.
 
@@ -273,6 +349,13 @@ class DockerRuntime:
                     mem_limit=spec.memory_bytes or None,
                     pids_limit=self.pids_limit,
                     restart_policy=_restart_policy(spec.restart),
+                    # Strangers' code: no capability beyond what ordinary images need, no
+                    # setuid escalation, and no path to other tenants' containers.
+                    cap_drop=["ALL"],
+                    cap_add=list(TASK_CAPABILITIES),
+                    security_opt=["no-new-privileges"],
+                    network=self._task_network(),
+                    runtime=self.runtime_class or None,
                 )
             except docker.errors.ImageNotFound as exc:
                 raise ImageNotFound(f"image {spec.image} is not present locally") from exc

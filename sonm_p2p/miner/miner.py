@@ -10,8 +10,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sonm_p2p.errors import MinerUnavailable, Refused, SonmError, TaskNotFound, Timeout
+from sonm_p2p.errors import (
+    InvalidRequest,
+    MinerUnavailable,
+    Refused,
+    SonmError,
+    TaskNotFound,
+    Timeout,
+)
 from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, LogStream
 from sonm_p2p.model import LogQuery, MinerStatus, PullProgress, RunSpec, RuntimeInfo
 from sonm_p2p.tasks import Endpoint, Task, TaskState
@@ -53,10 +61,17 @@ def task_from_container(c: ContainerState, miner_id: str) -> Task:
 
 @dataclass(frozen=True, kw_only=True)
 class Offer:
-    """What a miner offers its hub. 0 means "everything the engine has"."""
+    """What a miner offers its hub.
+
+    cpus, memory_bytes: in all, for every task together; 0 means "everything the engine has".
+    default_cpus, default_memory_bytes: what a task that names no limit gets (and counts against
+        the offer); default 1 CPU and 512 MiB, at most the offer. A task never runs unlimited.
+    """
 
     cpus: float = 0.0
     memory_bytes: int = 0
+    default_cpus: float = 1.0
+    default_memory_bytes: int = 512 << 20
 
 
 @dataclass
@@ -92,6 +107,7 @@ class Miner:
         logs_dir: Path | None = None,
         offer: Offer | None = None,
         status_ttl: float = 2.0,
+        registries: RegistryPolicy | None = None,
         addresses: Callable[[], list[str]] = list,
         nat_type: Callable[[str], str] = lambda stun_endpoint: "",
     ) -> None:
@@ -102,7 +118,10 @@ class Miner:
         self.events = EventBus()
         self.hub_clock = _HubClock()
         self._starting: dict[str, _StartGate] = {}  # task ID -> gate, while a start runs
+        self._allocating = threading.Lock()  # the offer's check and hold
+        self._held: dict[str, tuple[float, int]] = {}  # task ID -> share, while it starts
         self.status_ttl = status_ttl
+        self.registries = registries or RegistryPolicy()
         self._status: tuple[float, MinerStatus] | None = None  # (monotonic time, last sample)
         self._sampling = threading.Lock()
         self._stopping: set[str] = set()  # their "die" is a stop, reported by stop() itself
@@ -165,8 +184,15 @@ class Miner:
         )
 
     def _allocated(self) -> tuple[float, int]:
+        """What running tasks hold, and starts in progress (their share is held at once)."""
         cpus, memory = 0.0, 0
-        for c in self.runtime.list():
+        containers = self.runtime.list()
+        listed = {c.task_id for c in containers}
+        for task_id, (c_cpus, c_mem) in list(self._held.items()):
+            if task_id not in listed:
+                cpus += c_cpus
+                memory += c_mem
+        for c in containers:
             if c.status in _ENDED:
                 continue
             try:
@@ -176,6 +202,19 @@ class Miner:
             cpus += c_cpus
             memory += c_mem
         return cpus, memory
+
+    def _sized(self, spec: RunSpec) -> RunSpec:
+        """``spec`` with the default share where it names no limit; refused below the least a
+        task may ask (a share of nothing would count nothing against the offer)."""
+        cpus_offered, mem_offered = self._offered()
+        cpus = spec.cpus or min(self.offer.default_cpus, cpus_offered)
+        memory = spec.memory_bytes or min(self.offer.default_memory_bytes, mem_offered)
+        if cpus < MIN_TASK_CPUS or memory < MIN_TASK_MEMORY:
+            raise InvalidRequest(
+                f"a task needs at least {MIN_TASK_CPUS} CPUs and {_mib(MIN_TASK_MEMORY)}; "
+                f"asked for {cpus:g} CPUs and {_mib(memory)}"
+            )
+        return replace(spec, cpus=cpus, memory_bytes=memory)
 
     def _check_fits(self, spec: RunSpec) -> None:
         cpus_offered, mem_offered = self._offered()
@@ -187,12 +226,12 @@ class Miner:
                 f"{_mib(mem_offered)}"
             )
         cpus_used, mem_used = self._allocated()
-        if spec.cpus and cpus_used + spec.cpus > cpus_offered:
+        if cpus_used + spec.cpus > cpus_offered:
             raise Refused(
                 f"asked for {spec.cpus:g} CPUs; {cpus_offered - cpus_used:g} of "
                 f"{cpus_offered:g} are free"
             )
-        if spec.memory_bytes and mem_used + spec.memory_bytes > mem_offered:
+        if mem_used + spec.memory_bytes > mem_offered:
             raise Refused(
                 f"asked for {_mib(spec.memory_bytes)} of memory; {_mib(mem_offered - mem_used)} "
                 f"of {_mib(mem_offered)} are free"
@@ -216,39 +255,62 @@ class Miner:
         Starting the same task ID twice returns the existing task. When the caller is gone by
         the time the container runs (``still_wanted()`` is false: the hub disconnected or gave
         up), the container is removed and MinerUnavailable raised: no orphan is left.
-        Raises Refused (limits beyond the offer), ImageNotFound, ImageNotRunnable, Timeout,
-        RuntimeFailure.
+        A spec that names no CPU or memory limit gets the offer's default share; the share is
+        held against the offer from the check on, so concurrent starts cannot exceed it.
+        Raises Refused (limits beyond the offer), InvalidRequest (below the least a task may
+        ask), ImageNotFound, ImageNotRunnable, Timeout, RuntimeFailure.
         """
         with self._start_gate(task_id):
             try:
                 return task_from_container(self.runtime.status(task_id), self.node_id)
             except TaskNotFound:
                 pass
-            self._check_fits(spec)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            log.info("task %s: preparing image %s", task_id, spec.image)
+            self.registries.check(spec.image)
+            spec = self._sized(spec)
+            with self._allocating:  # check and hold at once: two starts cannot both fit
+                self._check_fits(spec)
+                self._held[task_id] = (spec.cpus, spec.memory_bytes)
+            try:
+                return self._run(task_id, spec, owner, hub_id, record, timeout, still_wanted)
+            finally:
+                with self._allocating:
+                    self._held.pop(task_id, None)  # its container counts from now on
 
-            def progress(p: PullProgress) -> None:
-                self._publish(task_id=task_id, progress=p)
+    def _run(
+        self,
+        task_id: str,
+        spec: RunSpec,
+        owner: str,
+        hub_id: str,
+        record: str,
+        timeout: float | None,
+        still_wanted: Callable[[], bool],
+    ) -> Task:
+        """The body of :meth:`start` once its share of the offer is held."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        log.info("task %s: preparing image %s", task_id, spec.image)
 
-            self.runtime.ensure_image(spec.image, timeout=timeout, progress=progress)
-            if not still_wanted():
-                raise MinerUnavailable(f"task {task_id}: the hub went away during the pull")
-            if deadline is not None and time.monotonic() > deadline:
-                raise Timeout(f"task {task_id}: image {spec.image} took longer than the deadline")
-            labels = {"sonm.hub": hub_id, "sonm.owner": owner}
-            if record:  # the hub's signed record: what lets it adopt the task later
-                labels["sonm.record"] = record
-            state = self.runtime.run(task_id, spec, labels=labels)
-            if not still_wanted():
-                self.runtime.remove(task_id)
-                raise MinerUnavailable(
-                    f"task {task_id}: the hub went away during the start; container removed"
-                )
-            log.info("task %s: running as %s", task_id, state.container_id[:12])
-            task = task_from_container(state, self.node_id)
-            self._publish(task)
-            return task
+        def progress(p: PullProgress) -> None:
+            self._publish(task_id=task_id, progress=p)
+
+        self.runtime.ensure_image(spec.image, timeout=timeout, progress=progress)
+        if not still_wanted():
+            raise MinerUnavailable(f"task {task_id}: the hub went away during the pull")
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout(f"task {task_id}: image {spec.image} took longer than the deadline")
+        labels = {"sonm.hub": hub_id, "sonm.owner": owner}
+        if record:  # the hub's signed record: what lets it adopt the task later
+            labels["sonm.record"] = record
+        state = self.runtime.run(task_id, spec, labels=labels)
+        if not still_wanted():
+            self.runtime.remove(task_id)
+            raise MinerUnavailable(
+                f"task {task_id}: the hub went away during the start; container removed"
+            )
+        log.info("task %s: running as %s", task_id, state.container_id[:12])
+        task = task_from_container(state, self.node_id)
+        self._publish(task)
+        return task
 
     @contextmanager
     def _start_gate(self, task_id: str) -> Iterator[None]:
@@ -368,6 +430,10 @@ class Miner:
             load=tuple(loads),
             tasks=tuple(tasks),
         )
+
+
+MIN_TASK_CPUS = 0.01
+MIN_TASK_MEMORY = 6 << 20  # Docker refuses less
 
 
 def _mib(n: int) -> str:

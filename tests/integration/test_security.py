@@ -123,3 +123,14 @@ def test_bad_fields_are_refused_at_the_hub_edge_and_break_nothing(net, tmp_path)
     listed = hub.cli("tasks")
     assert listed.returncode == 0, listed.stderr
     assert hub.cli_json("tasks")["tasks"] == []
+
+
+def test_a_pull_cannot_be_pointed_at_the_miners_own_network(net):
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory", allow_local_registry=False)
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    for image in ("127.0.0.1:2375/containers/json", "localhost:10001/x", "169.254.169.254/x"):
+        res = hub.cli("start", "--image", image, f"--miner={miner.node_id}")
+        assert res.returncode == 6, (image, res.stdout, res.stderr)
+        assert "internal address" in res.stderr and "--allow-registry" in res.stderr
+    assert all(t["state"] == "FAILED" for t in hub.cli_json("tasks")["tasks"])

@@ -35,7 +35,7 @@ WEB = "sonm-test/web:latest"
             ImageNotFound,
             "registry is unreachable",
         ),
-        ("write /var/lib/docker/tmp: no space left on device", RuntimeFailure, "no space left"),
+        ("write /var/lib/docker/tmp: no space left on device", RuntimeFailure, "miner's log"),
     ],
 )
 def test_pull_failures_say_why(message, error, says):
@@ -43,6 +43,13 @@ def test_pull_failures_say_why(message, error, says):
     assert type(failure) is error
     assert says in str(failure)
     assert "img:tag" in str(failure)
+
+
+def test_what_a_registry_answered_is_not_echoed_to_clients():
+    body = "<html>internal admin page: secret=hunter2</html>"
+    for message in (f"error parsing HTTP 404 response body: {body}", f"unknown: {body}"):
+        failure = dp._pull_failure("10.0.0.5/x:1", message)
+        assert "hunter2" not in str(failure)
 
 
 def test_docker_state_from_inspect():

@@ -10,10 +10,10 @@ from concurrent import futures
 
 import pytest
 
-from sonm_p2p.errors import ImageNotFound, TaskNotFound
+from sonm_p2p.errors import ImageNotFound, InvalidRequest, Refused, TaskNotFound
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
-from sonm_p2p.miner.miner import Miner
+from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.runtime import LogStream
 from sonm_p2p.model import LogQuery, RunSpec
 
@@ -139,3 +139,44 @@ def test_miner_daemon_close_leaves_no_thread_it_started(tmp_path):
     ):
         time.sleep(0.01)
     assert left == [], left
+
+
+# --- the offer -----------------------------------------------------------------------------------
+
+
+def test_a_task_that_names_no_limit_gets_and_counts_the_default_share(runtime):
+    miner = Miner("0xminer", runtime, offer=Offer(cpus=2, memory_bytes=4 << 30))
+    try:
+        for task_id in ("t1", "t2"):
+            _start(miner, task_id)
+            assert runtime.limits(task_id) == (1.0, 512 << 20)  # never unlimited
+        with pytest.raises(Refused, match="0 of 2 are free"):
+            _start(miner, "t3")
+        assert miner.status_report().cpus_allocated == 2.0
+    finally:
+        miner.close()
+
+
+@pytest.mark.parametrize(("cpus", "memory"), [(1e-12, 0), (0, 1)])
+def test_a_share_of_nothing_is_refused(miner, cpus, memory):
+    spec = RunSpec(WEB, cpus=cpus, memory_bytes=memory)
+    with pytest.raises(InvalidRequest, match="at least 0.01 CPUs and 6 MiB"):
+        miner.start("t1", spec, owner="0xowner", hub_id="0xhub", timeout=10)
+
+
+def test_concurrent_starts_cannot_exceed_the_offer(runtime):
+    miner = Miner("0xminer", runtime, offer=Offer(cpus=4, memory_bytes=4 << 30, default_cpus=1))
+    try:
+        with futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda i: _outcome(lambda: _start(miner, f"t{i}")), range(16)))
+        assert results.count("ok") == 4 and results.count("Refused") == 12
+    finally:
+        miner.close()
+
+
+def _outcome(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:
+        return type(exc).__name__

@@ -64,6 +64,10 @@ __all__ = ["TASK_CAPABILITIES", "DockerRuntime"]
 
 log = logging.getLogger(__name__)
 
+#: Output the engine keeps per task at most (two rotated 16 MiB files): a task that writes
+#: without end costs its miner that much disk, and its kept logs that much, never more.
+TASK_LOG_BYTES = 32 << 20
+
 #: What a task keeps of root's capabilities (all others dropped): enough for ordinary images
 #: (files owned by other users, dropping privileges, low ports), not NET_RAW, SYS_* or MKNOD.
 TASK_CAPABILITIES = (
@@ -356,6 +360,10 @@ class DockerRuntime:
                     security_opt=["no-new-privileges"],
                     network=self._task_network(),
                     runtime=self.runtime_class or None,
+                    # The engine keeps at most TASK_LOG_BYTES of output per task (the newest).
+                    log_config=docker.types.LogConfig(
+                        type="json-file", config={"max-size": "16m", "max-file": "2"}
+                    ),
                 )
             except docker.errors.ImageNotFound as exc:
                 raise ImageNotFound(f"image {spec.image} is not present locally") from exc

@@ -19,6 +19,7 @@ from sonm_p2p.errors import (
     Timeout,
 )
 from sonm_p2p.events import EventBus, TaskEvent
+from sonm_p2p.miner._kept_logs import keep, read_kept
 from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, LogStream
 from sonm_p2p.model import LogQuery, MinerStatus, PullProgress, RunSpec, RuntimeInfo
@@ -358,9 +359,8 @@ class Miner:
         if path is None:
             return
         try:
-            data = self.runtime.logs(task_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            with self.runtime.stream_logs(LogQuery(task_id)) as output:
+                keep(output, path)  # chunk by chunk: a chatty task cannot balloon the miner
         except (SonmError, OSError) as exc:
             log.warning("task %s: could not keep its output: %s", task_id, exc)
 
@@ -378,13 +378,8 @@ class Miner:
                 raise
         else:
             return self.runtime.stream_logs(q)
-        data = path.read_bytes()
-        if q.tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-q.tail :] if q.tail else [])
-        return LogStream(
-            iter([data] if data else []), lambda: None, what=f"kept logs of {q.task_id}"
-        )
+        chunks = read_kept(path, q.tail)
+        return LogStream(chunks, chunks.close, what=f"kept logs of {q.task_id}")
 
     def status_report(self) -> MinerStatus:
         """Offer, allocation, usage and tasks, sampled at most every ``status_ttl`` seconds.

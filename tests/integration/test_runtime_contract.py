@@ -316,7 +316,7 @@ def test_unknown_task_is_not_found(rig):
         rt.status,
         rt.stop,
         rt.logs,
-        rt.stream_logs,
+        lambda task_id: rt.stream_logs(LogQuery(task_id)),
         rt.usage,
         rt.limits,
     ]

@@ -1,8 +1,9 @@
 """Signed client requests: who is calling, proven by their key (pure; time passed in).
 
-A client signs ``method``, a timestamp, a nonce and the SHA-256 of the request's deterministic
-serialization with its node key (an Ethereum personal-message signature) and sends them as gRPC
-metadata. The hub recovers the signer's node ID from the signature, refuses stale or future
+A client signs the hub's node ID, ``method``, a timestamp, a nonce and the SHA-256 of the
+request's deterministic serialization with its node key (an Ethereum personal-message
+signature) and sends them as gRPC metadata: a hub cannot replay a client's request to another
+hub. The hub recovers the signer's node ID from the signature, refuses stale or future
 timestamps and replayed nonces, and uses the node ID as the task's owner: only the owner (or the
 hub's operator, who holds the hub's key) may stop a task or read its output.
 """
@@ -15,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from sonm_p2p.errors import PermissionDenied, Unauthenticated
+from sonm_p2p.errors import Busy, PermissionDenied, Unauthenticated
 from sonm_p2p.identity import Identity, recover_signer
 
 __all__ = [
@@ -36,18 +37,25 @@ HEADER_NONCE = "sonm-nonce"
 HEADER_SIG = "sonm-sig"
 
 
-def _message(method: str, ts_ms: int, nonce: str, payload: bytes) -> bytes:
+def _message(hub_id: str, method: str, ts_ms: int, nonce: str, payload: bytes) -> bytes:
     digest = hashlib.sha256(payload).hexdigest()
-    return f"sonm-request/1\n{method}\n{ts_ms}\n{nonce}\n{digest}".encode()
+    return f"sonm-request/2\n{hub_id.lower()}\n{method}\n{ts_ms}\n{nonce}\n{digest}".encode()
 
 
 def sign_request(
-    identity: Identity, method: str, payload: bytes, now: float, nonce: str | None = None
+    identity: Identity,
+    method: str,
+    payload: bytes,
+    now: float,
+    nonce: str | None = None,
+    *,
+    hub_id: str,
 ) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata proving ``identity`` sent ``payload`` to ``method`` at ``now``."""
+    """gRPC metadata proving ``identity`` sent ``payload`` to ``method`` of hub ``hub_id`` at
+    ``now``."""
     ts_ms = int(now * 1000)
     nonce = nonce or secrets.token_hex(12)
-    sig = identity.sign(_message(method, ts_ms, nonce, payload))
+    sig = identity.sign(_message(hub_id, method, ts_ms, nonce, payload))
     return (
         (HEADER_ID, identity.node_id),
         (HEADER_TS, str(ts_ms)),
@@ -83,13 +91,19 @@ class RequestVerifier:
     """Checks signed requests; remembers nonces for twice ``max_skew`` to refuse replays.
 
     max_skew: seconds a request's timestamp may differ from the hub's clock; defaults to 60.
-    max_nonces: nonces remembered at most (the oldest go first); defaults to 100 000.
+    max_nonces: nonces remembered at most; defaults to 100 000. A nonce is never forgotten while
+        its request could still be accepted (else a flood of one's own requests would let a
+        recorded one be replayed): when the table is full, requests are refused (Busy) until
+        old ones expire. One signer may hold at most a tenth of it.
+    hub_id: the node ID requests must be signed for (this hub's).
     """
 
-    def __init__(self, *, max_skew: float = 60.0, max_nonces: int = 100_000) -> None:
+    def __init__(self, *, hub_id: str, max_skew: float = 60.0, max_nonces: int = 100_000) -> None:
+        self.hub_id = hub_id
         self.max_skew = max_skew
         self.max_nonces = max_nonces
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._per_signer: dict[str, int] = {}
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()  # -> (at, signer)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -115,7 +129,7 @@ class RequestVerifier:
                 f"(more than {self.max_skew:g}s): check the clock"
             )
         try:
-            signer = recover_signer(_message(method, ts_ms, nonce, payload), sig)
+            signer = recover_signer(_message(self.hub_id, method, ts_ms, nonce, payload), sig)
         except Exception:
             raise Unauthenticated("request signature is malformed") from None
         if signer.lower() != claimed.lower():
@@ -125,18 +139,26 @@ class RequestVerifier:
             self._forget(now)
             if key in self._seen:
                 raise Unauthenticated("replayed request refused")
-            self._seen[key] = now
-            if len(self._seen) > self.max_nonces:
-                self._seen.popitem(last=False)
+            if len(self._seen) >= self.max_nonces:
+                raise Busy("too many signed requests in the last two minutes; try again later")
+            if self._per_signer.get(signer, 0) >= self.max_nonces // 10:
+                raise Busy(f"too many signed requests from {signer}; try again later")
+            self._seen[key] = (now, signer)
+            self._per_signer[signer] = self._per_signer.get(signer, 0) + 1
         return signer
 
     def _forget(self, now: float) -> None:
         horizon = now - 2 * self.max_skew
         while self._seen:
-            key, seen_at = next(iter(self._seen.items()))
+            key, (seen_at, signer) = next(iter(self._seen.items()))
             if seen_at >= horizon:
                 break
             del self._seen[key]
+            left = self._per_signer[signer] - 1
+            if left:
+                self._per_signer[signer] = left
+            else:
+                del self._per_signer[signer]
 
 
 def check_owner(caller: str, owner: str, operator: str, what: str) -> None:

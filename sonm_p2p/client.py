@@ -31,7 +31,11 @@ from sonm_p2p.identity import Identity
 from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.tasks import Endpoint, Task
 
+#: The calls a hub checks the caller's signature on (the rest are open reads).
+SIGNED_METHODS = frozenset({"StartTask", "StopTask", "TaskLogs"})
+
 __all__ = [
+    "SIGNED_METHODS",
     "HubClient",
     "HubInfo",
     "HubSummary",
@@ -142,6 +146,7 @@ class HubClient:
         self.timeout = timeout
         self.identity = identity
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self._hub_id = ""  # learned from Info before the first signed call
         self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
         self._stub = hub_pb2_grpc.HubStub(self._channel)
 
@@ -158,10 +163,12 @@ class HubClient:
         self._channel.close()
 
     def _signed(self, method: str, request: object) -> tuple[tuple[str, str], ...]:
-        if self.identity is None:
+        if self.identity is None or method not in SIGNED_METHODS:
             return self._metadata
+        if not self._hub_id:  # what the signature binds to: this hub, not any other
+            self._hub_id = self.info().node_id
         payload = request.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
-        return sign_request(self.identity, method, payload, time.time())
+        return sign_request(self.identity, method, payload, time.time(), hub_id=self._hub_id)
 
     def _call(self, method: str, request: object) -> object:
         try:

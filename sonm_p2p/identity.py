@@ -75,9 +75,14 @@ class Identity:
 def load_or_create(home: Path) -> Identity:
     """Load ``home/key`` or create it (mode 0600, home created 0700) on first run.
 
-    Raises ConfigError when the file exists but is not a key, or is readable by others.
+    Raises ConfigError when the file exists but is not a key, is readable by others or is a
+    symbolic link, or when ``home`` is writable by others (anyone could have put a key there).
+    An existing home readable by others is made 0700.
     """
     path = home / KEY_FILE
+    check_home(home)
+    if path.is_symlink():
+        raise ConfigError(f"{path}: the key is a symbolic link; keep the key itself in the home")
     if path.exists():
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -108,6 +113,22 @@ def load_or_create(home: Path) -> Identity:
     finally:
         tmp.unlink(missing_ok=True)
     return ident
+
+
+def check_home(home: Path) -> None:
+    """Refuse a home others can write to; make one others can read 0700 (it holds the key,
+    and a daemon's state and logs). A home that does not exist yet is fine."""
+    try:
+        st = home.stat()
+    except FileNotFoundError:
+        return
+    mode = st.st_mode & 0o777
+    if mode & 0o022:
+        raise ConfigError(
+            f"{home}: writable by others (mode {mode:o}); chmod 700 it, or choose another home"
+        )
+    if mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(home, 0o700)
 
 
 def checksum_address(address20: bytes) -> str:

@@ -56,7 +56,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
         self.stun_endpoint = stun_endpoint
-        self.verifier = RequestVerifier()
+        self.verifier = RequestVerifier(hub_id=hub.node_id)
 
     def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:
         """The node ID that signed this call (Unauthenticated if none did, properly)."""

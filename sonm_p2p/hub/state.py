@@ -118,6 +118,8 @@ class HubState:
                 Path(directory).mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit transactions; _write() opens them explicitly.
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if self.path != ":memory:":
+                os.chmod(self.path, 0o600)  # owners and tasks: the hub's business only
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"{self.path}: cannot open the hub state: {e}") from e
         try:

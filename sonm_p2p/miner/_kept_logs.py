@@ -16,11 +16,11 @@ CHUNK = 64 << 10
 def keep(chunks: Iterable[bytes], path: Path) -> int:
     """Write ``chunks`` to ``path`` (whole or not at all: a temp file renamed into place).
     Returns the bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     written = 0
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
                 written += len(chunk)

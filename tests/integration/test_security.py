@@ -134,3 +134,22 @@ def test_a_pull_cannot_be_pointed_at_the_miners_own_network(net):
         assert res.returncode == 6, (image, res.stdout, res.stderr)
         assert "internal address" in res.stderr and "--allow-registry" in res.stderr
     assert all(t["state"] == "FAILED" for t in hub.cli_json("tasks")["tasks"])
+
+
+def test_daemon_homes_keys_state_and_kept_output_are_private(net):
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+    job = started.stdout.split()[1].rstrip(",")
+    assert hub.cli("stop", job).returncode == 0  # keeps its output in the miner's home
+    wait_for(lambda: (miner.home / "logs" / f"{job}.log").exists(), "the kept output")
+
+    def mode(path):
+        return path.stat().st_mode & 0o777
+
+    assert mode(hub.home) == mode(miner.home) == 0o700
+    assert mode(hub.home / "key") == mode(miner.home / "key") == 0o600
+    assert mode(hub.home / "hub.db") == 0o600
+    assert mode(miner.home / "logs") == 0o700
+    assert mode(miner.home / "logs" / f"{job}.log") == 0o600

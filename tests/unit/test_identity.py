@@ -96,3 +96,33 @@ def test_processes_creating_the_key_at_once_end_with_one_key(tmp_path):
     assert len(set(ids)) == 1
     assert sorted(p.name for p in home.iterdir()) == ["key"]  # no temp file left behind
     assert load_or_create(home).node_id == ids[0]
+
+
+def test_a_world_writable_home_or_a_symlinked_key_is_refused(tmp_path):
+    import os
+
+    import pytest
+
+    from sonm_p2p.errors import ConfigError
+    from sonm_p2p.identity import load_or_create
+
+    home = tmp_path / "open"
+    home.mkdir()
+    os.chmod(home, 0o777)
+    with pytest.raises(ConfigError, match="writable by others.*chmod 700"):
+        load_or_create(home)
+
+    real = load_or_create(tmp_path / "real")
+    linked = tmp_path / "linked"
+    linked.mkdir(mode=0o700)
+    (linked / "key").symlink_to(tmp_path / "real" / "key")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        load_or_create(linked)
+    assert real.node_id
+
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    os.chmod(readable, 0o755)
+    load_or_create(readable)
+    assert readable.stat().st_mode & 0o777 == 0o700
+    assert (readable / "key").stat().st_mode & 0o777 == 0o600

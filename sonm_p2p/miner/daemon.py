@@ -21,6 +21,7 @@ from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
+from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
@@ -179,10 +180,14 @@ class MinerDaemon:
         )
         self._server = grpc.server(self._server_pool, options=SERVER_OPTIONS)
         miner_pb2_grpc.add_MinerServicer_to_server(MinerServicer(self.miner), self._server)
-        port = self._server.add_insecure_port("127.0.0.1:0")
+        # On a private Unix socket, not a loopback port: no local process but this one can
+        # call the miner (start containers as if it were the hub).
+        sock = private_socket_path("miner-grpc")
+        if not self._server.add_insecure_port(f"unix:{sock}"):
+            raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
         self._server.start()
         self.node.start()
-        serve_grpc(self.node, GRPC_MINER, port, allow=self.link.allow)
+        serve_grpc(self.node, GRPC_MINER, sock, allow=self.link.allow)
         serve_forward(self.node, self._resolve_forward)
         self.link.start()
         hub = self.options.hub or "from discovery"

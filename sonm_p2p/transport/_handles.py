@@ -19,21 +19,21 @@ CallSoon = Callable[[Callable[[], Any]], None]
 
 
 class Tunnel:
-    """A loopback TCP listener whose every connection is one stream to a peer."""
+    """A private Unix-socket listener whose every connection is one stream to a peer."""
 
     def __init__(
-        self, call_soon: CallSoon, peer_id: str, protocol: str, port: int, scope: trio.CancelScope
+        self, call_soon: CallSoon, peer_id: str, protocol: str, path: str, scope: trio.CancelScope
     ) -> None:
         self._call_soon = call_soon
         self.peer_id = peer_id
         self.protocol = protocol
-        self.port = port
+        self.path = path
         self._scope: trio.CancelScope | None = scope
 
     @property
     def target(self) -> str:
-        """``127.0.0.1:PORT``, what a gRPC channel dials."""
-        return f"127.0.0.1:{self.port}"
+        """``unix:PATH``, what a gRPC channel dials."""
+        return f"unix:{self.path}"
 
     def close(self) -> None:
         """Stop listening; connections already spliced end too. Idempotent."""

@@ -33,10 +33,15 @@ _CHANNEL_OPTIONS = [
 
 
 def serve_grpc(
-    node: P2PNode, protocol: str, grpc_port: int, allow: Callable[[str], bool] | None = None
+    node: P2PNode,
+    protocol: str,
+    server: int | str,
+    allow: Callable[[str], bool] | None = None,
 ) -> None:
-    """Serve the local gRPC server on 127.0.0.1:``grpc_port`` to peers over ``protocol``."""
-    node.serve_tcp(protocol, ("127.0.0.1", grpc_port), allow)
+    """Serve a local gRPC server to peers over ``protocol``: ``server`` is its port on
+    127.0.0.1, or the path of its Unix socket (which only this process can reach)."""
+    target = server if isinstance(server, str) else ("127.0.0.1", server)
+    node.serve_tcp(protocol, target, allow)
 
 
 class PeerChannel:

@@ -15,7 +15,10 @@ peer is on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +28,7 @@ import trio
 
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
+from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.transport import addrs as _addrs
 from sonm_p2p.transport._conn import (
     aclose_quietly,
@@ -406,10 +410,11 @@ class NodeCore:
         return await self._paths().open_stream(peer_id, [protocol])
 
     def tcp_splicer(
-        self, protocol: str, target: tuple[str, int], allow: Callable[[str], bool] | None
+        self, protocol: str, target: tuple[str, int] | str, allow: Callable[[str], bool] | None
     ) -> StreamHandler:
-        """A stream handler that splices each stream into a new TCP connection to ``target``;
-        ``allow(peer_id)`` decides who may use it (refused streams are reset at once)."""
+        """A stream handler that splices each stream into a new connection to ``target``
+        (``(host, port)``, or the path of a Unix socket); ``allow(peer_id)`` decides who may use
+        it (refused streams are reset at once)."""
 
         async def handler(stream: Any) -> None:
             peer = stream.muxed_conn.peer_id.to_string()
@@ -418,9 +423,12 @@ class NodeCore:
                 await aclose_quietly(stream, reset=True)
                 return
             try:
-                tcp = await trio.open_tcp_stream(*target)
+                if isinstance(target, str):
+                    tcp = await trio.open_unix_socket(target)
+                else:
+                    tcp = await trio.open_tcp_stream(*target)
             except OSError as exc:
-                log.warning("%s: local service %s:%d unreachable: %s", protocol, *target, exc)
+                log.warning("%s: local service %s unreachable: %s", protocol, target, exc)
                 await aclose_quietly(stream, reset=True)
                 return
             await splice(stream, tcp)
@@ -428,11 +436,16 @@ class NodeCore:
         return handler
 
     async def open_tunnel(self, peer_id: str, protocol: str) -> Tunnel:
-        """Listen on an ephemeral loopback port; each connection there opens one stream."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
+        """Listen on a Unix socket only this process can reach (in a 0700 directory of its
+        own); each connection there opens one stream. A loopback TCP port would let any local
+        process speak to the peer as this node."""
+        path = private_socket_path("t")
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen(128)
+        listeners = [trio.SocketListener(sock)]
         scope = trio.CancelScope()
-        tunnel = Tunnel(self.call_soon, peer_id, protocol, port, scope)
+        tunnel = Tunnel(self.call_soon, peer_id, protocol, path, scope)
 
         async def on_conn(tcp: trio.SocketStream) -> None:
             try:
@@ -450,6 +463,8 @@ class NodeCore:
                 finally:
                     for lst in listeners:
                         await aclose_quietly(lst)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
 
         self.spawn(serve)
         return tunnel

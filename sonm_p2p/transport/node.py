@@ -8,8 +8,8 @@ directly: ``node.core``. Streams are exposed in shapes that need no trio on the 
 
 * :meth:`P2PNode.serve_tcp` splices every inbound stream of a protocol into a local TCP server
   (the far end of the gRPC bridge, see ``bridge.py``);
-* :meth:`P2PNode.open_tunnel` opens a loopback TCP listener whose every connection becomes one new
-  stream to a peer (the near end of the bridge);
+* :meth:`P2PNode.open_tunnel` opens a private Unix-socket listener whose every connection becomes
+  one new stream to a peer (the near end of the bridge);
 * :meth:`P2PNode.accept_sessions` / :meth:`P2PNode.open_session` hold one long-lived stream whose
   end tells both sides that the peer went away.
 
@@ -308,16 +308,21 @@ class P2PNode:
         self.core.handle(protocol, handler)
 
     def serve_tcp(
-        self, protocol: str, target: tuple[str, int], allow: Callable[[str], bool] | None = None
+        self,
+        protocol: str,
+        target: tuple[str, int] | str,
+        allow: Callable[[str], bool] | None = None,
     ) -> None:
-        """Splice each inbound ``protocol`` stream into a new TCP connection to ``target``.
+        """Splice each inbound ``protocol`` stream into a new connection to ``target``:
+        ``(host, port)`` over TCP, or the path of a Unix socket.
 
         ``allow(peer_id)`` decides who may use it; refused streams are reset at once.
         """
         self.core.handle(protocol, self.core.tcp_splicer(protocol, target, allow))
 
     def open_tunnel(self, peer_id: str, protocol: str) -> Tunnel:
-        """Listen on an ephemeral loopback port; each connection there opens one stream."""
+        """A private local socket (``Tunnel.target``, ``unix:…``) whose every connection opens
+        one stream to ``peer_id``: only this process can use it."""
         return self.run(self.core.open_tunnel, peer_id, protocol)
 
     def accept_sessions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import grpc
 import pytest
@@ -153,3 +154,22 @@ def test_daemon_homes_keys_state_and_kept_output_are_private(net):
     assert mode(hub.home / "hub.db") == 0o600
     assert mode(miner.home / "logs") == 0o700
     assert mode(miner.home / "logs" / f"{job}.log") == 0o600
+
+
+def _tcp_listening(pid: int) -> set[int]:
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return {
+        int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={pid}," in line
+    }
+
+
+def test_no_local_process_can_speak_as_the_hub_or_the_miner(net):
+    """The hub's tunnels to its miners and a miner's own gRPC are private Unix sockets: the
+    only TCP ports the daemons listen on are the ones they announce."""
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+    assert started.returncode == 0, started.stderr  # the hub has called the miner: tunnels open
+    assert _tcp_listening(hub.proc.pid) == {hub.grpc_port, hub.p2p_port}
+    assert len(_tcp_listening(miner.proc.pid)) == 1  # its overlay port, nothing else

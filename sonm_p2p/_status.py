@@ -18,7 +18,15 @@ import grpc
 
 from sonm_p2p import errors
 
-__all__ = ["ERROR_TRAILER", "ServerStream", "abort", "from_rpc_error", "translate_errors"]
+__all__ = [
+    "ERROR_TRAILER",
+    "Malformed",
+    "ServerStream",
+    "abort",
+    "add_servicer",
+    "from_rpc_error",
+    "translate_errors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +96,18 @@ async def _aend(
     await context.abort(code, message)
 
 
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise errors.InvalidRequest(f"malformed request: {type(request.error).__name__}")
+
+
 def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
         async def astream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                _refuse_malformed(request)
                 async for item in method(self, request, context):
                     yield item
             except Exception as exc:
@@ -106,6 +120,7 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         async def aunary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                _refuse_malformed(request)
                 return await method(self, request, context)
             except Exception as exc:
                 await _aend(context, exc, method)
@@ -117,6 +132,7 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
+                _refuse_malformed(request)
                 yield from method(self, request, context)
             except Exception as exc:
                 _end(context, exc, method)
@@ -126,11 +142,57 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            _refuse_malformed(request)
             return method(self, request, context)
         except Exception as exc:
             _end(context, exc, method)
 
     return unary
+
+
+class Malformed:
+    """What a request that does not parse as its message becomes (see :func:`add_servicer`)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, bad UTF-8 in a string field, ...
+            return Malformed(exc)
+
+    return parse
+
+
+class _Registration:
+    """Stands in for a server while generated code registers a servicer: every handler gets a
+    deserializer that cannot fail (grpc itself would answer a request that does not parse with
+    INTERNAL; ours reach the servicer as :class:`Malformed`, refused as INVALID_ARGUMENT)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come again, by name, through the call below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        safe = {
+            name: h._replace(request_deserializer=_tolerant(h.request_deserializer))
+            for name, h in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, safe),)
+        )  # noqa: E501
+        self._server.add_registered_method_handlers(service, safe)
+
+
+def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, server: Any) -> None:
+    """``add_XServicer_to_server(servicer, server)`` with requests that do not parse refused as
+    InvalidRequest (INVALID_ARGUMENT) by :func:`translate_errors`, not INTERNAL."""
+    add_to_server(servicer, _Registration(server))
 
 
 def translate_errors(cls: C) -> C:

@@ -15,6 +15,7 @@ import grpc
 from sonm_p2p import __version__
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
+from sonm_p2p._status import add_servicer
 from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.errors import ConfigError, SonmError
@@ -144,7 +145,7 @@ class HubDaemon:
             stun_endpoint=self.stun_endpoint,
             streams=self.options.streams,
         )
-        hub_pb2_grpc.add_HubServicer_to_server(servicer, self._server)
+        add_servicer(hub_pb2_grpc.add_HubServicer_to_server, servicer, self._server)
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)

@@ -18,6 +18,7 @@ import grpc
 
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
+from sonm_p2p._status import add_servicer
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create, node_id_from_peer_id
@@ -179,7 +180,9 @@ class MinerDaemon:
             max_workers=16, thread_name_prefix="miner-grpc"
         )
         self._server = grpc.server(self._server_pool, options=SERVER_OPTIONS)
-        miner_pb2_grpc.add_MinerServicer_to_server(MinerServicer(self.miner), self._server)
+        add_servicer(
+            miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
+        )
         # On a private Unix socket, not a loopback port: no local process but this one can
         # call the miner (start containers as if it were the hub).
         sock = private_socket_path("miner-grpc")

@@ -28,20 +28,20 @@ __all__ = [
     "setup_logging",
 ]
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
 
 
 class Duration(click.ParamType):
-    """``3000s``, ``5m``, ``1h``, ``250ms`` or a plain number of seconds."""
+    """``3000s``, ``5m``, ``1h``, ``7d``, ``250ms`` or a plain number of seconds."""
 
     name = "duration"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         if isinstance(value, int | float):
             return float(value)
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", str(value))
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
         if not m:
-            self.fail(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 250ms)", param, ctx)
+            self.fail(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 7d, 250ms)", param, ctx)
         return float(m.group(1)) * _UNITS[m.group(2)]
 
 

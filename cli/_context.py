@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sonm_p2p.client import HubClient
+from sonm_p2p.errors import ConfigError
 from sonm_p2p.identity import Identity, load_or_create
 from sonm_p2p.tasks import Endpoint, Task
 from sonm_p2p.transport.addrs import format_hostport, parse_hostport
@@ -24,6 +25,7 @@ class CliContext:
     as_json: bool
     home: Path
     bootstrap: tuple[str, ...] = ()
+    tls_ca: Path | None = None  # the hub's client API serves TLS: check it against these
     stack: ExitStack = field(default_factory=ExitStack)  # closed when the command ends
 
     def identity(self) -> Identity:
@@ -47,7 +49,13 @@ class CliContext:
         """A client of the chosen hub; each call's deadline is ``--timeout`` unless given."""
         target = self.target()
         deadline = self.timeout if timeout == -1.0 else timeout
-        return HubClient(target, timeout=deadline, identity=self.identity())
+        ca = None
+        if self.tls_ca is not None:
+            try:
+                ca = self.tls_ca.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"--tls-ca {self.tls_ca}: {exc.strerror}") from None
+        return HubClient(target, timeout=deadline, identity=self.identity(), tls_ca=ca)
 
 
 def endpoints_json(eps: tuple[Endpoint, ...]) -> list[dict[str, Any]]:

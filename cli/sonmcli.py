@@ -43,6 +43,15 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path),
+    envvar="SONM_TLS_CA",
+    default=None,
+    metavar="PEM",
+    help="The hub's client API serves TLS (sonmhub --tls-cert): check its certificate against "
+    "these CA certificates. Env: SONM_TLS_CA.",
+)
+@click.option(
     "--home",
     type=click.Path(path_type=Path),
     default=None,
@@ -55,6 +64,7 @@ def main(
     bootstrap: tuple[str, ...],
     timeout: float,
     as_json: bool,
+    tls_ca: Path | None,
     home: Path | None,
 ) -> None:
     """Talk to a sonm hub: see its miners, start, inspect and stop tasks.
@@ -72,7 +82,9 @@ def main(
     5 timed out, 6 refused, 7 the miner's container engine failed,
     8 not allowed (only a task's owner may stop it or read its output).
     """
-    ctx.obj = CliContext(hub, timeout, as_json, home or default_home("client"), bootstrap)
+    ctx.obj = CliContext(
+        hub, timeout, as_json, home or default_home("client"), bootstrap, tls_ca=tls_ca
+    )
     ctx.call_on_close(ctx.obj.stack.close)
 
 

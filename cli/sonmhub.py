@@ -51,6 +51,13 @@ from sonm_p2p.transport.relay import RelayOptions
     "--max-missed-pings", type=int, default=3, help="Missed pings that make a miner offline."
 )
 @click.option(
+    "--task-retention",
+    type=Duration(),
+    default="7d",
+    show_default=True,
+    help="How long an ended task stays listed before the hub forgets it; 0: for ever.",
+)
+@click.option(
     "--bootstrap",
     multiple=True,
     metavar="MULTIADDR|HOST:PORT",
@@ -124,6 +131,16 @@ from sonm_p2p.transport.relay import RelayOptions
     help="Hub to reserve on when this hub is behind NAT (repeatable) [default: --bootstrap].",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PEM",
+    help="Serve the client API (--grpc-listen) over TLS with this certificate (and --tls-key); "
+    "clients then pass --tls-ca. Clients over the overlay are encrypted (Noise) either way.",
+)
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
+              help="The private key of --tls-cert.")  # fmt: skip
+@click.option(
     "--max-streams",
     type=click.IntRange(min=1),
     default=StreamLimits.total,
@@ -157,6 +174,9 @@ def main(
     relay_circuit_duration: float,
     reachability: str,
     relay_via: tuple[str, ...],
+    task_retention: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     max_streams: int,
     max_streams_per_client: int,
     verbose: bool,
@@ -200,8 +220,11 @@ def main(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
                 max_missed_pings=max_missed_pings,
+                task_retention=task_retention,
             ),
             streams=StreamLimits(total=max_streams, per_client=max_streams_per_client),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         daemon = HubDaemon(options)
     except SonmError as err:

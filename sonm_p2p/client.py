@@ -140,14 +140,25 @@ class HubClient:
     """
 
     def __init__(
-        self, target: str, *, timeout: float | None = 30.0, identity: Identity | None = None
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        identity: Identity | None = None,
+        tls_ca: bytes | None = None,
     ) -> None:
+        """``tls_ca``: PEM certificates to check a hub serving TLS against (``sonmhub
+        --tls-cert``); None: plain gRPC (or a local tunnel of the Noise-encrypted overlay)."""
         self.target = target
         self.timeout = timeout
         self.identity = identity
         self._metadata: tuple[tuple[str, str], ...] = ()
         self._hub_id = ""  # learned from Info before the first signed call
-        self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
+        if tls_ca is not None and not target.startswith("unix:"):
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca)
+            self._channel = grpc.secure_channel(target, creds, options=CLIENT_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
         self._stub = hub_pb2_grpc.HubStub(self._channel)
 
     def __repr__(self) -> str:
@@ -229,9 +240,19 @@ class HubClient:
     def task_status(self, task_id: str) -> Task:
         return task_from_pb(self._call("TaskStatus", common_pb2.TaskRef(task_id=task_id)))
 
-    def list_tasks(self, miner: str = "") -> list[Task]:
-        r = self._call("ListTasks", hub_pb2.ListTasksRequest(miner_id=miner))
-        return [task_from_pb(t) for t in r.tasks]
+    def list_tasks(self, miner: str = "", *, page_size: int = 0) -> list[Task]:
+        """Every task (of ``miner``, if given), oldest first, fetched page by page."""
+        tasks: list[Task] = []
+        token = ""
+        while True:
+            request = hub_pb2.ListTasksRequest(
+                miner_id=miner, page_size=page_size, page_token=token
+            )  # noqa: E501
+            r = self._call("ListTasks", request)
+            tasks += [task_from_pb(t) for t in r.tasks]
+            token = r.next_page_token
+            if not token:
+                return tasks
 
     def _stream(
         self, method: str, request: object, convert: Callable[[Any], Any], timeout: float | None

@@ -111,6 +111,7 @@ class Network:
         grpc_port: int | None = None,
         p2p_port: int | None = None,
         extra: list[str] | None = None,
+        cli_args: list[str] | None = None,
     ) -> Hub:
         grpc_port = grpc_port or free_port()
         p2p_port = p2p_port or free_port()
@@ -127,7 +128,16 @@ class Network:
             "127.0.0.1:0",
             *(extra or []),
         ]
-        hub = Hub(self, name, self.spawn(name, argv), home, grpc_port, p2p_port, argv)
+        hub = Hub(
+            self,
+            name,
+            self.spawn(name, argv),
+            home,
+            grpc_port,
+            p2p_port,
+            argv,
+            tuple(cli_args or ()),
+        )
         wait_for(lambda: hub.cli("ping").returncode == 0, f"{name} to answer ping")
         return hub
 
@@ -189,6 +199,7 @@ class Hub:
     grpc_port: int
     p2p_port: int
     argv: list[str]
+    cli_args: tuple[str, ...] = ()  # given to every sonmcli call (e.g. --tls-ca)
 
     @property
     def grpc_target(self) -> str:
@@ -201,11 +212,18 @@ class Hub:
     def cli_argv(self, *args: str) -> list[str]:
         """The argv of ``sonmcli`` talking to this hub with the test client's key (for Popen)."""
         home = str(self.net.root / "client")
-        return [str(BIN / "sonmcli"), "--home", home, "--hub", self.grpc_target, *args]
+        return [
+            str(BIN / "sonmcli"), "--home", home, "--hub", self.grpc_target, *self.cli_args, *args
+        ]  # fmt: skip
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return sonmcli(
-            "--hub", self.grpc_target, *args, home=self.net.root / "client", timeout=timeout
+            "--hub",
+            self.grpc_target,
+            *self.cli_args,
+            *args,
+            home=self.net.root / "client",
+            timeout=timeout,
         )
 
     def cli_json(self, *args: str) -> Any:

@@ -25,6 +25,7 @@ from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.identity import load_or_create
+from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import format_hostport, interface_ips, parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
@@ -56,6 +57,8 @@ class HubDaemonOptions:
         it off. stun_alternate: a second ``ip:port`` (other IP and port) for RFC 5780's
         CHANGE-REQUEST and OTHER-ADDRESS, which full NAT classification needs; defaults to none.
     relay: circuit relay v2 limits (every hub relays for its miners); None turns it off.
+    tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
+        are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
     """
 
@@ -73,6 +76,8 @@ class HubDaemonOptions:
     relay_via: tuple[str, ...] = ()
     recheck_interval: float = 300.0
     hub: HubOptions = field(default_factory=HubOptions)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     streams: StreamLimits = field(default_factory=StreamLimits)
 
 
@@ -148,8 +153,12 @@ class HubDaemon:
         add_servicer(hub_pb2_grpc.add_HubServicer_to_server, servicer, self._server)
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
-        local = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-        self.node.serve_tcp(GRPC_HUB, (local, self.grpc_port))
+        # Overlay clients (already Noise-encrypted) reach the same server on a private Unix
+        # socket: plain gRPC there, whether the public port serves TLS or not.
+        overlay_sock = private_socket_path("hub-grpc")
+        if not self._server.add_insecure_port(f"unix:{overlay_sock}"):
+            raise ConfigError(f"cannot serve the overlay's gRPC on {overlay_sock}")
+        self.node.serve_tcp(GRPC_HUB, overlay_sock)
         self._on_loop(self._server.start())
         self.reachability.start()
         log.info(
@@ -167,6 +176,9 @@ class HubDaemon:
             migration_thread_pool=self.supervisor.executor(), options=SERVER_OPTIONS
         )
         try:
+            if self.options.tls_cert or self.options.tls_key:
+                creds = grpc.ssl_server_credentials([_read_pair(self.options)])
+                return server, server.add_secure_port(endpoint, creds)
             return server, server.add_insecure_port(endpoint)
         except RuntimeError:
             return server, 0
@@ -226,6 +238,20 @@ class HubDaemon:
         self.supervisor.close()
         self.node.close()
         self.state.close()
+
+
+def _read_pair(options: HubDaemonOptions) -> tuple[bytes, bytes]:
+    """(key, certificate) for grpc's TLS credentials; ConfigError naming a file that is not
+    there, or a key without its certificate."""
+    if not (options.tls_cert and options.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    out = []
+    for flag, path in (("--tls-key", options.tls_key), ("--tls-cert", options.tls_cert)):
+        try:
+            out.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
+    return out[0], out[1]
 
 
 def _announced(host: str, port: int) -> str:

@@ -60,6 +60,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _STATUS_TTL = 1.0  # seconds a miner's live status is shared by every caller
+_PAGE_DEFAULT, _PAGE_MAX = 500, 1000  # tasks per ListTasks page
+
+
+def _parse_page_token(token: str) -> tuple[float, str]:
+    created, sep, task_id = token.partition("/")
+    try:
+        if not sep or not task_id:
+            raise ValueError(token)
+        return float(created), task_id
+    except ValueError:
+        raise InvalidRequest(f"bad page token {shown(token, 40)}") from None
+
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
@@ -75,6 +87,8 @@ class HubOptions:
     start_timeout: deadline of a start when the client set none, seconds; defaults to 600.
     start_rate, start_burst: starts one client (node ID) may make per second, and at once;
         default 10 and 100.
+    task_retention: seconds an ended task is kept (then forgotten); defaults to 7 days; 0: for
+        ever.
     """
 
     ping_interval: float = 10.0
@@ -84,6 +98,7 @@ class HubOptions:
     start_timeout: float = 600.0
     start_rate: float = 10.0
     start_burst: int = 100
+    task_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,9 @@ class Hub:
         if self._loop is None:
             self._loop = self._sup.asyncio_loop("miners")
             self._sup.every("pinger", self.options.ping_interval, self._ping_round)
+            if self.options.task_retention:
+                sweep = min(3600.0, max(1.0, self.options.task_retention / 2))
+                self._sup.every("retention", sweep, self._forget_ended)
 
     def close(self) -> None:
         """End every session (their calls fail, their follows end). Idempotent."""
@@ -529,11 +547,37 @@ class Hub:
         return self._task(task_id)
 
     def list_tasks(self, miner: str = "") -> list[Task]:
-        if not miner:
-            return self.state.list_tasks()
-        miner = check_id(miner, "miner")
-        known = {m.node_id for m in self.state.list_miners()}
-        return self.state.list_tasks(resolve_prefix(known, miner, kind="miner"))
+        """Every task (of ``miner``, a node ID or prefix, if given), oldest first."""
+        return self.page_tasks(miner, page_size=0, page_token="", everything=True)[0]
+
+    def page_tasks(
+        self, miner: str, *, page_size: int, page_token: str, everything: bool = False
+    ) -> tuple[list[Task], str]:
+        """One page of tasks, oldest first, and the token of the next ("" after the last).
+
+        ``page_size`` 0 means the default (500); at most 1000. Raises InvalidRequest for a
+        token this hub did not hand out."""
+        miner_id = None
+        if miner:
+            known = {m.node_id for m in self.state.list_miners()}
+            miner_id = resolve_prefix(known, check_id(miner, "miner"), kind="miner")
+        after = _parse_page_token(page_token) if page_token else None
+        limit = None if everything else min(page_size or _PAGE_DEFAULT, _PAGE_MAX)
+        tasks = self.state.list_tasks(
+            miner_id, after=after, limit=None if limit is None else limit + 1
+        )
+        if limit is None or len(tasks) <= limit:
+            return tasks, ""
+        last = tasks[limit - 1]
+        return tasks[:limit], f"{last.created_at!r}/{last.task_id}"
+
+    def _forget_ended(self) -> None:
+        """Drop tasks that ended more than ``task_retention`` ago (``every`` service)."""
+        gone = self.state.delete_ended(time.time() - self.options.task_retention)
+        if gone:
+            log.info(
+                "forgot %d tasks that ended more than %.0fs ago", gone, self.options.task_retention
+            )  # noqa: E501
 
     def _task(self, task_id: str, *, caller: str | None = None) -> Task:
         task_id = check_id(task_id, "task")

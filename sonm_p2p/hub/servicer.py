@@ -148,9 +148,10 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     def ListTasks(
         self, request: hub_pb2.ListTasksRequest, context: grpc.ServicerContext
     ) -> hub_pb2.ListTasksReply:
-        return hub_pb2.ListTasksReply(
-            tasks=[task_to_pb(t) for t in self.hub.list_tasks(request.miner_id)]
+        tasks, token = self.hub.page_tasks(
+            request.miner_id, page_size=request.page_size, page_token=request.page_token
         )
+        return hub_pb2.ListTasksReply(tasks=[task_to_pb(t) for t in tasks], next_page_token=token)
 
     async def WatchTask(
         self, request: common_pb2.TaskRef, context: grpc.aio.ServicerContext

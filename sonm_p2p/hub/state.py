@@ -207,12 +207,24 @@ class HubState:
             raise TaskNotFound(f"no task with ID {task_id!r}")
         return _task_from_row(row)
 
-    def list_tasks(self, miner_id: str | None = None, *, active_only: bool = False) -> list[Task]:
+    def list_tasks(
+        self,
+        miner_id: str | None = None,
+        *,
+        active_only: bool = False,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
         """Tasks, oldest first; only ``miner_id``'s when given (exact node ID).
 
         ``active_only`` leaves out terminal tasks (EXITED, FAILED, STOPPED); LOST ones stay.
+        ``after`` (a task's ``(created_at, task_id)``) and ``limit`` page through them.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
+        if after is not None:
+            where.append("(created_at, task_id) > (?, ?)")
+            args.extend(after)
         if miner_id is not None:
             where.append("miner_id = ?")
             args.append(miner_id)
@@ -224,9 +236,23 @@ class HubState:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at, task_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
         with self._read() as conn:
             rows = conn.execute(sql, args).fetchall()
         return [_task_from_row(r) for r in rows]
+
+    def delete_ended(self, before: float) -> int:
+        """Forget terminal tasks that ended before ``before``; returns how many."""
+        terminal = sorted(s.value for s in TERMINAL_STATES)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"DELETE FROM tasks WHERE state IN ({','.join('?' * len(terminal))}) "
+                "AND updated_at < ?",
+                (*terminal, before),
+            )
+        return cur.rowcount
 
     def task_ids(self, owner: str | None = None) -> list[str]:
         """Every stored task ID (of ``owner``'s tasks only, if given), oldest task first (for

@@ -30,6 +30,7 @@ from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.miner.servicer import MinerServicer
+from sonm_p2p.model import RuntimeInfo
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
@@ -222,5 +223,8 @@ def _make_runtime(options: MinerOptions, labels: Mapping[str, str]) -> Container
             "sonm-test/busybox:latest": ((), True),
             "sonm-test/noentry:latest": ((), False),
         }
-        return MemoryRuntime(images=images, publish_ip=options.publish_ip, labels=labels)
+        # A fake engine: a machine large enough that tests and load runs are not limited by
+        # the default share of every task.
+        info = RuntimeInfo(64, 256 << 30, "linux", "amd64", "memory 0")
+        return MemoryRuntime(images=images, publish_ip=options.publish_ip, labels=labels, info=info)
     raise ConfigError(f"unknown container runtime {options.runtime!r} (docker or memory)")

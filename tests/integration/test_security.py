@@ -8,12 +8,12 @@ import subprocess
 import grpc
 import pytest
 
-from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2_grpc
+from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.model import RunSpec
-from tests.harness import wait_for
+from tests.harness import sonmcli, wait_for
 
 
 def test_another_client_cannot_shadow_or_lock_out_a_tasks_owner(net, tmp_path):
@@ -173,3 +173,43 @@ def test_no_local_process_can_speak_as_the_hub_or_the_miner(net):
     assert started.returncode == 0, started.stderr  # the hub has called the miner: tunnels open
     assert _tcp_listening(hub.proc.pid) == {hub.grpc_port, hub.p2p_port}
     assert len(_tcp_listening(miner.proc.pid)) == 1  # its overlay port, nothing else
+
+
+def test_tasks_are_paged_and_ended_ones_forgotten_after_the_retention(net, tmp_path):
+    hub = net.hub(extra=["--task-retention", "3s"])
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    jobs = []
+    for _ in range(5):
+        res = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+        jobs.append(res.stdout.split()[1].rstrip(","))
+    with HubClient(hub.grpc_target, timeout=30) as client:
+        assert [t.task_id for t in client.list_tasks(page_size=2)] == jobs  # three pages
+        with pytest.raises(InvalidRequest, match="bad page token"):
+            client._call("ListTasks", hub_pb2.ListTasksRequest(page_token="forged"))
+    assert [t["id"] for t in hub.cli_json("tasks")["tasks"]] == jobs
+    assert hub.cli("stop", jobs[0]).returncode == 0
+    wait_for(lambda: hub.cli("status", jobs[0]).returncode == 3, "the ended task forgotten")
+    assert [t["id"] for t in hub.cli_json("tasks")["tasks"]] == jobs[1:]  # running ones stay
+
+
+def test_the_client_api_can_serve_tls(net, tmp_path):
+    cert, key = tmp_path / "hub.pem", tmp_path / "hub.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=sonm-test-hub", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    hub = net.hub(
+        extra=["--tls-cert", str(cert), "--tls-key", str(key)], cli_args=["--tls-ca", str(cert)]
+    )  # noqa: E501
+    miner = net.miner(hub, "m1", runtime="memory")  # miners use the overlay: unaffected
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+    assert started.returncode == 0, started.stderr
+    # Without the CA (plain gRPC against TLS) the hub is unreachable, said in one line.
+    plain = sonmcli("--hub", hub.grpc_target, "--timeout", "5s", "ping", home=tmp_path / "c")
+    assert plain.returncode == 4, plain.stderr
+    missing = hub.cli("--tls-ca", str(tmp_path / "nope.pem"), "ping")
+    assert missing.returncode == 2 and "nope.pem" in missing.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -198,3 +199,27 @@ def test_concurrent_writes(tmp_path, where):
         assert all(t.state is TaskState.STARTING for t in s.list_tasks())
     finally:
         s.close()
+
+
+def test_pages_follow_the_order_without_gaps_or_repeats(state):
+    for i in range(7):
+        state.put_task(new_task(f"t{i}", now=100.0 + i // 2))  # ties on created_at
+    seen, after = [], None
+    while True:
+        page = state.list_tasks(after=after, limit=3)
+        seen += [t.task_id for t in page]
+        if len(page) < 3:
+            break
+        after = (page[-1].created_at, page[-1].task_id)
+    assert seen == [t.task_id for t in state.list_tasks()] == [f"t{i}" for i in range(7)]
+
+
+def test_ended_tasks_are_forgotten_after_their_retention(state):
+    running = new_task("run", now=10.0).apply(Pulled(), 10.0).apply(Started((), "c"), 10.0)
+    old = running.apply(Exited(0), 20.0)
+    recent = new_task("new", now=10.0).apply(Failed("x"), 90.0)
+    state.put_task(old)
+    state.put_task(recent)
+    state.put_task(replace(running, task_id="live"))
+    assert state.delete_ended(before=50.0) == 1
+    assert sorted(state.task_ids()) == ["live", "new"]  # running tasks stay, whatever their age

@@ -31,8 +31,11 @@ from sonm_p2p.identity import Identity
 from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.tasks import Endpoint, Task
 
-#: The calls a hub checks the caller's signature on (the rest are open reads).
-SIGNED_METHODS = frozenset({"StartTask", "StopTask", "TaskLogs"})
+#: The calls a client signs when it has a key: the hub requires it on the first three, and on
+#: the reads it shows a task's details (image, endpoints, errors, usage) only to its owner.
+SIGNED_METHODS = frozenset(
+    {"StartTask", "StopTask", "TaskLogs", "TaskStatus", "ListTasks", "WatchTask", "MinerStatus"}
+)
 
 __all__ = [
     "SIGNED_METHODS",

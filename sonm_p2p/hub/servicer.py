@@ -27,11 +27,12 @@ from sonm_p2p._convert import (
 )
 from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2, hub_pb2_grpc
 from sonm_p2p._status import translate_errors
-from sonm_p2p.auth import RequestVerifier, check_owner
+from sonm_p2p.auth import HEADER_SIG, RequestVerifier, check_owner
 from sonm_p2p.discovery import HubGossip
 from sonm_p2p.errors import Busy
 from sonm_p2p.hub.hub import Hub
 from sonm_p2p.hub.limits import RateLimit, StreamBudget, StreamLimits, client_of
+from sonm_p2p.hub.visibility import sees_all, visible, visible_status
 
 __all__ = ["HubServicer"]
 
@@ -63,6 +64,12 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         payload = request.SerializeToString(deterministic=True)
         return self.verifier.verify(method, payload, headers, time.time())
+
+    def _reader(self, method: str, request: Message, context: grpc.ServicerContext) -> str | None:
+        """Who signed this read (None: unsigned; a bad signature is still Unauthenticated)."""
+        if not any(k == HEADER_SIG for k, _ in context.invocation_metadata()):
+            return None
+        return self._caller(method, request, context)
 
     def _owned_task(
         self, method: str, request: Message, task_id: str, context: grpc.ServicerContext, what: str
@@ -143,21 +150,31 @@ class HubServicer(hub_pb2_grpc.HubServicer):
     def TaskStatus(
         self, request: common_pb2.TaskRef, context: grpc.ServicerContext
     ) -> common_pb2.TaskInfo:
-        return task_to_pb(self.hub.task_status(request.task_id))
+        reader = self._reader("TaskStatus", request, context)
+        return task_to_pb(visible(self.hub.task_status(request.task_id), reader, self.hub.node_id))
 
     def ListTasks(
         self, request: hub_pb2.ListTasksRequest, context: grpc.ServicerContext
     ) -> hub_pb2.ListTasksReply:
+        reader = self._reader("ListTasks", request, context)
         tasks, token = self.hub.page_tasks(
             request.miner_id, page_size=request.page_size, page_token=request.page_token
         )
-        return hub_pb2.ListTasksReply(tasks=[task_to_pb(t) for t in tasks], next_page_token=token)
+        shown = [task_to_pb(visible(t, reader, self.hub.node_id)) for t in tasks]
+        return hub_pb2.ListTasksReply(tasks=shown, next_page_token=token)
 
     async def WatchTask(
         self, request: common_pb2.TaskRef, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.TaskEvent]:
         with self.streams.hold(client_of(context.peer())):
+            reader = await self.hub.blocking(self._reader, "WatchTask", request, context)
+            owner_reads = False
             async for event in self.hub.watch_task(request.task_id):
+                if event.task is not None:
+                    owner_reads = sees_all(event.task, reader, self.hub.node_id)
+                    event = replace(event, task=visible(event.task, reader, self.hub.node_id))
+                elif not owner_reads:
+                    continue  # pull progress names the image: the owner's business
                 yield event_to_pb(event)
 
     async def TaskLogs(
@@ -177,15 +194,16 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         wait = self._status_reads.take(client_of(context.peer()), time.monotonic())
         if wait:
             raise Busy(f"too many status reads from this address: the next in {wait:.1f}s")
+        reader = await self.hub.blocking(self._reader, "MinerStatus", request, context)
         record, live = await self.hub.miner_status(request.miner_id)
         if live is not None:
-            reply = status_to_pb(live)
+            reply = status_to_pb(visible_status(live, reader, self.hub.node_id))
         else:
             tasks = await self.hub.blocking(self.hub.list_tasks, record.node_id)
             reply = common_pb2.MinerStatusReply(
                 node_id=record.node_id,
                 resources=resources_dict_to_pb(record.resources),
-                tasks=[task_to_pb(t) for t in tasks],
+                tasks=[task_to_pb(visible(t, reader, self.hub.node_id)) for t in tasks],
             )
         reply.online = record.online
         reply.remote_addr = record.remote_addr

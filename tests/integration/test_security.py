@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 
 import grpc
@@ -213,3 +214,27 @@ def test_the_client_api_can_serve_tls(net, tmp_path):
     assert plain.returncode == 4, plain.stderr
     missing = hub.cli("--tls-ca", str(tmp_path / "nope.pem"), "ping")
     assert missing.returncode == 2 and "nope.pem" in missing.stderr
+
+
+def test_a_tasks_details_are_its_owners(net, tmp_path):
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+    job = started.stdout.split()[1].rstrip(",")
+    mine = hub.cli_json("status", job)  # the CLI signs its reads: the owner sees everything
+    assert mine["image"] == "sonm-test/web" and mine["endpoints"], mine
+    stranger = sonmcli("--hub", hub.grpc_target, "--json", "status", job, home=tmp_path / "s")
+    theirs = json.loads(stranger.stdout)
+    assert theirs["state"] == "RUNNING" and theirs["id"] == job  # the market is public
+    assert theirs["image"] == "" and not theirs["endpoints"], theirs
+    with HubClient(hub.grpc_target, timeout=30) as anonymous:  # unsigned
+        (seen,) = anonymous.list_tasks()
+        assert seen.task_id == job and seen.image == "" and seen.endpoints == ()
+    usage = json.loads(
+        sonmcli(
+            "--hub", hub.grpc_target, "--json", "miner-status", miner.node_id, home=tmp_path / "s"
+        ).stdout  # noqa: E501
+    )
+    assert usage["usage"] == [] and usage["allocated"]["cpus"] > 0
+    assert [u["task_id"] for u in hub.cli_json("miner-status", miner.node_id)["usage"]] == [job]

@@ -176,13 +176,7 @@ class Network:
         try:
             import docker
 
-            client = docker.from_env()
-            for c in client.containers.list(
-                all=True, filters={"label": f"sonm.test={self.test_label}"}
-            ):
-                c.remove(force=True)
-            for n in client.networks.list(filters={"label": f"sonm.test={self.test_label}"}):
-                n.remove()
+            remove_labelled(docker.from_env(), self.test_label)
         except Exception:
             pass
 
@@ -269,6 +263,16 @@ def sonmcli(
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+def remove_labelled(client: Any, label: str) -> None:
+    """Remove every container, then every network (the miners' task networks), labelled
+    ``sonm.test=<label>``: the engine has room for only about thirty networks."""
+    selector = {"label": f"sonm.test={label}"}
+    for container in client.containers.list(all=True, filters=selector):
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters=selector):
+        network.remove()
 
 
 def docker_ok() -> bool:

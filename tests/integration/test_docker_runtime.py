@@ -27,6 +27,7 @@ from sonm_p2p.errors import ImageNotFound, ImageNotRunnable, InvalidRequest, Tas
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.model import LogQuery, PullProgress, RunSpec
+from tests.harness import remove_labelled
 from tests.streams import next_event, read_in_thread
 
 
@@ -73,8 +74,7 @@ def test_label(client) -> Iterator[str]:
     """A label value unique to this test; every container carrying it is removed at the end."""
     value = uuid.uuid4().hex
     yield value
-    for container in client.containers.list(all=True, filters={"label": f"sonm.test={value}"}):
-        container.remove(force=True, v=True)
+    remove_labelled(client, value)
 
 
 def _runtime(client, test_label, miner: str = "0xminer", **kwargs) -> DockerRuntime:

@@ -30,6 +30,7 @@ from sonm_p2p.errors import (
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.runtime import TASK_LABEL, ContainerRuntime, ContainerState
 from sonm_p2p.model import LogQuery, RunSpec, TaskUsage
+from tests.harness import remove_labelled
 from tests.streams import next_event, read_in_thread
 
 WEB = "sonm-test/web:latest"
@@ -174,8 +175,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[MemoryRig | DockerRig]:
         yield made
     finally:
         made.close()
-        for container in client.containers.list(all=True, filters={"label": f"sonm.test={label}"}):
-            container.remove(force=True, v=True)
+        remove_labelled(client, label)
 
 
 def _task() -> str:

@@ -290,7 +290,7 @@ def test_miner_behind_eim_nat_is_listed_and_runs_a_task(w):
 def test_endpoints_say_forward_when_the_miner_is_behind_nat(w):
     status = w.cli(w.client, "status", w.job)
     assert {e["reach"] for e in status["endpoints"]} == {"forward"}, status["endpoints"]
-    text = w.client.sonmcli("--hub", w.hub.grpc_target, "status", w.job).stdout
+    text = w.client.sonmcli("--hub", w.hub.grpc_target, "status", w.job, home=w.owner).stdout
     assert f"8080/tcp reachable via `sonmcli forward {w.job} 8080/tcp`" in text, text
     assert {e["reach"] for e in w.started["endpoints"]} == {"forward"}, w.started
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import sys
 import threading
@@ -92,6 +93,7 @@ def serve_until_signalled(start: Callable[[], None], close: Callable[[], None], 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    _raise_open_files()
     try:
         start()
     except SonmError as err:
@@ -102,6 +104,18 @@ def serve_until_signalled(start: Callable[[], None], close: Callable[[], None], 
     finally:
         logging.getLogger(prog).info("shutting down")
         close()
+
+
+def _raise_open_files() -> None:
+    """A daemon holds a socket per peer and per client: take the hard limit on open files,
+    not the soft default (often 1,024), which a crowd of clients would exhaust."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger(__name__).info("open files stay at the soft limit: %s", exc)
 
 
 _SIZE = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}

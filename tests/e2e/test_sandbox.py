@@ -102,3 +102,13 @@ def test_a_chatty_tasks_output_is_bounded_and_still_readable(hub_and_miner):
     assert kept.stdout.endswith("last-line\n")
     tail = hub.cli("logs", "--tail", "2", job)
     assert tail.stdout.splitlines() == [line, "last-line"]
+
+
+def test_a_runtime_class_the_engine_lacks_is_refused_at_start(net):
+    hub = net.hub()
+    miner = net.miner(hub, "m1", extra=["--runtime-class", "no-such-runtime"])
+    wait_for(lambda: not miner.proc.alive(), "the miner to refuse to start", 60)
+    assert miner.proc.popen.returncode == 2
+    out = miner.proc.output()
+    assert "no runtime 'no-such-runtime'" in out and "daemon.json" in out, out[-1000:]
+    assert "Traceback" not in out

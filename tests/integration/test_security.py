@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 
 import grpc
@@ -238,3 +239,29 @@ def test_a_tasks_details_are_its_owners(net, tmp_path):
     )
     assert usage["usage"] == [] and usage["allocated"]["cpus"] > 0
     assert [u["task_id"] for u in hub.cli_json("miner-status", miner.node_id)["usage"]] == [job]
+
+
+def test_a_crowd_of_idle_connections_leaves_the_hub_serving(net):
+    """2,000 TCP connections that never speak (to the client API and the overlay port) take no
+    worker: ping, list and a start still answer."""
+    hub = net.hub()
+    miner = net.miner(hub, "m1", runtime="memory")
+    wait_for(lambda: miner.node_id in hub.online(), "miner listed")
+    crowd = []
+    try:
+        for port, count in ((hub.grpc_port, 1500), (hub.p2p_port, 500)):
+            for _ in range(count):
+                crowd.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for s in crowd[::7]:
+            s.sendall(b"\x00garbage\xff" * 16)  # some of them speak nonsense
+        assert hub.cli("--timeout", "10s", "ping").returncode == 0
+        assert hub.cli("--timeout", "10s", "list").returncode == 0
+        started = hub.cli(
+            "--timeout", "20s", "start", "--image", "sonm-test/web", f"--miner={miner.node_id}"
+        )  # noqa: E501
+        assert started.returncode == 0, started.stderr
+        assert miner.node_id in hub.online()
+    finally:
+        for s in crowd:
+            s.close()
+    assert "Traceback" not in hub.proc.output()

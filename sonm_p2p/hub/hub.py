@@ -1,33 +1,27 @@
-"""The hub's domain, as I/O: miner sessions, health pings, and the task table.
+"""The hub's client API over its miners: start, stop, watch, logs, status, lists.
 
-Miners dial the hub and hold a session stream open (``/sonm/session/1.0.0``). On each new session
-the hub opens a gRPC channel back to the miner over that same connection, handshakes (learning its
-resources and the tasks it runs) and pings it every ``ping_interval``. What that means for the
-miner and its tasks — online, offline after ``max_missed_pings`` or a closed session, tasks LOST,
-FAILED, adopted — is decided by the pure :class:`~sonm_p2p.hub.core.HubCore`; :class:`Hub` feeds
-it and carries out its events against :class:`HubState`, the event bus and the node.
+:class:`Hub` is built on :class:`~sonm_p2p.hub.sessions.MinerSessions` (the miner-session shell
+around the pure :class:`~sonm_p2p.hub.core.HubCore`). Calls that wait on a miner or stay open are
+coroutines on the hub's loop; table work runs on the bounded pool (``blocking``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from sonm_p2p.auth import is_task_record, task_record
+from sonm_p2p.auth import task_record
 from sonm_p2p.errors import (
     Busy,
     InvalidRequest,
-    MinerNotFound,
     MinerUnavailable,
     SonmError,
     TaskNotFound,
@@ -35,19 +29,12 @@ from sonm_p2p.errors import (
 from sonm_p2p.events import EventBus, TaskEvent
 from sonm_p2p.hub.admission import check_id, check_spec, shown
 from sonm_p2p.hub.core import (
-    Event,
     HubCore,
-    MinerLink,
-    MinerOffline,
-    MinerSeen,
-    PingMissed,
-    ReportIgnored,
-    TaskChanged,
 )
 from sonm_p2p.hub.limits import RateLimit
-from sonm_p2p.hub.miner_client import AioStream, MinerClient
+from sonm_p2p.hub.sessions import MinerSession, MinerSessions
 from sonm_p2p.hub.state import HubState, MinerRecord
-from sonm_p2p.identity import Identity, node_id_from_peer_id
+from sonm_p2p.identity import Identity
 from sonm_p2p.model import LogQuery, MinerStatus, RunSpec
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.tasks import Task, resolve_prefix
@@ -109,35 +96,7 @@ class MinerView:
     task_ids: tuple[str, ...]
 
 
-class _Session:
-    """The I/O side of one miner's session: its client, its event stream, its log follows."""
-
-    def __init__(self, link: MinerLink, client: MinerClient) -> None:
-        self.link = link
-        self.client = client
-        self.watch: concurrent.futures.Future[None] | None = None  # its WatchTasks, on the loop
-        self.streams: set[AioStream] = set()  # log follows, ended when the session ends
-        self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
-
-    @property
-    def node_id(self) -> str:
-        return self.link.node_id
-
-    def close(self) -> None:
-        """End the session's I/O, from any thread (aio calls are cancelled on their loop)."""
-        if self.watch is not None:
-            self.watch.cancel()
-        loop = self.client.loop
-        if loop is not None and not loop.is_closed():
-            for stream in list(self.streams):
-                loop.call_soon_threadsafe(stream.cancel)
-        self.client.close()
-
-    def __repr__(self) -> str:
-        return f"<MinerSession {self.node_id} #{self.link.serial} {self.gone or 'live'}>"
-
-
-class Hub:
+class Hub(MinerSessions):
     """Brokers tasks to connected miners: the shell that feeds :class:`HubCore` what happens
     (sessions, pings, reports) and carries out what it decides (store, publish, disconnect).
 
@@ -167,12 +126,12 @@ class Hub:
         self._starts = RateLimit(options.start_rate, options.start_burst)
         self.events = EventBus()
         self._sup = supervisor
-        self._sessions: dict[str, _Session] = {}  # node ID -> current session
+        self._sessions: dict[str, MinerSession] = {}  # node ID -> current session
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # starts and stops in flight, on the loop
         # Live miners' last status and the call in flight (touched on the loop only).
-        self._status: dict[str, tuple[float, _Session, MinerStatus]] = {}
+        self._status: dict[str, tuple[float, MinerSession, MinerStatus]] = {}
         self._status_calls: dict[str, asyncio.Task[MinerStatus]] = {}
         self.state.mark_all_offline()  # nobody is connected to a hub that just started
 
@@ -201,197 +160,7 @@ class Hub:
             session.close()
         self.events.close()
 
-    # -- carrying out the core's decisions ---------------------------------------------------
-
-    def _apply(self, events: list[Event]) -> Task | None:
-        """Carry out ``events``; returns the last task stored. Call with the lock held."""
-        stored = None
-        for event in events:
-            if isinstance(event, TaskChanged):
-                stored = self._save(event.task)
-            elif isinstance(event, MinerOffline):
-                self._offline(event)
-            elif isinstance(event, MinerSeen):
-                self.state.set_miner_online(event.node_id, True, event.now)
-            elif isinstance(event, PingMissed):
-                log.warning(
-                    "miner %s missed a ping (%d): %s", event.node_id, event.missed, event.error
-                )
-            elif isinstance(event, ReportIgnored):
-                log.warning("ignoring report for %s: %s", event.task_id, event.reason)
-        return stored
-
-    def _offline(self, event: MinerOffline) -> None:
-        link = event.link
-        session = self._sessions.get(link.node_id)
-        if session is not None and session.link.serial == link.serial:
-            del self._sessions[link.node_id]
-        else:
-            session = None  # already replaced by a newer session of the miner
-        now = time.time()
-        self.state.set_miner_online(link.node_id, False, now)
-        lost = self.core.lose(self.state.list_tasks(link.node_id, active_only=True), now)
-        self._apply(lost)
-        if session is not None:
-            session.gone = f"went offline ({event.why})"
-            session.close()
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._status.pop, link.node_id, None)
-        log.warning("miner %s offline (%s); %d tasks LOST", link.node_id, event.why, len(lost))
-        if event.disconnect:
-            self.node.disconnect(link.peer_id)
-
-    def _save(self, task: Task) -> Task:
-        """Store ``task`` and tell its watchers."""
-        self.state.put_task(task)
-        if self._loop is not None and not self._loop.is_closed():  # its miner's status changed
-            self._loop.call_soon_threadsafe(self._status.pop, task.miner_id, None)
-        self.events.publish(TaskEvent(task.task_id, task.updated_at, task=task))
-        return task
-
-    # -- sessions ----------------------------------------------------------------------------
-
-    def miner_opened(self, peer_id: str) -> None:
-        """A miner opened its session: handshake, record it online, reconcile its tasks."""
-        node_id = node_id_from_peer_id(peer_id)
-        if node_id is None:
-            log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
-            self.node.disconnect(peer_id)
-            return
-        if self._loop is None or self._sup.closed:
-            self.node.disconnect(peer_id)
-            return
-        client = MinerClient(self.node, peer_id, node_id, loop=self._loop)
-        try:
-            hs = client.handshake(
-                self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_for_miners()
-            )
-            if hs.node_id != node_id:
-                raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")
-        except SonmError as exc:
-            log.warning("miner %s: handshake failed: %s", node_id, exc)
-            client.close()
-            self.node.disconnect(peer_id)
-            return
-        remote = self.node.remote_addr(peer_id)
-        now = time.time()
-        with self._lock:
-            link = MinerLink(
-                node_id=node_id,
-                peer_id=peer_id,
-                serial=self.core.next_serial(),
-                remote_addr=remote,
-                multiaddrs=tuple(hs.multiaddrs),
-                nat_type=hs.nat_type,
-            )
-            session = _Session(link, client)
-            old = self._sessions.get(node_id)
-            self._sessions[node_id] = session
-            try:
-                first_seen = self.state.get_miner(node_id).first_seen
-            except MinerNotFound:
-                first_seen = now
-            self.state.upsert_miner(
-                MinerRecord(
-                    node_id=node_id,
-                    peer_id=peer_id,
-                    online=True,
-                    first_seen=first_seen,
-                    last_seen=now,
-                    resources=hs.resources,
-                    remote_addr=remote,
-                )
-            )
-            for event in self.core.connected(link):
-                if isinstance(event, MinerOffline) and old is not None:
-                    old.gone = event.why
-                    old.close()
-            known = self.state.list_tasks(node_id, active_only=True)
-            self._apply(
-                self.core.reconcile(
-                    link, known, hs.tasks, now, lookup=self._lookup, trusted=self._created_here
-                )
-            )
-            session.watch = asyncio.run_coroutine_threadsafe(self._follow(session), self._loop)
-        log.info("miner %s online from %s (%d tasks)", node_id, remote or "?", len(hs.tasks))
-
-    def miner_closed(self, peer_id: str) -> None:
-        """A miner's session ended: offline, its active tasks LOST."""
-        with self._lock:
-            session = next((s for s in self._sessions.values() if s.link.peer_id == peer_id), None)
-            if session is not None:
-                self._apply(self.core.disconnected(session.link))
-
-    def _created_here(self, seen: Task, miner_id: str) -> bool:
-        """Whether a task a miner reports carries this hub's record of creating it there."""
-        return is_task_record(seen.record, self.node_id, seen.task_id, miner_id, seen.owner)
-
-    def _lookup(self, task_id: str) -> Task | None:
-        try:
-            return self.state.get_task(task_id)
-        except TaskNotFound:
-            return None
-
-    async def _follow(self, session: _Session) -> None:
-        """The miner's task events (on the loop): state changes go to the table, all to
-        watchers. Each is applied on the pool, in order (SQLite must not stall the loop)."""
-        try:
-            async for event in session.client.awatch_tasks():
-                if event.task is not None:
-                    done = self._sup.submit(self._on_report, session.link, event.task)
-                    await asyncio.wrap_future(done)
-                elif event.progress is not None:
-                    self.events.publish(event)
-        except (SonmError, RuntimeError) as exc:  # RuntimeError: the pool is closing
-            log.debug("miner %s: event stream ended: %s", session.node_id, exc)
-
-    def _on_report(self, link: MinerLink, seen: Task) -> None:
-        with self._lock:
-            task = self._lookup(seen.task_id)
-            if task is not None:
-                self._apply(self.core.report(link, task, seen, time.time()))
-
-    def _ping_round(self) -> None:
-        """Ping every live miner at once (on the loop); the core says who went offline."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        if not sessions or self._loop is None:
-            return
-        timeout = self.options.ping_timeout
-
-        async def ping_all() -> list[BaseException | None]:
-            return await asyncio.gather(
-                *(s.client.aping(timeout) for s in sessions), return_exceptions=True
-            )
-
-        try:
-            results = asyncio.run_coroutine_threadsafe(ping_all(), self._loop).result(timeout + 5)
-        except (RuntimeError, concurrent.futures.CancelledError, TimeoutError):
-            return  # closing
-        now = time.time()
-        with self._lock:
-            for session, result in zip(sessions, results, strict=True):
-                error = "" if result is None else str(result)
-                self._apply(self.core.on_ping_result(session.link, result is None, now, error))
-
-    def miner_nat(self, node_id: str) -> str:
-        """An online miner's NAT type as it classified it ("" when offline or unknown)."""
-        link = self.core.link(node_id)
-        return link.nat_type if link is not None else ""
-
-    def overlay_addrs(self, node_id: str) -> tuple[list[str], bool]:
-        """How to reach an online miner on the overlay: its own addresses (when it is not behind
-        NAT), then through this hub's relay; and whether it is behind NAT. ([], False) offline."""
-        link = self.core.link(node_id)
-        if link is None:
-            return [], False
-        return link.overlay_addrs(self.node.advertised_addrs), link.behind_nat
-
     # -- the client API ----------------------------------------------------------------------
-
-    def online_miners(self) -> list[str]:
-        with self._lock:
-            return sorted(self._sessions)
 
     def list_miners(self) -> list[MinerView]:
         views = []
@@ -400,21 +169,9 @@ class Hub:
             views.append(MinerView(rec, tuple(t.task_id for t in tasks)))
         return views
 
-    def _session_for(self, miner: str) -> _Session:
-        miner = check_id(miner, "miner")
-        known = {m.node_id for m in self.state.list_miners()}
-        node_id = resolve_prefix(known | set(self.online_miners()), miner, kind="miner")
-        with self._lock:
-            session = self._sessions.get(node_id)
-        if session is None:
-            rec = self.state.get_miner(node_id)
-            ago = time.time() - rec.last_seen
-            raise MinerUnavailable(f"miner {node_id} is offline (last seen {ago:.0f}s ago)")
-        return session
-
     def create_task(
         self, miner: str, spec: RunSpec, *, owner: str, task_id: str = ""
-    ) -> tuple[_Session, Task]:
+    ) -> tuple[MinerSession, Task]:
         """Check a start and put its task in the table (PULLING), so a crash loses nothing.
 
         ``task_id`` lets the caller choose the ID (8-64 of ``A-Za-z0-9_.-``, stored in lower
@@ -478,7 +235,7 @@ class Hub:
         return await asyncio.shield(run)
 
     async def _run_start(
-        self, session: _Session, task: Task, spec: RunSpec, owner: str, timeout: float
+        self, session: MinerSession, task: Task, spec: RunSpec, owner: str, timeout: float
     ) -> Task:
         try:
             seen = await session.client.astart(
@@ -493,26 +250,7 @@ class Hub:
             raise
         return await self.blocking(self._started, session, task.task_id, seen)
 
-    def _background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run ``coro`` on the loop as a task the hub holds until it ends (cancelled at close);
-        its failure is the awaiting caller's, or logged when nobody waits."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[T]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and isinstance(t.exception(), SonmError):
-                log.info("background %s: %s", coro.__qualname__, t.exception())
-
-        task.add_done_callback(done)
-        return task
-
-    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` on the hub's worker pool (SQLite, signatures), awaited on the
-        loop, which must never block on them."""
-        return await asyncio.wrap_future(self._sup.submit(functools.partial(fn, *args, **kwargs)))
-
-    def _started(self, session: _Session, task_id: str, seen: Task) -> Task:
+    def _started(self, session: MinerSession, task_id: str, seen: Task) -> Task:
         with self._lock:
             current = self.state.get_task(task_id)
             return self._apply(self.core.started(session.link, current, seen, time.time())) or (
@@ -702,7 +440,7 @@ class Hub:
             call.add_done_callback(keep)
         return record, await asyncio.shield(call)
 
-    def _miner_now(self, miner: str) -> tuple[str, MinerRecord, _Session | None]:
+    def _miner_now(self, miner: str) -> tuple[str, MinerRecord, MinerSession | None]:
         miner = check_id(miner, "miner")
         known = {m.node_id for m in self.state.list_miners()}
         node_id = resolve_prefix(known, miner, kind="miner")

@@ -64,8 +64,52 @@ def fail(err: SonmError, *, as_json: bool, prog: str) -> None:
     sys.exit(err.exit_code)
 
 
+def hoist_options(args: list[str], commands: set[str], options: dict[str, bool]) -> list[str]:
+    """``args`` with the group ``options`` found after the command moved in front of it, as
+    Docker, kubectl and git users type them (``sonmcli list --json``). ``options`` maps each
+    name to whether it takes a value; anything after ``--`` is the command's own."""
+    out: list[str] = []
+    i = 0
+    while i < len(args) and args[i] not in commands:  # the group's own part, left as it is
+        takes = options.get(args[i], False)
+        out.append(args[i])
+        if takes and i + 1 < len(args):
+            out.append(args[i + 1])
+            i += 1
+        i += 1
+    if i == len(args):
+        return out
+    command, rest, moved = args[i], [], []
+    j = i + 1
+    while j < len(args):
+        arg = args[j]
+        if arg == "--":
+            rest += args[j:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in options:
+            moved.append(arg)
+            if options[name] and "=" not in arg and j + 1 < len(args):
+                moved.append(args[j + 1])
+                j += 1
+        else:
+            rest.append(arg)
+        j += 1
+    return [*out, *moved, command, *rest]
+
+
 class SonmGroup(click.Group):
-    """A click group whose commands turn domain errors into a message and an exit code."""
+    """A click group whose commands turn domain errors into a message and an exit code.
+
+    ``hoisted`` names group options also accepted after the command (name -> takes a value).
+    """
+
+    hoisted: dict[str, bool] = {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if self.hoisted:
+            args = hoist_options(list(args), set(self.commands), self.hoisted)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

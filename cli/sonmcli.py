@@ -77,6 +77,7 @@ def main(
       sonmcli --hub 192.0.2.10:10001 --timeout=3000s start --image IMG --miner=0xMINER
       sonmcli --hub 192.0.2.10:10001 logs -f JOBID
       sonmcli --hub 192.0.2.10:10001 stop JOBID
+      sonmcli list --json --hub 192.0.2.10:10001   # options after the command work too
 
     Exit codes: 0 ok, 2 bad usage or config, 3 not found, 4 unreachable,
     5 timed out, 6 refused, 7 the miner's container engine failed,
@@ -87,6 +88,16 @@ def main(
     )
     ctx.call_on_close(ctx.obj.stack.close)
 
+
+# Also accepted after the command: `sonmcli list --json`, `sonmcli status JOB --hub H`.
+main.hoisted = {
+    "--json": False,
+    "--hub": True,
+    "--timeout": True,
+    "--bootstrap": True,
+    "--tls-ca": True,
+    "--home": True,
+}
 
 for command in (
     ping,

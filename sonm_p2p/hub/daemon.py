@@ -217,7 +217,9 @@ class HubDaemon:
             bound = self.stun.start()
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"cannot run the STUN responder on {self.options.stun_listen}: {exc}"
+                f"cannot run the STUN responder on {self.options.stun_listen}: {exc} "
+                "(another hub on this machine? give it another with --stun-listen HOST:PORT, "
+                "or --stun-listen '' for none)"
             ) from None
         host, port = bound.primary
         if host in ("0.0.0.0", "::"):

@@ -8,12 +8,17 @@ message (named in its docstring), converted in ``sonm_p2p/_convert.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.tasks import Task
 
 __all__ = [
+    "MIN_TASK_CPUS",
+    "MIN_TASK_MEMORY",
+    "parse_restart",
     "LogQuery",
     "MinerStatus",
     "PublishedPort",
@@ -22,6 +27,30 @@ __all__ = [
     "RuntimeInfo",
     "TaskUsage",
 ]
+
+
+#: The least a task may ask for: a share of nothing would count nothing against an offer.
+MIN_TASK_CPUS = 0.01
+MIN_TASK_MEMORY = 6 << 20  # Docker refuses less
+
+_RESTART = re.compile(r"(no|always|unless-stopped|on-failure)(?::([0-9]{1,9}))?\Z")
+
+
+def parse_restart(restart: str) -> tuple[str, int] | None:
+    """``RunSpec.restart`` as (policy, most retries); None for "" (the engine's default).
+
+    Raises InvalidRequest unless it is no, always, unless-stopped, on-failure or on-failure:N.
+    """
+    if restart == "":
+        return None
+    found = _RESTART.match(restart) if isinstance(restart, str) else None
+    if found is None or (found[2] is not None and found[1] != "on-failure"):
+        shown = repr(restart if len(restart) <= 40 else restart[:40] + "…")
+        raise InvalidRequest(
+            f"restart policy {shown} is not one of: no, always, unless-stopped, "
+            "on-failure, on-failure:N"
+        )
+    return found[1], int(found[2] or 0)
 
 
 @dataclass(frozen=True)

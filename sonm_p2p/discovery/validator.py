@@ -80,6 +80,12 @@ class TokenBuckets:
         self._buckets[key] = (tokens - 1, max(at, now))
         return True
 
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until ``key`` has a token (0.0: it has one now)."""
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def prune(self, now: float) -> None:
         full = [
             k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst

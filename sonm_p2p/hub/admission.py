@@ -9,7 +9,7 @@ import math
 import re
 
 from sonm_p2p.errors import InvalidRequest
-from sonm_p2p.model import RunSpec
+from sonm_p2p.model import MIN_TASK_CPUS, MIN_TASK_MEMORY, RunSpec, parse_restart
 
 __all__ = [
     "MAX_ARG_BYTES",
@@ -27,15 +27,13 @@ MAX_ENV = 128  # variables
 MAX_ARGS = 256  # command arguments
 MAX_ARG_BYTES = 32 << 10  # one env value or argument
 MAX_SPEC_BYTES = 256 << 10  # env and command together
-MIN_MEMORY = 6 << 20  # Docker refuses less than 6 MiB
 MAX_MEMORY = 1 << 44  # 16 TiB
-MIN_CPUS, MAX_CPUS = 0.01, 1024.0
+MAX_CPUS = 1024.0
 MAX_ID = 128  # characters of a miner or task ID (or prefix) a request may name
 
 # registry[:port]/name[:tag][@digest], in the characters Docker allows there.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,255}")
-_RESTART = re.compile(r"(|no|always|unless-stopped|on-failure(:[0-9]{1,4})?)")
 
 
 def shown(text: str, limit: int = 80) -> str:
@@ -80,18 +78,14 @@ def check_spec(spec: RunSpec) -> None:
     if (
         not math.isfinite(spec.cpus)
         or spec.cpus < 0
-        or (spec.cpus and not MIN_CPUS <= spec.cpus <= MAX_CPUS)
+        or (spec.cpus and not MIN_TASK_CPUS <= spec.cpus <= MAX_CPUS)
     ):
-        raise InvalidRequest(f"--cpu {spec.cpus!r}: between {MIN_CPUS} and {MAX_CPUS:g} CPUs")
+        raise InvalidRequest(f"--cpu {spec.cpus!r}: between {MIN_TASK_CPUS} and {MAX_CPUS:g} CPUs")
     if spec.memory_bytes < 0 or (
-        spec.memory_bytes and not MIN_MEMORY <= spec.memory_bytes <= MAX_MEMORY
+        spec.memory_bytes and not MIN_TASK_MEMORY <= spec.memory_bytes <= MAX_MEMORY
     ):
         raise InvalidRequest(f"--memory {spec.memory_bytes} bytes: between 6 MiB and 16 TiB")
-    if not _RESTART.fullmatch(spec.restart):
-        raise InvalidRequest(
-            f"restart policy {shown(spec.restart, 40)} is not one of: no, always, "
-            "unless-stopped, on-failure, on-failure:N"
-        )
+    parse_restart(spec.restart)
 
 
 def _checked_text(value: str, what: str) -> int:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sonm_p2p.discovery.validator import TokenBuckets
 from sonm_p2p.errors import Busy
 
 __all__ = ["RateLimit", "StreamBudget", "StreamLimits", "client_of"]
@@ -76,39 +77,22 @@ class StreamBudget:
 
 
 class RateLimit:
-    """A token bucket per key (a client's node ID): ``rate`` per second, bursts of ``burst``.
-
-    Pure but for its lock: time comes in as ``now``. Keys whose bucket is full again are
-    forgotten, so one-time callers leave nothing behind.
-    """
+    """:class:`~sonm_p2p.discovery.validator.TokenBuckets` per key (a client's node ID or
+    address), thread-safe, answering how long to wait: ``rate`` per second, bursts of ``burst``.
+    Keys whose bucket is full again are forgotten once many are held."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"rate {rate} and burst {burst} must be positive")
-        self.rate = rate
-        self.burst = burst
+        self._buckets = TokenBuckets(rate, burst)
         self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
     def __repr__(self) -> str:
-        return f"<RateLimit {self.rate:g}/s burst {self.burst} keys={len(self._buckets)}>"
+        return f"<RateLimit {self._buckets!r}>"
 
     def take(self, key: str, now: float) -> float:
         """Take one token for ``key``: 0.0 when allowed, else the seconds until one is."""
         with self._lock:
             if len(self._buckets) > 4096:
-                self._prune(now)
-            tokens, at = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return (1.0 - tokens) / self.rate
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-
-    def _prune(self, now: float) -> None:
-        full = [
-            k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst
-        ]
-        for key in full:
-            del self._buckets[key]
+                self._buckets.prune(now)
+            if self._buckets.allow(key, now):
+                return 0.0
+            return self._buckets.retry_after(key, now)

@@ -22,7 +22,15 @@ from sonm_p2p.events import EventBus, TaskEvent
 from sonm_p2p.miner._kept_logs import keep, read_kept
 from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime, ContainerState, LogStream
-from sonm_p2p.model import LogQuery, MinerStatus, PullProgress, RunSpec, RuntimeInfo
+from sonm_p2p.model import (
+    MIN_TASK_CPUS,
+    MIN_TASK_MEMORY,
+    LogQuery,
+    MinerStatus,
+    PullProgress,
+    RunSpec,
+    RuntimeInfo,
+)
 from sonm_p2p.tasks import Endpoint, Task, TaskState
 
 __all__ = ["Miner", "Offer", "task_from_container"]
@@ -425,10 +433,6 @@ class Miner:
             load=tuple(loads),
             tasks=tuple(tasks),
         )
-
-
-MIN_TASK_CPUS = 0.01
-MIN_TASK_MEMORY = 6 << 20  # Docker refuses less
 
 
 def _mib(n: int) -> str:

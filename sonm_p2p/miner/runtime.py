@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sonm_p2p.errors import InvalidRequest
-from sonm_p2p.model import LogQuery, PublishedPort, PullProgress, RunSpec, RuntimeInfo, TaskUsage
+from sonm_p2p.model import (
+    LogQuery,
+    PublishedPort,
+    PullProgress,
+    RunSpec,
+    RuntimeInfo,
+    TaskUsage,
+    parse_restart,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -54,7 +62,6 @@ WATCH_ACTIONS = frozenset({"start", "die", "destroy", "oom"})
 
 # Docker's rule for container names, which embed the task ID.
 _TASK_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-_RESTART = re.compile(r"(no|always|unless-stopped|on-failure)(?::([0-9]{1,9}))?\Z")
 _NO_COMMAND = "image {} has neither ENTRYPOINT nor CMD (nor a command given): nothing to run"
 
 
@@ -181,15 +188,10 @@ def _restart_policy(restart: str) -> dict[str, Any] | None:
     Raises:
         InvalidRequest: not one of :data:`RESTART_POLICIES` (a count only with on-failure).
     """
-    if restart == "":
+    parsed = parse_restart(restart)
+    if parsed is None:
         return None
-    found = _RESTART.match(restart) if isinstance(restart, str) else None
-    if found is None or (found[2] is not None and found[1] != "on-failure"):
-        raise InvalidRequest(
-            f"restart policy {restart!r} is not one of: no, always, unless-stopped, "
-            "on-failure, on-failure:N"
-        )
-    return {"Name": found[1], "MaximumRetryCount": int(found[2] or 0)}
+    return {"Name": parsed[0], "MaximumRetryCount": parsed[1]}
 
 
 def _check_run(task_id: str, spec: RunSpec) -> None:

@@ -246,11 +246,73 @@ def bench_bridge(n: int = 300) -> str:
             "## gRPC bridge",
             "",
             f"Ping RPC round trip to a hub, {n} calls: plain gRPC on its client port vs the same "
-            "service through `/sonm/grpc/hub/1.0.0` (loopback tunnel → libp2p stream → hub).",
+            "service through `/sonm/grpc/hub/1.0.0` (private Unix-socket tunnel → libp2p stream → "
+            "hub).",
             "",
             "| path | median | p95 |",
             "|---|---|---|",
             *out,
+            "",
+        ]
+    )
+
+
+def bench_streams(streams: int = 1000, calls: int = 50) -> str:
+    """Ping and ListMiners while ``streams`` unsigned WatchTask streams are open on the hub."""
+    import asyncio
+
+    import grpc
+
+    from sonm_p2p._pb.sonm.v1 import common_pb2, hub_pb2_grpc
+    from sonm_p2p.client import HubClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        net = Network(Path(tmp))
+        try:
+            limit = str(2 * streams)
+            hub = net.hub(extra=["--max-streams", limit, "--max-streams-per-client", limit])
+            miner = net.miner(hub, "m1", runtime="memory")
+            wait_for(lambda: miner.node_id in hub.online(), "the miner listed")
+            started = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
+            job = started.stdout.split()[1].rstrip(",")
+
+            def measure() -> tuple[list[float], list[float]]:
+                pings, lists = [], []
+                with HubClient(hub.grpc_target, timeout=10) as c:
+                    for _ in range(calls):
+                        pings.append(c.ping())
+                        t0 = time.perf_counter()
+                        c.list_miners()
+                        lists.append(time.perf_counter() - t0)
+                return pings, lists
+
+            async def flood() -> tuple[list[float], list[float]]:
+                async with grpc.aio.insecure_channel(hub.grpc_target) as channel:
+                    stub = hub_pb2_grpc.HubStub(channel)
+                    ref = common_pb2.TaskRef(task_id=job)
+                    open_ = [stub.WatchTask(ref) for _ in range(streams)]
+                    await asyncio.gather(*(c.read() for c in open_))  # each one is served
+                    try:
+                        return await asyncio.to_thread(measure)
+                    finally:
+                        for c in open_:
+                            c.cancel()
+
+            pings, lists = asyncio.run(flood())
+        finally:
+            net.close()
+    return "\n".join(
+        [
+            "## Open streams vs short calls",
+            "",
+            f"{streams} unsigned `WatchTask` streams held open on one hub (one process, grpc.aio), "
+            f"then {calls} `Ping` and {calls} `ListMiners` calls from another client. Streams hold "
+            "no worker, so short calls keep their latency (target: under 100 ms).",
+            "",
+            "| call | median | p95 |",
+            "|---|---|---|",
+            f"| Ping | {fmt_ms(statistics.median(pings))} | {fmt_ms(pct(pings, 95))} |",
+            f"| ListMiners | {fmt_ms(statistics.median(lists))} | {fmt_ms(pct(lists, 95))} |",
             "",
         ]
     )
@@ -269,6 +331,7 @@ def main() -> None:
             net.remove_containers()
     sections.append(bench_propagation())
     sections.append(bench_bridge())
+    sections.append(bench_streams())
     forward = ROOT / "bench" / "bench_forward.py"
     if forward.exists():
         res = subprocess.run(

@@ -40,6 +40,13 @@ class Handshake:
         self.nat_type = reply.nat_type
 
 
+def _we_are_cancelled() -> bool:
+    """Whether a CancelledError out of a ``grpc.aio`` call is our own task being cancelled
+    (re-raise it), not the call cut under us by its channel closing."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class AioStream:
     """A server-streaming ``grpc.aio`` call: ``async for`` yields ``convert(message)`` and
     raises domain errors; ``cancel()`` ends it quietly."""
@@ -64,9 +71,8 @@ class AioStream:
             async for message in self._call:
                 yield self._convert(message)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # our own task is being cancelled, not the call
+            if _we_are_cancelled():
+                raise
             if not self.cancelled:  # cut under us: the channel closed as the session ended
                 raise MinerUnavailable("the miner went away during the stream") from None
         except grpc.RpcError as exc:
@@ -128,9 +134,8 @@ class MinerClient:
         try:
             return await getattr(self._astub, method)(request, timeout=timeout)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # we are being cancelled, not the call
+            if _we_are_cancelled():
+                raise
             # The call was cancelled under us: the channel closed as the session ended.
             raise MinerUnavailable(f"miner {self.miner_id} went away during the call") from None
         except grpc.RpcError as exc:

@@ -15,7 +15,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sonm_p2p.errors import Refused
+from sonm_p2p.errors import ConfigError, Refused
+from sonm_p2p.transport.addrs import parse_hostport
 
 __all__ = ["RegistryPolicy", "registry_of"]
 
@@ -30,14 +31,6 @@ def registry_of(image: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return first
     return ""
-
-
-def _split(registry: str) -> tuple[str, str]:
-    if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        return host, rest.lstrip(":")
-    host, _, port = registry.partition(":")
-    return host, port
 
 
 def _resolve(host: str) -> list[str]:
@@ -57,9 +50,14 @@ class RegistryPolicy:
     def check(self, image: str) -> None:
         """Raise Refused when ``image`` names a registry on an internal address."""
         registry = registry_of(image)
-        if not registry or self._allowed(registry):
+        if not registry:
             return
-        host, _ = _split(registry)
+        try:
+            host, port = parse_hostport(registry, default_port=0)
+        except ConfigError:
+            raise Refused(f"image {image}: {registry!r} is not a registry address") from None
+        if self._allowed(host, port):
+            return
         addrs = [host] if _is_ip(host) else self.resolve(host)
         if host.lower() == "localhost":
             addrs = addrs or ["127.0.0.1"]
@@ -71,11 +69,10 @@ class RegistryPolicy:
                 "with --allow-registry)"
             )
 
-    def _allowed(self, registry: str) -> bool:
-        host, port = _split(registry)
+    def _allowed(self, host: str, port: int) -> bool:
         for entry in self.allow:
-            e_host, e_port = _split(entry)
-            if e_host.lower() == host.lower() and (not e_port or e_port == port):
+            e_host, e_port = parse_hostport(entry, default_port=0)  # 0: any port
+            if e_host.lower() == host.lower() and e_port in (0, port):
                 return True
         return False
 

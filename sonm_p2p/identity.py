@@ -6,8 +6,11 @@ ID too: :func:`node_id_from_peer_id` recovers a peer's node ID from a Noise-auth
 Signatures are Ethereum personal messages (EIP-191, 65 bytes r‖s‖v), exactly what eth-account's
 ``sign_message``/``recover_message`` produce and accept (tests/unit/test_identity.py checks it
 against eth-account). They are computed with coincurve (libsecp256k1, which py-libp2p uses too)
-and eth-hash's keccak, eth-account's own building blocks, because importing eth-account costs
-~1.1 s (it pulls in BLS pairing code) and every ``sonmcli`` call would pay it.
+and safe-pysha3's keccak (eth-hash's own fast backend), because importing eth-account costs
+~1.1 s (it pulls in BLS pairing code) and every ``sonmcli`` call would pay it. The keccak is
+not eth-hash's: ``eth_hash.auto`` reads package metadata on import and its default pycryptodome
+backend loads cffi and pycparser on first use, ~100 ms of every signed ``sonmcli`` call; the
+C extension loads in ~4 ms.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import coincurve
-from eth_hash.auto import keccak
+from sha3 import keccak_256
 
 from sonm_p2p.errors import ConfigError
+
+
+def keccak(data: bytes) -> bytes:
+    """Ethereum's keccak-256 (not NIST SHA3-256)."""
+    return keccak_256(data).digest()
+
 
 __all__ = [
     "Identity",

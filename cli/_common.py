@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from sonm_p2p import __version__
 from sonm_p2p.errors import ConfigError, SonmError
 
 __all__ = [
@@ -27,9 +28,15 @@ __all__ = [
     "parse_size",
     "serve_until_signalled",
     "setup_logging",
+    "version_option",
 ]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
+
+
+def version_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--version``: the executable's name and the project's version, e.g. ``sonmcli 0.1.0``."""
+    return click.version_option(__version__, "--version", message="%(prog)s %(version)s")
 
 
 class Duration(click.ParamType):

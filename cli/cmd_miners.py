@@ -9,6 +9,7 @@ import click
 
 from cli._common import emit_json
 from cli._context import CliContext, task_json
+from cli.cmd_shell import complete_miner
 
 
 def _gib(n: int) -> str:
@@ -31,7 +32,7 @@ def list_(c: CliContext, show_all: bool) -> None:
 
 
 @click.command("miner-status")
-@click.argument("miner")
+@click.argument("miner", shell_complete=complete_miner)
 @click.pass_obj
 def miner_status(c: CliContext, miner: str) -> None:
     """A miner's resources, what it offers, and what its tasks use."""

@@ -13,6 +13,7 @@ import click
 from cli._common import Duration, emit_json, parse_size
 from cli._context import CliContext, endpoints_json, task_json
 from cli._progress import StartProgress
+from cli.cmd_shell import complete_job, complete_miner
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.model import LogQuery, RunSpec
 from sonm_p2p.tasks import format_endpoints
@@ -30,7 +31,12 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command()
 @click.option("--image", required=True, help="Docker image to run (must have ENTRYPOINT or CMD).")
-@click.option("--miner", required=True, help="Miner node ID, or a unique prefix of it.")
+@click.option(
+    "--miner",
+    required=True,
+    shell_complete=complete_miner,
+    help="Miner node ID, or a unique prefix of it.",
+)
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
 @click.option("--cpu", type=float, default=0.0, help="CPU cores the task may use (0: no limit).")
 @click.option("--memory", default=None, help="Memory limit, e.g. 512m, 2g (default: no limit).")
@@ -114,7 +120,7 @@ def _compact(obj: object) -> str:
 
 
 @click.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.pass_obj
 def stop(c: CliContext, job: str) -> None:
     """Stop a task (gracefully, then killed) and remove its container."""
@@ -132,7 +138,7 @@ def _when(ts: float) -> str:
 
 
 @click.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.pass_obj
 def status(c: CliContext, job: str) -> None:
     """Show one task: state, miner, endpoints, exit code or error."""
@@ -210,7 +216,7 @@ class _Since(click.ParamType):
 
 
 @click.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option(
     "-f", "--follow", is_flag=True, help="Keep streaming until the task ends (Ctrl-C stops)."
 )

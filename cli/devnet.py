@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cli._common import SonmGroup
+from cli._common import SonmGroup, version_option
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import SonmError, Timeout
 from sonm_p2p.identity import load_or_create
@@ -159,6 +159,7 @@ def _wait(cond, what: str, timeout: float) -> None:  # noqa: ANN001
 
 
 @click.group(cls=SonmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 def main() -> None:
     """A local sonm network: a hub and miners as processes on 127.0.0.1."""
 

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import click
 
-from cli._common import Duration, SonmGroup, default_home
+from cli._common import Duration, SonmGroup, default_home, version_option
 from cli._context import CliContext
 from cli.cmd_forward import forward
 from cli.cmd_hub import hubs, info, nat, ping
 from cli.cmd_miners import list_, miner_status
+from cli.cmd_shell import completion
 from cli.cmd_tasks import logs, start, status, stop, tasks
 
 
 @click.group(cls=SonmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.option(
     "--hub",
     envvar="SONM_HUB",
@@ -78,6 +80,7 @@ def main(
       sonmcli --hub 192.0.2.10:10001 logs -f JOBID
       sonmcli --hub 192.0.2.10:10001 stop JOBID
       sonmcli list --json --hub 192.0.2.10:10001   # options after the command work too
+      eval "$(sonmcli completion bash)"             # tab completion (zsh, fish too)
 
     Exit codes: 0 ok, 2 bad usage or config, 3 not found, 4 unreachable,
     5 timed out, 6 refused, 7 the miner's container engine failed,
@@ -112,6 +115,7 @@ for command in (
     tasks,
     logs,
     forward,
+    completion,
 ):
     main.add_command(command)
 

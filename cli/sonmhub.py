@@ -13,6 +13,7 @@ from cli._common import (
     parse_size,
     serve_until_signalled,
     setup_logging,
+    version_option,
 )
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import ConfigError, SonmError
@@ -23,6 +24,7 @@ from sonm_p2p.transport.relay import RelayOptions
 
 
 @click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
+@version_option()
 @click.option(
     "--grpc-listen",
     default="0.0.0.0:10001",

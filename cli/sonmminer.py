@@ -13,6 +13,7 @@ from cli._common import (
     parse_size,
     serve_until_signalled,
     setup_logging,
+    version_option,
 )
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import SonmError
@@ -32,6 +33,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
+@version_option()
 @click.option(
     "-h",
     "--hub",

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs docker images run test unit lint proto check-proto bench clean
+.PHONY: setup venv debs docker images image run test unit lint proto check-proto bench clean
 
 setup: venv debs docker images
 
@@ -25,6 +25,10 @@ docker:
 
 images: debs docker
 	bash scripts/build-images.sh
+
+# The project as a container image, sonm-p2p:latest (Dockerfile; no registry needed).
+image: venv docker
+	PY=$(BIN)/python bash scripts/build-image.sh
 
 # A hub and two miners on this machine, then a demo task (see cli/devnet.py).
 run: setup

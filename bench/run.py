@@ -318,6 +318,49 @@ def bench_streams(streams: int = 1000, calls: int = 50) -> str:
     )
 
 
+def bench_image() -> str:
+    """`make image`: build time (with the Debian base made or already present) and size."""
+    base = "sonm-base/bookworm-python:latest"
+    had_base = (
+        subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode == 0
+    )
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        ["bash", "scripts/build-image.sh"],
+        cwd=ROOT,
+        env={**os.environ, "PY": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    took = time.perf_counter() - t0
+    if res.returncode != 0:
+        return f"## Container image\n\nbuild-image.sh failed:\n\n```\n{res.stderr[-2000:]}\n```\n"
+
+    def size(image: str) -> str:
+        out = subprocess.run(
+            ["docker", "image", "inspect", image, "--format", "{{.Size}}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return f"{int(out) / 1e6:.0f} MB"
+
+    made = "present already" if had_base else "made by debootstrap in this run"
+    return "\n".join(
+        [
+            "## Container image",
+            "",
+            "`make image` (scripts/build-image.sh): wheels built on the host, installed offline.",
+            "",
+            "| image | size | build time |",
+            "|---|---|---|",
+            f"| sonm-p2p:latest | {size('sonm-p2p:latest')} | {took:.0f} s (base {made}) |",
+            f"| {base} | {size(base)} | |",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,6 +368,7 @@ def main() -> None:
         try:
             if docker_ok():
                 sections.append(bench_seed_flow(net))
+                sections.append(bench_image())
             sections.append(bench_zero_config_miner(net))
         finally:
             net.close()

@@ -31,7 +31,7 @@ def image() -> str:
     res = subprocess.run(
         ["bash", "scripts/build-image.sh"],
         cwd=REPO,
-        env={"PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "SONM_IMAGE": IMAGE},
+        env={"PATH": f"{BIN}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "SONM_IMAGE": IMAGE},
         capture_output=True,
         text=True,
         timeout=900,

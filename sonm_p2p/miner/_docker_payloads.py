@@ -89,6 +89,7 @@ def _docker_state(attrs: Mapping[str, Any]) -> ContainerState:
                     PublishedPort(port, proto, binding.get("HostIp", ""), int(binding["HostPort"]))
                 )
     task_id = labels.get(TASK_LABEL) or str(attrs.get("Name", "")).lstrip("/").removeprefix("sonm-")
+    cpus, memory_bytes = _host_limits(attrs)
     return ContainerState(
         task_id=task_id,
         container_id=str(attrs.get("Id", "")),
@@ -100,6 +101,8 @@ def _docker_state(attrs: Mapping[str, Any]) -> ContainerState:
         error=str(state.get("Error") or ""),
         started_at=_parse_time(state.get("StartedAt")),
         finished_at=_parse_time(state.get("FinishedAt")),
+        cpus=cpus,
+        memory_bytes=memory_bytes,
     )
 
 

@@ -199,6 +199,8 @@ class MemoryRuntime:
                 ports=ports,
                 labels=_task_labels(labels, self.labels, task_id),
                 started_at=self._clock(),
+                cpus=spec.cpus,
+                memory_bytes=spec.memory_bytes,
             )
             self._containers[task_id] = _FakeContainer(state, spec)
         self._notify([(task_id, "start")])

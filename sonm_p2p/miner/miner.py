@@ -201,15 +201,10 @@ class Miner:
             if task_id not in listed:
                 cpus += c_cpus
                 memory += c_mem
-        for c in containers:
-            if c.status in _ENDED:
-                continue
-            try:
-                c_cpus, c_mem = self.runtime.limits(c.task_id)
-            except SonmError:
-                continue
-            cpus += c_cpus
-            memory += c_mem
+        for c in containers:  # one listing: each state carries its limits
+            if c.status not in _ENDED:
+                cpus += c.cpus
+                memory += c.memory_bytes
         return cpus, memory
 
     def _sized(self, spec: RunSpec) -> RunSpec:

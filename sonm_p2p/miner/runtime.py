@@ -83,6 +83,9 @@ class ContainerState:
     #: Unix seconds; None if unknown or not yet.
     started_at: float | None = None
     finished_at: float | None = None
+    #: The limits it runs under (CPU cores, memory bytes); 0 means none.
+    cpus: float = 0.0
+    memory_bytes: int = 0
 
 
 class LogStream(Iterator[bytes]):

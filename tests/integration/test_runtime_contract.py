@@ -440,6 +440,9 @@ def test_usage_and_limits(rig):
     assert usage.cpu_percent >= 0.0 and usage.memory_bytes >= 0
     rig.run_exited(ended)
     assert rt.limits(ended) == (0.0, 0)
+    # A listing carries each task's limits: what a miner sums to know what it has left.
+    listed = {s.task_id: (s.cpus, s.memory_bytes) for s in rt.list()}
+    assert (listed[running], listed[ended]) == ((0.5, 64 << 20), (0.0, 0))
     assert rt.usage(ended) == TaskUsage(ended, 0.0, 0, 0, 0.0)  # not running: uses nothing
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli._common import Duration, SonmGroup, default_home, version_option
+from cli._common import Duration, SonmGroup, default_home, run_and_exit, version_option
 from cli._context import CliContext
 from cli.cmd_forward import forward
 from cli.cmd_hub import hubs, info, nat, ping
@@ -120,5 +120,10 @@ for command in (
     main.add_command(command)
 
 
+def run() -> None:
+    """The console script: ``main``, then out at once (see :func:`run_and_exit`)."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,0 +1,410 @@
+"""A local network of hubs and miners as background processes: up, status, down.
+
+Every port is picked free, every name carries the network's name, and everything a network starts
+is written to its state file as soon as it starts, so two networks run side by side and ``down``
+removes all of one, whatever crashed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sonm_p2p.client import HubClient, MinerSummary
+from sonm_p2p.devnet import procs
+from sonm_p2p.devnet.record import (
+    NetworkRecord,
+    NodeRecord,
+    check_counts,
+    check_name,
+    miner_path,
+)
+from sonm_p2p.errors import ConfigError, SonmError, Timeout
+from sonm_p2p.identity import load_or_create
+
+__all__ = ["Devnet", "DevnetOptions", "default_dir"]
+
+#: Where sonmhub, sonmminer and sonmcli are: next to the Python running this.
+BIN_DIR = Path(sys.executable).parent
+_KEEP_ENV = {"SONM_DEBUG"}  # every other SONM_* variable is the caller's, not the network's
+
+
+def default_dir() -> Path:
+    """``$SONM_DEVNET_DIR``, else ``$SONM_HOME/devnet``, else ``~/.sonm/devnet``."""
+    given = os.environ.get("SONM_DEVNET_DIR")
+    if given:
+        return Path(given)
+    home = os.environ.get("SONM_HOME")
+    return (Path(home) if home else Path.home() / ".sonm") / "devnet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevnetOptions:
+    """What ``up`` starts.
+
+    hubs: hubs, each bootstrapped from the one before (a chain); defaults to 1.
+    miners: miners, started with no hub address (they find one by discovery); defaults to 2.
+    runtime: the miners' container engine, ``docker`` or ``memory`` (a fake); defaults to docker.
+    http: every hub serves its page and /metrics on a free port; defaults to True.
+    timeout: seconds ``up`` waits for every hub to answer and every miner to be listed;
+        defaults to 60 plus one per miner.
+    """
+
+    hubs: int = 1
+    miners: int = 2
+    runtime: str = "docker"
+    http: bool = False
+    timeout: float = 0.0
+
+    @property
+    def deadline(self) -> float:
+        return self.timeout or 60.0 + self.miners
+
+
+class Devnet:
+    """The network called ``name`` under ``base`` (its files are in ``base/name``)."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        self.name = check_name(name)
+        self.base = base
+        self.root = base / name
+
+    def __repr__(self) -> str:
+        return f"<Devnet {self.name} {self.root}>"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def record(self) -> NetworkRecord:
+        """The saved state; ConfigError (exit 2) if this network is not up."""
+        if not (self.root / "state.json").exists():
+            raise ConfigError(
+                f"network {self.name} is not up (no state in {self.root}): "
+                f"sonm-devnet up --name {self.name}"
+            )
+        return NetworkRecord.load(self.root)
+
+    def is_up(self) -> bool:
+        """Some process of this network still runs."""
+        if not (self.root / "state.json").exists():
+            return False
+        rec = NetworkRecord.load(self.root)
+        return any(procs.alive(n.pid, n.start_time) for n in rec.nodes) or any(
+            procs.alive(e["pid"], e["start_time"]) for e in rec.engines
+        )
+
+    def client(self, hub: NodeRecord, timeout: float = 5.0) -> HubClient:
+        return HubClient(
+            hub.grpc_target, timeout=timeout, identity=load_or_create(self.client_home)
+        )
+
+    @property
+    def client_home(self) -> Path:
+        return self.root / "client"  # what SONM_HOME=<root> gives sonmcli (see env_lines)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One object per node: name, role, node_id, pid, alive, addresses, log; for a miner
+        also hub (node ID), hub_name, nat_type, path and tasks (IDs of its running tasks)."""
+        rec = self.record()
+        hub_names = {h.node_id: h.name for h in rec.hubs}
+        seen: dict[str, tuple[str, str, MinerSummary]] = {}  # miner -> (hub, reachability, it)
+        rows = []
+        for hub in rec.hubs:
+            row = self._row(hub)
+            rows.append(row)
+            if not row["alive"]:
+                continue
+            try:
+                with self.client(hub) as c:
+                    reach = c.info().reachability
+                    for m in c.list_miners():
+                        if m.online:
+                            seen[m.node_id] = (hub.node_id, reach, m)
+            except SonmError as exc:
+                row["error"] = str(exc)
+        for miner in rec.miners:
+            row = self._row(miner)
+            hub_id, reach, m = seen.get(miner.node_id, ("", "", None))
+            row["hub"] = hub_id
+            row["hub_name"] = hub_names.get(hub_id, "")
+            if m is not None:
+                row["addresses"] = list(m.multiaddrs)
+                row["nat_type"] = m.nat_type or "unknown"
+                row["path"] = miner_path(m.remote_addr, reach)
+                row["tasks"] = list(m.task_ids)
+            else:
+                row.update(nat_type="", path="", tasks=[])
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _row(node: NodeRecord) -> dict[str, Any]:
+        return {
+            "name": node.name,
+            "role": node.role,
+            "node_id": node.node_id,
+            "pid": node.pid,
+            "alive": procs.alive(node.pid, node.start_time),
+            "addresses": node.addresses(),
+            "log": node.log,
+            **({"url": node.http_url} if node.role == "hub" and node.http_url else {}),
+        }
+
+    # -- up ------------------------------------------------------------------------------------
+
+    def up(
+        self, options: DevnetOptions, *, progress: Callable[[str], None] = print
+    ) -> NetworkRecord:
+        """Start the network and return once every hub answers and every miner is listed on
+        one. ConfigError (exit 2) if it is up already; on any failure everything started is
+        stopped again (a network is never left half-started)."""
+        check_counts(options.hubs, options.miners)
+        if options.runtime not in ("docker", "memory"):
+            raise ConfigError(f"--runtime {options.runtime!r}: docker or memory")
+        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._locked(wait=False):
+            if self.is_up():
+                raise ConfigError(
+                    f"network {self.name} is up already (sonm-devnet status --name {self.name}; "
+                    f"sonm-devnet down --name {self.name})"
+                )
+            self._remove()  # what a crashed earlier network left
+            self.root.mkdir(mode=0o700)
+            (self.root / "logs").mkdir()
+            rec = NetworkRecord(
+                name=self.name,
+                root=str(self.root),
+                runtime=options.runtime,
+                tmpdir=tempfile.mkdtemp(prefix=f"sonm-devnet-{self.name}-"),
+                bin_dir=str(BIN_DIR),
+            )
+            rec.save()
+            try:
+                self._start(rec, options, progress)
+            except BaseException:
+                self._teardown(rec)
+                raise
+            return rec
+
+    def _start(
+        self, rec: NetworkRecord, options: DevnetOptions, progress: Callable[[str], None]
+    ) -> None:
+        deadline = time.monotonic() + options.deadline
+        hubs = [self._node(rec, "hub", i) for i in range(1, options.hubs + 1)]
+        with _free_ports(options.hubs) as ports:
+            for hub, hub_ports in zip(hubs, ports, strict=True):
+                hub.ports = hub_ports if options.http else {**hub_ports, "http": 0}
+        for i, hub in enumerate(hubs):
+            self._spawn(rec, hub, self._hub_argv(hub, hubs[i - 1] if i else None))
+        progress(f"started {len(hubs)} hub(s); waiting for them to answer ...")
+        self._wait(
+            rec, lambda: all(self._answers(h) for h in hubs), "every hub to answer", deadline
+        )
+        miners = [self._node(rec, "miner", i) for i in range(1, options.miners + 1)]
+        for i, miner in enumerate(miners):
+            # No hub address: each learns its hub (the hubs in turn, by node ID) from the gossip
+            # it hears through the first hub, so every hub of the chain gets miners.
+            argv = self._miner_argv(rec, miner, hubs[0], options) + [
+                "--hub-id",
+                hubs[i % len(hubs)].node_id,
+            ]
+            self._spawn(rec, miner, argv)
+        if miners:
+            progress(f"started {len(miners)} miner(s); waiting for each to be listed on a hub ...")
+        want = {m.node_id for m in miners}
+        self._wait(rec, lambda: want <= self._listed(hubs), "every miner to be listed", deadline)
+
+    def _node(self, rec: NetworkRecord, role: str, i: int) -> NodeRecord:
+        name = f"{role}-{i}"
+        home = self.root / "nodes" / name
+        node = NodeRecord(
+            name=name,
+            role=role,
+            node_id=load_or_create(home).node_id,  # made now: status knows it from the start
+            home=str(home),
+            log=str(self.root / "logs" / f"{name}.log"),
+        )
+        rec.nodes.append(node)
+        return node
+
+    @staticmethod
+    def _hub_argv(hub: NodeRecord, previous: NodeRecord | None) -> list[str]:
+        p = hub.ports
+        argv = [
+            str(BIN_DIR / "sonmhub"),
+            "--home", hub.home,
+            "--grpc-listen", hub.grpc_target,
+            "--p2p-listen", f"/ip4/{hub.ip}/tcp/{p['p2p']}",
+            "--stun-listen", f"{hub.ip}:{p['stun']}",
+            "--no-mdns",
+            "--reachability", "public",
+        ]  # fmt: skip
+        if p.get("http"):
+            argv += ["--http-listen", f"{hub.ip}:{p['http']}"]
+        if previous is not None:
+            argv += ["--bootstrap", previous.p2p_target]
+        return argv
+
+    @staticmethod
+    def _miner_argv(
+        rec: NetworkRecord, miner: NodeRecord, via: NodeRecord, options: DevnetOptions
+    ) -> list[str]:
+        return [
+            str(BIN_DIR / "sonmminer"),
+            "--home", miner.home,
+            "--bootstrap", via.p2p_target,
+            "--no-mdns",
+            "--publish-ip", miner.ip,
+            "--runtime", options.runtime,
+            "--label", rec.label,
+        ]  # fmt: skip
+
+    def _env(self, rec: NetworkRecord) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SONM_") or k in _KEEP_ENV}
+        return {
+            **env,
+            "PYTHONUNBUFFERED": "1",
+            "SONM_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
+            "SONM_MDNS_INTERFACES": "127.0.0.1",
+            "SONM_MDNS_NAMESPACE": f"devnet-{rec.name}",
+            "TMPDIR": rec.tmpdir,  # the nodes' private sockets: down removes them after a crash
+        }
+
+    def _spawn(self, rec: NetworkRecord, node: NodeRecord, argv: list[str]) -> None:
+        node.pid, node.start_time = procs.spawn(argv, Path(node.log), self._env(rec))
+        rec.save()  # at once: a crash of `up` from here on leaves it findable by `down`
+
+    def _answers(self, hub: NodeRecord) -> bool:
+        with self.client(hub, timeout=2.0) as c:
+            c.ping()
+        return True
+
+    def _listed(self, hubs: list[NodeRecord]) -> set[str]:
+        out: set[str] = set()
+        for hub in hubs:
+            with self.client(hub, timeout=5.0) as c:
+                out |= {m.node_id for m in c.list_miners() if m.online}
+        return out
+
+    def _wait(
+        self, rec: NetworkRecord, cond: Callable[[], bool], what: str, deadline: float
+    ) -> None:
+        while True:
+            dead = [n for n in rec.nodes if n.pid and not procs.alive(n.pid, n.start_time)]
+            if dead:
+                raise SonmError(f"{dead[0].name} exited while starting: {_tail(dead[0].log)}")
+            try:
+                if cond():
+                    return
+            except SonmError:
+                pass
+            if time.monotonic() > deadline:
+                raise Timeout(f"network {rec.name}: timed out waiting for {what}")
+            time.sleep(0.2)
+
+    # -- down ----------------------------------------------------------------------------------
+
+    def down(self) -> bool:
+        """Stop this network's task containers, then its processes (by PID), then remove its
+        task networks, temp files and directory. Idempotent: False if there was nothing."""
+        if not self.root.exists():
+            return False
+        with self._locked(wait=True):
+            try:
+                rec = NetworkRecord.load(self.root)
+            except ConfigError:
+                rec = None
+            if rec is not None:
+                self._teardown(rec)
+            self._remove()
+            (self.base / f".{self.name}.lock").unlink(missing_ok=True)
+        return True
+
+    def _teardown(self, rec: NetworkRecord) -> None:
+        if rec.runtime == "docker":
+            _remove_labelled(rec.label)  # first: a stopping miner leaves its tasks running
+        procs.stop([(n.pid, n.start_time) for n in reversed(rec.nodes)])
+        if rec.runtime == "docker":
+            _remove_labelled(rec.label)  # any a miner started while it was being stopped
+        if rec.tmpdir:
+            shutil.rmtree(rec.tmpdir, ignore_errors=True)
+
+    def _remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _locked(self, *, wait: bool) -> Iterator[None]:
+        """One ``up`` or ``down`` of this network at a time (the lock lives beside its dir)."""
+        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.base / f".{self.name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise ConfigError(
+                    f"network {self.name} is being started or stopped by another sonm-devnet"
+                ) from None
+            yield
+
+
+@contextlib.contextmanager
+def _free_ports(hubs: int) -> Iterator[list[dict[str, int]]]:
+    """Free ports for each hub (grpc, p2p, http over TCP; stun over UDP), held until the block
+    ends so no two are the same; the kernel picks them, so they collide with no other network."""
+    held: list[socket.socket] = []
+
+    def grab(kind: int) -> int:
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(("127.0.0.1", 0))
+        held.append(s)
+        return s.getsockname()[1]
+
+    try:
+        yield [
+            {
+                "grpc": grab(socket.SOCK_STREAM),
+                "p2p": grab(socket.SOCK_STREAM),
+                "http": grab(socket.SOCK_STREAM),
+                "stun": grab(socket.SOCK_DGRAM),
+            }
+            for _ in range(hubs)
+        ]
+    finally:
+        for s in held:
+            s.close()
+
+
+def _remove_labelled(label: str) -> None:
+    """Remove the containers, then the task networks, carrying ``label`` (none if no engine)."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception:  # no engine: nothing of ours can be on it
+        return
+    try:
+        for container in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+    finally:
+        client.close()
+
+
+def _tail(log: str, lines: int = 5) -> str:
+    try:
+        text = Path(log).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"

@@ -193,3 +193,13 @@ def test_ctrl_c_stops_the_demo_task_and_the_network(tmp_path):
     assert "demo task stopped; taking the network down" in out, out
     assert _devnet_containers("sonm.devnet=demo2") == []
     assert running(str(base)) == []
+
+
+def test_fifty_miners_come_up_and_go(base):
+    # issue 12.7: one process per miner on this 2-core machine (BENCHMARKS.md has the figures)
+    ok("up", "--dir", str(base), "--miners", "50", "--runtime", "memory", timeout=600)
+    rows = status(base, "default")
+    assert len(rows) == 51 and all(r["alive"] for r in rows)
+    assert all(r["hub"] == rows[0]["node_id"] for r in rows[1:])
+    ok("down", "--dir", str(base), timeout=300)
+    assert running(str(base)) == [] and list(base.iterdir()) == []

@@ -12,7 +12,6 @@ import fcntl
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 from sonm_p2p.client import HubClient, MinerSummary
 from sonm_p2p.devnet import procs
+from sonm_p2p.devnet.procs import BIN_DIR
 from sonm_p2p.devnet.record import (
     NetworkRecord,
     NodeRecord,
@@ -34,8 +34,6 @@ from sonm_p2p.identity import load_or_create
 
 __all__ = ["Devnet", "DevnetOptions", "default_dir"]
 
-#: Where sonmhub, sonmminer and sonmcli are: next to the Python running this.
-BIN_DIR = Path(sys.executable).parent
 _KEEP_ENV = {"SONM_DEBUG"}  # every other SONM_* variable is the caller's, not the network's
 
 
@@ -367,13 +365,25 @@ def _free_ports(hubs: int) -> Iterator[list[dict[str, int]]]:
         held.append(s)
         return s.getsockname()[1]
 
+    def grab_stun() -> int:
+        """A UDP port whose next one is free too (a hub may answer STUN on both)."""
+        while True:
+            port = grab(socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                held.append(s)
+                return port
+            except OSError:
+                s.close()
+
     try:
         yield [
             {
                 "grpc": grab(socket.SOCK_STREAM),
                 "p2p": grab(socket.SOCK_STREAM),
                 "http": grab(socket.SOCK_STREAM),
-                "stun": grab(socket.SOCK_DGRAM),
+                "stun": grab_stun(),
             }
             for _ in range(hubs)
         ]

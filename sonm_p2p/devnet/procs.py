@@ -12,11 +12,50 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["alive", "spawn", "start_time", "stop"]
+__all__ = ["BIN_DIR", "Proc", "alive", "spawn", "start_time", "stop"]
+
+#: Where sonmhub, sonmminer and sonmcli are: next to the Python running this.
+BIN_DIR = Path(sys.executable).parent
+
+
+@dataclass
+class Proc:
+    """A process this one started and waits for (a child, unlike those :func:`spawn` starts)."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
 
 
 def start_time(pid: int) -> int:

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.harness import BIN, Proc, wait_for
+from sonm_p2p.devnet.procs import BIN_DIR as BIN
+from sonm_p2p.devnet.procs import Proc
 
 __all__ = [
     "ALT_V4",
@@ -747,5 +748,8 @@ def _kill_stragglers(ns: str) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if pids:
-        wait_for(lambda: not _ip(f"netns pids {ns}").split(), f"processes in {ns} to exit", 10)
+    deadline = time.monotonic() + 10
+    while pids and _ip(f"netns pids {ns}").split():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes in {ns} did not exit after SIGKILL")
+        time.sleep(0.05)

@@ -90,20 +90,43 @@ def _print_up(net: Devnet) -> None:
     help="The miners' container engine (memory: a fake one, for many miners).",
 )
 @click.option(
+    "--nat",
+    is_flag=True,
+    help="(root) Every node in a network namespace of its own; miners split between a "
+    "port-preserving NAT router and a symmetric one, each with a Docker engine of its own.",
+)
+@click.option(
+    "--hub-behind-nat", is_flag=True, help="With --nat: one more hub, behind a third router."
+)
+@click.option(
     "--timeout",
     type=float,
     default=0.0,
     help="Seconds to wait for every node [default: 60 + one per miner].",
 )
-def up(name: str, base: Path | None, hubs: int, miners: int, runtime: str, timeout: float) -> None:
+def up(
+    name: str,
+    base: Path | None,
+    hubs: int,
+    miners: int,
+    runtime: str,
+    nat: bool,
+    hub_behind_nat: bool,
+    timeout: float,
+) -> None:
     """Start a network in the background; return once every hub answers and every miner is
     listed on a hub, and print its nodes."""
     net = _devnet(name, base)
     t0 = time.monotonic()
-    net.up(
-        DevnetOptions(hubs=hubs, miners=miners, runtime=runtime, timeout=timeout),
-        progress=lambda line: click.echo(line, err=True),
+    options = DevnetOptions(
+        hubs=hubs,
+        miners=miners,
+        runtime=runtime,
+        timeout=timeout,
+        nat=nat,
+        hub_behind_nat=hub_behind_nat,
     )
+    net.up(options, progress=lambda line: click.echo(line, err=True))
     click.echo(f"network {name} up in {time.monotonic() - t0:.1f}s\n", err=True)
     _print_up(net)
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sonm_p2p.client import HubClient, MinerSummary
+from sonm_p2p.client import HubClient
 from sonm_p2p.devnet import procs
+from sonm_p2p.devnet.natnet import NatNetwork, check_nat_possible, hub_view_in_netns, remove_nat
 from sonm_p2p.devnet.procs import BIN_DIR
 from sonm_p2p.devnet.record import (
     NetworkRecord,
@@ -55,7 +56,9 @@ class DevnetOptions:
     runtime: the miners' container engine, ``docker`` or ``memory`` (a fake); defaults to docker.
     http: every hub serves its page and /metrics on a free port; defaults to True.
     timeout: seconds ``up`` waits for every hub to answer and every miner to be listed;
-        defaults to 60 plus one per miner.
+        defaults to 60 plus one per miner (plus 30 per Docker engine with ``nat``).
+    nat: (root) the nodes in network namespaces, miners behind two NAT routers (see natnet);
+        defaults to False. hub_behind_nat: with ``nat``, one more hub behind a third router.
     """
 
     hubs: int = 1
@@ -63,10 +66,13 @@ class DevnetOptions:
     runtime: str = "docker"
     http: bool = False
     timeout: float = 0.0
+    nat: bool = False
+    hub_behind_nat: bool = False
 
     @property
     def deadline(self) -> float:
-        return self.timeout or 60.0 + self.miners
+        engines = self.miners if self.nat and self.runtime == "docker" else 0
+        return self.timeout or 60.0 + self.miners + 30.0 * engines
 
 
 class Devnet:
@@ -114,7 +120,7 @@ class Devnet:
         also hub (node ID), hub_name, nat_type, path and tasks (IDs of its running tasks)."""
         rec = self.record()
         hub_names = {h.node_id: h.name for h in rec.hubs}
-        seen: dict[str, tuple[str, str, MinerSummary]] = {}  # miner -> (hub, reachability, it)
+        seen: dict[str, tuple[str, str, dict]] = {}  # miner -> (hub, reachability, it)
         rows = []
         for hub in rec.hubs:
             row = self._row(hub)
@@ -122,23 +128,25 @@ class Devnet:
             if not row["alive"]:
                 continue
             try:
-                with self.client(hub) as c:
-                    reach = c.info().reachability
-                    for m in c.list_miners():
-                        if m.online:
-                            seen[m.node_id] = (hub.node_id, reach, m)
+                reach, miners = self.hub_view(hub)
             except SonmError as exc:
                 row["error"] = str(exc)
+                continue
+            row["reachability"] = reach
+            for m in miners:
+                if m["online"]:
+                    seen[m["node_id"]] = (hub.node_id, reach, m)
         for miner in rec.miners:
             row = self._row(miner)
             hub_id, reach, m = seen.get(miner.node_id, ("", "", None))
             row["hub"] = hub_id
             row["hub_name"] = hub_names.get(hub_id, "")
             if m is not None:
-                row["addresses"] = list(m.multiaddrs)
-                row["nat_type"] = m.nat_type or "unknown"
-                row["path"] = miner_path(m.remote_addr, reach)
-                row["tasks"] = list(m.task_ids)
+                row["addresses"] = list(m["multiaddrs"])
+                row["nat_type"] = m["nat_type"] or "unknown"
+                relays = {h.p2p_target for h in rec.hubs}
+                row["path"] = miner_path(m["remote_addr"], reach, relays)
+                row["tasks"] = list(m["task_ids"])
             else:
                 row.update(nat_type="", path="", tasks=[])
             rows.append(row)
@@ -168,6 +176,10 @@ class Devnet:
         check_counts(options.hubs, options.miners)
         if options.runtime not in ("docker", "memory"):
             raise ConfigError(f"--runtime {options.runtime!r}: docker or memory")
+        if options.hub_behind_nat and not options.nat:
+            raise ConfigError("--hub-behind-nat needs --nat")
+        if options.nat:
+            check_nat_possible()
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._locked(wait=False):
             if self.is_up():
@@ -182,6 +194,7 @@ class Devnet:
                 name=self.name,
                 root=str(self.root),
                 runtime=options.runtime,
+                nat=options.nat,
                 tmpdir=tempfile.mkdtemp(prefix=f"sonm-devnet-{self.name}-"),
                 bin_dir=str(BIN_DIR),
             )
@@ -197,32 +210,55 @@ class Devnet:
         self, rec: NetworkRecord, options: DevnetOptions, progress: Callable[[str], None]
     ) -> None:
         deadline = time.monotonic() + options.deadline
-        hubs = [self._node(rec, "hub", i) for i in range(1, options.hubs + 1)]
-        with _free_ports(options.hubs) as ports:
-            for hub, hub_ports in zip(hubs, ports, strict=True):
-                hub.ports = hub_ports if options.http else {**hub_ports, "http": 0}
+        nat = NatNetwork(rec, self._env(rec)) if options.nat else None
+        if nat is not None:
+            progress("building the namespaces and NAT routers ...")
+            hub_names, miner_names = nat.build(options.hubs, options.miners, options.hub_behind_nat)
+        else:
+            hub_names = [f"hub-{i}" for i in range(1, options.hubs + 1)]
+            miner_names = [f"miner-{i}" for i in range(1, options.miners + 1)]
+        hubs = [self._node(rec, "hub", name) for name in hub_names]
+        miners = [self._node(rec, "miner", name) for name in miner_names]
+        if options.hub_behind_nat:
+            hubs[-1].behind_nat = True
+        if nat is not None:
+            for node in rec.nodes:
+                nat.place(node)
+        else:
+            with _free_ports(len(hubs)) as ports:
+                for hub, hub_ports in zip(hubs, ports, strict=True):
+                    hub.ports = hub_ports
+        if not options.http:
+            for hub in hubs:
+                hub.ports["http"] = 0
         for i, hub in enumerate(hubs):
-            self._spawn(rec, hub, self._hub_argv(hub, hubs[i - 1] if i else None))
+            argv = self._hub_argv(hub, hubs[0] if hub.behind_nat else hubs[i - 1] if i else None)
+            if nat is not None:
+                argv = nat.argv(hub, argv + nat.hub_extra(hub))
+            self._spawn(rec, hub, argv, nat.node_env(hub) if nat else None)
         progress(f"started {len(hubs)} hub(s); waiting for them to answer ...")
         self._wait(
             rec, lambda: all(self._answers(h) for h in hubs), "every hub to answer", deadline
         )
-        miners = [self._node(rec, "miner", i) for i in range(1, options.miners + 1)]
         for i, miner in enumerate(miners):
             # No hub address: each learns its hub (the hubs in turn, by node ID) from the gossip
             # it hears through the first hub, so every hub of the chain gets miners.
-            argv = self._miner_argv(rec, miner, hubs[0], options) + [
-                "--hub-id",
-                hubs[i % len(hubs)].node_id,
-            ]
-            self._spawn(rec, miner, argv)
+            argv = self._miner_argv(rec, miner, hubs[0], options)
+            argv += ["--hub-id", hubs[i % len(hubs)].node_id]
+            env = None
+            if nat is not None:
+                env = nat.node_env(miner)
+                if options.runtime == "docker":
+                    progress(f"starting the Docker engine of {miner.name} in its namespace ...")
+                    env.update(nat.engine(miner, progress))
+                argv = nat.argv(miner, argv)
+            self._spawn(rec, miner, argv, env)
         if miners:
             progress(f"started {len(miners)} miner(s); waiting for each to be listed on a hub ...")
         want = {m.node_id for m in miners}
         self._wait(rec, lambda: want <= self._listed(hubs), "every miner to be listed", deadline)
 
-    def _node(self, rec: NetworkRecord, role: str, i: int) -> NodeRecord:
-        name = f"{role}-{i}"
+    def _node(self, rec: NetworkRecord, role: str, name: str) -> NodeRecord:
         home = self.root / "nodes" / name
         node = NodeRecord(
             name=name,
@@ -244,7 +280,8 @@ class Devnet:
             "--p2p-listen", f"/ip4/{hub.ip}/tcp/{p['p2p']}",
             "--stun-listen", f"{hub.ip}:{p['stun']}",
             "--no-mdns",
-            "--reachability", "public",
+            # a hub behind NAT is told so (and reserves on the hub it bootstraps from) at once
+            "--reachability", "private" if hub.behind_nat else "public",
         ]  # fmt: skip
         if p.get("http"):
             argv += ["--http-listen", f"{hub.ip}:{p['http']}"]
@@ -277,21 +314,29 @@ class Devnet:
             "TMPDIR": rec.tmpdir,  # the nodes' private sockets: down removes them after a crash
         }
 
-    def _spawn(self, rec: NetworkRecord, node: NodeRecord, argv: list[str]) -> None:
-        node.pid, node.start_time = procs.spawn(argv, Path(node.log), self._env(rec))
+    def _spawn(
+        self, rec: NetworkRecord, node: NodeRecord, argv: list[str], env: dict | None = None
+    ) -> None:
+        node.pid, node.start_time = procs.spawn(argv, Path(node.log), env or self._env(rec))
         rec.save()  # at once: a crash of `up` from here on leaves it findable by `down`
 
     def _answers(self, hub: NodeRecord) -> bool:
+        if hub.behind_nat:
+            hub_view_in_netns(hub, self.client_home)
+            return True
         with self.client(hub, timeout=2.0) as c:
             c.ping()
         return True
 
     def _listed(self, hubs: list[NodeRecord]) -> set[str]:
-        out: set[str] = set()
-        for hub in hubs:
-            with self.client(hub, timeout=5.0) as c:
-                out |= {m.node_id for m in c.list_miners() if m.online}
-        return out
+        return {m["node_id"] for hub in hubs for m in self.hub_view(hub)[1] if m["online"]}
+
+    def hub_view(self, hub: NodeRecord) -> tuple[str, list[dict[str, Any]]]:
+        """(reachability, miners) of a hub, each miner as ``sonmcli list --json`` gives it."""
+        if hub.behind_nat:
+            return hub_view_in_netns(hub, self.client_home)
+        with self.client(hub) as c:
+            return c.info().reachability, [dict(m.__dict__) for m in c.list_miners()]
 
     def _wait(
         self, rec: NetworkRecord, cond: Callable[[], bool], what: str, deadline: float
@@ -333,6 +378,8 @@ class Devnet:
         procs.stop([(n.pid, n.start_time) for n in reversed(rec.nodes)])
         if rec.runtime == "docker":
             _remove_labelled(rec.label)  # any a miner started while it was being stopped
+        if rec.nat:
+            remove_nat(rec)  # the engines in the namespaces (and their tasks), the namespaces
         if rec.tmpdir:
             shutil.rmtree(rec.tmpdir, ignore_errors=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class NodeRecord:
     ports: dict[str, int] = field(default_factory=dict)
     netns: str = ""  # the namespace it runs in ("" the machine's own)
     ip: str = "127.0.0.1"  # where its ports listen
+    behind_nat: bool = False  # a hub the machine cannot dial (asked from inside its netns)
 
     @property
     def grpc_target(self) -> str:
@@ -101,8 +102,10 @@ class NetworkRecord:
     nat: bool = False
     tmpdir: str = ""  # TMPDIR of every node (their private sockets): removed by down
     bin_dir: str = ""  # where sonmhub, sonmminer and sonmcli are
+    client_listen: str = "/ip4/127.0.0.1/tcp/0"  # where sonmcli's overlay node listens
     nodes: list[NodeRecord] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)  # --nat: netns names, removed by down
+    machine_link: str = ""  # --nat: this machine's interface on the emulated internet
     engines: list[dict[str, Any]] = field(default_factory=list)  # --nat: {pid, start_time, root}
 
     @property
@@ -142,11 +145,12 @@ class NetworkRecord:
             raise ConfigError(f"{path}: not a sonm-devnet state file ({exc})") from None
 
 
-def miner_path(remote_addr: str, hub_reachability: str) -> str:
+def miner_path(remote_addr: str, hub_reachability: str, relays: Collection[str] = ()) -> str:
     """How a miner's connection reaches its hub, as the hub sees it: ``relayed`` when it came
-    through a relay (no remote address), ``hole-punched`` when the hub itself is behind NAT (a
-    direct connection to it was punched), ``direct`` otherwise."""
-    if not remote_addr:
+    through a relay (no remote address, or a relay's own: ``relays`` are the overlay
+    ``host:port`` of the network's hubs, every one a relay), ``hole-punched`` when the hub itself
+    is behind NAT (a direct connection to it was punched), ``direct`` otherwise."""
+    if not remote_addr or remote_addr in relays:
         return "relayed"
     if hub_reachability == "private":
         return "hole-punched"
@@ -161,8 +165,8 @@ def env_lines(record: NetworkRecord, devnet_dir: Path) -> list[str]:
         "SONM_HOME": record.root,
         "SONM_HUB": hub.grpc_target,
         "SONM_BOOTSTRAP": " ".join(h.p2p_target for h in record.hubs),
-        # sonmcli's overlay commands (hubs, forward): listen on loopback, meet this network only
-        "SONM_P2P_LISTEN": f"/ip4/{'0.0.0.0' if record.nat else '127.0.0.1'}/tcp/0",
+        # sonmcli's overlay commands (hubs, forward): listen where the network is, meet it only
+        "SONM_P2P_LISTEN": record.client_listen,
         "SONM_MDNS_NAMESPACE": f"devnet-{record.name}",
         "SONM_DEVNET_DIR": str(devnet_dir),
     }

@@ -11,38 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_docker
-from tests.harness import BIN, wait_for
-
-DEVNET = str(BIN / "sonm-devnet")
-
-
-def devnet(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DEVNET, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def ok(*args: str, timeout: float = 180) -> str:
-    res = devnet(*args, timeout=timeout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
-
-
-def fresh_shell(script: str) -> subprocess.CompletedProcess:
-    """``script`` in bash with nothing of ours in its environment, run from /."""
-    return subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        env={"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/bin:/bin"},
-    )
-
-
-def running(pattern: str) -> list[str]:
-    res = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return res.stdout.split()
+from tests.devnet_cli import DEVNET, devnet, fresh_shell, ok, running, status
+from tests.harness import wait_for
 
 
 def _devnet_containers(label: str) -> list[str]:
@@ -63,10 +33,6 @@ def base(tmp_path) -> Path:
     for state in root.glob("*/state.json"):
         devnet("down", "--dir", str(root), "--name", state.parent.name)
     assert running(str(root)) == []
-
-
-def status(base: Path, name: str) -> list[dict]:
-    return json.loads(ok("status", "--json", "--dir", str(base), "--name", name))
 
 
 def test_up_status_env_logs_down(base):

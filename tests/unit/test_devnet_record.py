@@ -65,6 +65,8 @@ def test_a_miners_path_as_its_hub_sees_it():
     assert miner_path("", "public") == "relayed"
     assert miner_path("10.0.0.2:4000", "public") == "direct"
     assert miner_path("10.0.0.2:4000", "private") == "hole-punched"
+    # a relayed connection's remote address is the relay's (a hub of the network)
+    assert miner_path("203.0.113.10:10002", "private", {"203.0.113.10:10002"}) == "relayed"
 
 
 def test_the_table_has_a_row_per_node():

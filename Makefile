@@ -26,7 +26,7 @@ docker:
 images: debs docker
 	bash scripts/build-images.sh
 
-# A hub and two miners on this machine, then a demo task (see cli/devnet.py).
+# sonm-devnet demo: up (a hub, two miners), a demo task and how to reach it, down at Ctrl-C.
 run: setup
 	$(BIN)/sonm-devnet demo
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from sonm_p2p.identity import load_or_create
 __all__ = ["Devnet", "DevnetOptions", "default_dir"]
 
 _KEEP_ENV = {"SONM_DEBUG"}  # every other SONM_* variable is the caller's, not the network's
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local pages only
 
 
 def default_dir() -> Path:
@@ -64,7 +67,7 @@ class DevnetOptions:
     hubs: int = 1
     miners: int = 2
     runtime: str = "docker"
-    http: bool = False
+    http: bool = True
     timeout: float = 0.0
     nat: bool = False
     hub_behind_nat: bool = False
@@ -133,8 +136,10 @@ class Devnet:
                 row["error"] = str(exc)
                 continue
             row["reachability"] = reach
+            paths = self._paths(hub)
             for m in miners:
                 if m["online"]:
+                    m["path"] = paths.get(m["node_id"], "")
                     seen[m["node_id"]] = (hub.node_id, reach, m)
         for miner in rec.miners:
             row = self._row(miner)
@@ -145,7 +150,7 @@ class Devnet:
                 row["addresses"] = list(m["multiaddrs"])
                 row["nat_type"] = m["nat_type"] or "unknown"
                 relays = {h.p2p_target for h in rec.hubs}
-                row["path"] = miner_path(m["remote_addr"], reach, relays)
+                row["path"] = m["path"] or miner_path(m["remote_addr"], reach, relays)
                 row["tasks"] = list(m["task_ids"])
             else:
                 row.update(nat_type="", path="", tasks=[])
@@ -162,7 +167,8 @@ class Devnet:
             "alive": procs.alive(node.pid, node.start_time),
             "addresses": node.addresses(),
             "log": node.log,
-            **({"url": node.http_url} if node.role == "hub" and node.http_url else {}),
+            # a hub behind NAT serves its page inside its namespace only
+            **({"url": node.http_url} if node.http_url and not node.behind_nat else {}),
         }
 
     # -- up ------------------------------------------------------------------------------------
@@ -330,6 +336,19 @@ class Devnet:
 
     def _listed(self, hubs: list[NodeRecord]) -> set[str]:
         return {m["node_id"] for hub in hubs for m in self.hub_view(hub)[1] if m["online"]}
+
+    @staticmethod
+    def _paths(hub: NodeRecord) -> dict[str, str]:
+        """Miner -> path (direct, hole-punched, relayed) as the hub's own node sees each
+        connection, from its page's JSON ({} when it has no page or the machine cannot reach
+        it: status then tells the path from the hub's view of the remote address)."""
+        if not hub.http_url or hub.behind_nat:
+            return {}
+        try:
+            with _NO_PROXY.open(hub.http_url + "api/network", timeout=5) as r:
+                return {m["node_id"]: m["path"] for m in json.load(r)["miners"]}
+        except (OSError, ValueError, KeyError):
+            return {}
 
     def hub_view(self, hub: NodeRecord) -> tuple[str, list[dict[str, Any]]]:
         """(reachability, miners) of a hub, each miner as ``sonmcli list --json`` gives it."""

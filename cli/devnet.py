@@ -76,19 +76,25 @@ def _print_up(net: Devnet) -> None:
     click.echo("  sonmcli hubs; sonmcli list")
 
 
+def _shape_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--runtime",
+        type=click.Choice(["docker", "memory"]),
+        default="docker",
+        show_default=True,
+        help="The miners' container engine (memory: a fake one, for many miners).",
+    )(f)
+    f = click.option(
+        "--miners", type=int, default=2, show_default=True, help="Miners (they find a hub)."
+    )(f)
+    return click.option(
+        "--hubs", type=int, default=1, show_default=True, help="Hubs (chained by bootstrap)."
+    )(f)
+
+
 @main.command()
 @_network_options
-@click.option("--hubs", type=int, default=1, show_default=True, help="Hubs (chained by bootstrap).")
-@click.option(
-    "--miners", type=int, default=2, show_default=True, help="Miners (they find hubs themselves)."
-)
-@click.option(
-    "--runtime",
-    type=click.Choice(["docker", "memory"]),
-    default="docker",
-    show_default=True,
-    help="The miners' container engine (memory: a fake one, for many miners).",
-)
+@_shape_options
 @click.option(
     "--nat",
     is_flag=True,
@@ -185,16 +191,8 @@ def down(name: str, base: Path | None) -> None:
 
 @main.command()
 @_network_options
-@click.option("--hubs", type=int, default=1, show_default=True, help="Hubs.")
-@click.option("--miners", type=int, default=2, show_default=True, help="Miners.")
+@_shape_options
 @click.option("--exit", "exit_after", is_flag=True, help="Take it all down after the demo.")
-@click.option(
-    "--runtime",
-    type=click.Choice(["docker", "memory"]),
-    default="docker",
-    show_default=True,
-    help="The miners' container engine.",
-)
 def demo(
     name: str, base: Path | None, hubs: int, miners: int, exit_after: bool, runtime: str
 ) -> None:

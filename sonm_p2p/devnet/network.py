@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -193,7 +194,7 @@ class Devnet:
                     f"network {self.name} is up already (sonm-devnet status --name {self.name}; "
                     f"sonm-devnet down --name {self.name})"
                 )
-            self._remove()  # what a crashed earlier network left
+            self._clear()  # what a crashed earlier network of this name left
             self.root.mkdir(mode=0o700)
             (self.root / "logs").mkdir()
             rec = NetworkRecord(
@@ -201,6 +202,7 @@ class Devnet:
                 root=str(self.root),
                 runtime=options.runtime,
                 nat=options.nat,
+                token=secrets.token_hex(4),
                 tmpdir=tempfile.mkdtemp(prefix=f"sonm-devnet-{self.name}-"),
                 bin_dir=str(BIN_DIR),
             )
@@ -381,21 +383,16 @@ class Devnet:
         if not self.root.exists():
             return False
         with self._locked(wait=True):
-            try:
-                rec = NetworkRecord.load(self.root)
-            except ConfigError:
-                rec = None
-            if rec is not None:
-                self._teardown(rec)
-            self._remove()
+            self._clear()
             (self.base / f".{self.name}.lock").unlink(missing_ok=True)
         return True
 
     def _teardown(self, rec: NetworkRecord) -> None:
-        if rec.runtime == "docker":
+        on_machine = rec.runtime == "docker" and not rec.nat  # else on engines in namespaces
+        if on_machine:
             _remove_labelled(rec.label)  # first: a stopping miner leaves its tasks running
         procs.stop([(n.pid, n.start_time) for n in reversed(rec.nodes)])
-        if rec.runtime == "docker":
+        if on_machine:
             _remove_labelled(rec.label)  # any a miner started while it was being stopped
         if rec.nat:
             remove_nat(rec)  # the engines in the namespaces (and their tasks), the namespaces
@@ -404,6 +401,15 @@ class Devnet:
 
     def _remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _clear(self) -> None:
+        """Tear down what an earlier network of this name left (its processes are gone, but
+        its containers, namespaces or temp files may not be), then remove its directory."""
+        try:
+            self._teardown(NetworkRecord.load(self.root))
+        except ConfigError:
+            pass  # no state (or not ours): nothing to find by it
+        self._remove()
 
     @contextlib.contextmanager
     def _locked(self, *, wait: bool) -> Iterator[None]:

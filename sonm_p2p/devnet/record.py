@@ -100,6 +100,7 @@ class NetworkRecord:
     root: str  # this network's directory
     runtime: str = "docker"
     nat: bool = False
+    token: str = ""  # random, per up: two networks of one name (other --dir) never share labels
     tmpdir: str = ""  # TMPDIR of every node (their private sockets): removed by down
     bin_dir: str = ""  # where sonmhub, sonmminer and sonmcli are
     client_listen: str = "/ip4/127.0.0.1/tcp/0"  # where sonmcli's overlay node listens
@@ -119,7 +120,7 @@ class NetworkRecord:
     @property
     def label(self) -> str:
         """The label on every task container and network of this network's miners."""
-        return f"sonm.devnet={self.name}"
+        return f"sonm.devnet={self.name}-{self.token}" if self.token else f"sonm.devnet={self.name}"
 
     def node(self, name: str) -> NodeRecord:
         for n in self.nodes:

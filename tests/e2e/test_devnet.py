@@ -15,14 +15,16 @@ from tests.devnet_cli import DEVNET, devnet, fresh_shell, ok, running, status
 from tests.harness import wait_for
 
 
-def _devnet_containers(label: str) -> list[str]:
+def _devnet_containers(name: str) -> list[str]:
+    """Containers of network ``name`` (label sonm.devnet=<name>-<token>), running or not."""
     res = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={label}"],
+        ["docker", "ps", "-a", "--filter", "label=sonm.devnet", "--format",
+         '{{.ID}} {{.Label "sonm.devnet"}}'],
         capture_output=True,
         text=True,
         check=True,
-    )
-    return res.stdout.split()
+    )  # fmt: skip
+    return [line for line in res.stdout.splitlines() if line.split()[1].startswith(f"{name}-")]
 
 
 @pytest.fixture
@@ -116,7 +118,7 @@ def test_devnet_demo_runs_a_task_and_cleans_up(tmp_path):
     assert "demo task started on miner-1: ID " in out and "8080/tcp->127.0.0.1:" in out
     assert "hello from a sonm task" in out
     assert f'eval "$({DEVNET} env --name demo1 --dir {base})"' in out
-    assert _devnet_containers("sonm.devnet=demo1") == []
+    assert _devnet_containers("demo1") == []
     assert running(str(base)) == []
 
 
@@ -157,7 +159,7 @@ def test_ctrl_c_stops_the_demo_task_and_the_network(tmp_path):
         devnet("down", "--dir", str(base), "--name", "demo2")
     assert proc.returncode == 0, out
     assert "demo task stopped; taking the network down" in out, out
-    assert _devnet_containers("sonm.devnet=demo2") == []
+    assert _devnet_containers("demo2") == []
     assert running(str(base)) == []
 
 

@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs docker images run test unit lint proto check-proto bench clean
+.PHONY: setup venv debs browser docker images run test unit lint proto check-proto bench clean
 
 setup: venv debs docker images
 
 debs:
 	bash scripts/ensure-debs.sh
+
+# Debian's chromium, for the hub page's headless test (not needed by `make run`).
+browser:
+	bash scripts/ensure-debs.sh --browser
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -46,7 +50,7 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup check-proto lint
+test: setup browser check-proto lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Debian packages the tests and test images use; installed only when missing (root only).
+# --browser: also chromium, which only the hub page's test needs (headless; `make test`).
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--browser" ]; then
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the hub page's test (headless)
 compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)
 bb=$(ldd /bin/busybox 2>&1 || true)
 [[ "$bb" == *"not a dynamic"* ]] || need+=(busybox-static)

@@ -18,7 +18,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium: `make debs` (scripts/ensure-debs.sh)"
+    CHROMIUM is None, reason="needs Debian's chromium: `make browser` (ensure-debs.sh --browser)"
 )
 
 

@@ -171,3 +171,42 @@ def test_fifty_miners_come_up_and_go(base):
     assert all(r["hub"] == rows[0]["node_id"] for r in rows[1:])
     ok("down", "--dir", str(base), timeout=300)
     assert running(str(base)) == [] and list(base.iterdir()) == []
+
+
+def test_down_after_up_itself_was_killed_mid_start_and_logs_follow(base):
+    # `up` writes each process to the state as it starts it: kill -9 `up` half-way and `down`
+    # still finds every process it had started.
+    proc = subprocess.Popen(
+        [DEVNET, "up", "--dir", str(base), "--miners", "3", "--runtime", "memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state = base / "default" / "state.json"
+
+    def miners_started() -> bool:
+        nodes = json.loads(state.read_text())["nodes"] if state.exists() else []
+        return sum(1 for n in nodes if n["role"] == "miner" and n["pid"]) == 3
+
+    try:
+        wait_for(miners_started, "up to start the miners", timeout=120)
+        busy = devnet("up", "--dir", str(base), "--runtime", "memory")
+        assert busy.returncode == 2 and busy.stderr.count("\n") == 1, busy.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    assert running(str(base))  # what it started runs on without it
+
+    follow = subprocess.Popen(
+        [DEVNET, "logs", "--dir", str(base), "-f", "hub-1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        first = follow.stdout.readline()  # type: ignore[union-attr]
+        assert first.strip(), first
+        assert follow.poll() is None  # -f: still following
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+
+    ok("down", "--dir", str(base))
+    assert running(str(base)) == [] and list(base.iterdir()) == []

@@ -105,6 +105,15 @@ def _shape_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "--hub-behind-nat", is_flag=True, help="With --nat: one more hub, behind a third router."
 )
 @click.option(
+    "--miners-per-process",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Run miners K to a process (each with its own key, node and connection to its hub): "
+    "less memory for many miners. Not with --nat.",
+)
+@click.option(
     "--timeout",
     type=float,
     default=0.0,
@@ -118,6 +127,7 @@ def up(
     runtime: str,
     nat: bool,
     hub_behind_nat: bool,
+    miners_per_process: int,
     timeout: float,
 ) -> None:
     """Start a network in the background; return once every hub answers and every miner is
@@ -131,6 +141,7 @@ def up(
         timeout=timeout,
         nat=nat,
         hub_behind_nat=hub_behind_nat,
+        miners_per_process=miners_per_process,
     )
     net.up(options, progress=lambda line: click.echo(line, err=True))
     click.echo(f"network {name} up in {time.monotonic() - t0:.1f}s\n", err=True)
@@ -239,6 +250,26 @@ def demo(
                 click.echo(f"demo task not stopped ({exc}); taking the network down")
     finally:
         net.down()
+
+
+@main.command("_miner-group", hidden=True)
+@click.argument("spec", type=click.Path(path_type=Path, exists=True))
+def miner_group(spec: Path) -> None:
+    """Run the miners of SPEC (written by `up --miners-per-process`) until SIGTERM."""
+    from cli._common import serve_until_signalled, setup_logging
+    from sonm_p2p.devnet.minergroup import start_group
+
+    setup_logging(False)
+    daemons = []
+
+    def start() -> None:
+        daemons.extend(start_group(spec))
+
+    def close() -> None:
+        for daemon in reversed(daemons):
+            daemon.close()
+
+    serve_until_signalled(start, close, "sonm-devnet miners")
 
 
 def _fetch(url: str, timeout: float = 20) -> str:

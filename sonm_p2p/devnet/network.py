@@ -24,6 +24,7 @@ from typing import Any
 
 from sonm_p2p.client import HubClient
 from sonm_p2p.devnet import procs
+from sonm_p2p.devnet.minergroup import group_spec
 from sonm_p2p.devnet.natnet import NatNetwork, check_nat_possible, hub_view_in_netns, remove_nat
 from sonm_p2p.devnet.procs import BIN_DIR
 from sonm_p2p.devnet.record import (
@@ -63,6 +64,8 @@ class DevnetOptions:
         defaults to 60 plus one per miner (plus 30 per Docker engine with ``nat``).
     nat: (root) the nodes in network namespaces, miners behind two NAT routers (see natnet);
         defaults to False. hub_behind_nat: with ``nat``, one more hub behind a third router.
+    miners_per_process: miners sharing one process (each with its own key, node and
+        connection; see minergroup); defaults to 1 (each its own ``sonmminer``).
     """
 
     hubs: int = 1
@@ -72,6 +75,7 @@ class DevnetOptions:
     timeout: float = 0.0
     nat: bool = False
     hub_behind_nat: bool = False
+    miners_per_process: int = 1
 
     @property
     def deadline(self) -> float:
@@ -185,6 +189,11 @@ class Devnet:
             raise ConfigError(f"--runtime {options.runtime!r}: docker or memory")
         if options.hub_behind_nat and not options.nat:
             raise ConfigError("--hub-behind-nat needs --nat")
+        if options.miners_per_process < 1 or (options.nat and options.miners_per_process > 1):
+            raise ConfigError(
+                f"--miners-per-process {options.miners_per_process}: at least 1, and 1 with "
+                "--nat (each miner has a namespace of its own there)"
+            )
         if options.nat:
             check_nat_possible()
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -248,9 +257,11 @@ class Devnet:
         self._wait(
             rec, lambda: all(self._answers(h) for h in hubs), "every hub to answer", deadline
         )
-        for i, miner in enumerate(miners):
-            # No hub address: each learns its hub (the hubs in turn, by node ID) from the gossip
-            # it hears through the first hub, so every hub of the chain gets miners.
+        # No hub address: each miner learns its hub (the hubs in turn, by node ID) from the
+        # gossip it hears through the first hub, so every hub of the chain gets miners.
+        if options.miners_per_process > 1:
+            self._spawn_groups(rec, miners, hubs, options)
+        for i, miner in enumerate(miners if options.miners_per_process == 1 else []):
             argv = self._miner_argv(rec, miner, hubs[0], options)
             argv += ["--hub-id", hubs[i % len(hubs)].node_id]
             env = None
@@ -265,6 +276,38 @@ class Devnet:
             progress(f"started {len(miners)} miner(s); waiting for each to be listed on a hub ...")
         want = {m.node_id for m in miners}
         self._wait(rec, lambda: want <= self._listed(hubs), "every miner to be listed", deadline)
+
+    def _spawn_groups(
+        self,
+        rec: NetworkRecord,
+        miners: list[NodeRecord],
+        hubs: list[NodeRecord],
+        options: DevnetOptions,
+    ) -> None:
+        """Miners by ``miners_per_process`` in ``sonm-devnet _miner-group`` processes: each
+        miner's record gets its group's PID and log."""
+        size = options.miners_per_process
+        for g, first in enumerate(range(0, len(miners), size), start=1):
+            group = miners[first : first + size]
+            specs = [
+                group_spec(
+                    home=m.home,
+                    bootstrap=hubs[0].p2p_target,
+                    hub_id=hubs[(first + k) % len(hubs)].node_id,
+                    publish_ip=m.ip,
+                    runtime=options.runtime,
+                    label=rec.label,
+                )
+                for k, m in enumerate(group)
+            ]
+            path = self.root / "nodes" / f"miner-group-{g}.json"
+            path.write_text(json.dumps(specs, indent=2))
+            log = str(self.root / "logs" / f"miner-group-{g}.log")
+            argv = [str(BIN_DIR / "sonm-devnet"), "_miner-group", str(path)]
+            pid, started = procs.spawn(argv, Path(log), self._env(rec))
+            for m in group:
+                m.pid, m.start_time, m.log = pid, started, log
+            rec.save()
 
     def _node(self, rec: NetworkRecord, role: str, name: str) -> NodeRecord:
         home = self.root / "nodes" / name

@@ -100,7 +100,7 @@ def _reap(pid: int) -> None:
 def stop(procs: Iterable[tuple[int, int]], *, grace: float = 15.0) -> None:
     """SIGTERM each live (pid, start time), wait up to ``grace`` seconds for all, SIGKILL the
     rest. Processes already gone (or replaced by others under the same PID) are skipped."""
-    live = [(pid, t) for pid, t in procs if alive(pid, t)]
+    live = [(pid, t) for pid, t in dict.fromkeys(procs) if alive(pid, t)]  # a group: once
     for pid, _ in live:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

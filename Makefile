@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs docker images image run test unit lint proto check-proto bench clean
+.PHONY: setup venv debs browser docker images image run test unit lint proto check-proto bench clean
 
 setup: venv debs docker images
 
 debs:
 	bash scripts/ensure-debs.sh
+
+# Debian's chromium, for the hub page's headless test (not needed by `make run`).
+browser:
+	bash scripts/ensure-debs.sh --browser
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -31,7 +35,7 @@ images: debs docker
 image: venv docker
 	PY=$(BIN)/python bash scripts/build-image.sh
 
-# A hub and two miners on this machine, then a demo task (see cli/devnet.py).
+# sonm-devnet demo: up (a hub, two miners), a demo task and how to reach it, down at Ctrl-C.
 run: setup
 	$(BIN)/sonm-devnet demo
 
@@ -51,7 +55,7 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup check-proto lint
+test: setup browser check-proto lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup

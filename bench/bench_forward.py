@@ -98,7 +98,7 @@ def loopback(workdir: Path) -> list[str]:
 
 
 def netns(workdir: Path) -> tuple[list[str], list[str]]:
-    from tests.netns.topology import NatKind, Topology
+    from sonm_p2p.devnet.topology import NatKind, Topology
 
     eim, sym = NatKind.ENDPOINT_INDEPENDENT, NatKind.SYMMETRIC
     with Topology(workdir) as topo:

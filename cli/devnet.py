@@ -1,236 +1,276 @@
-"""``sonm-devnet``: a hub and miners as processes on this machine, and a demo task."""
+"""``sonm-devnet``: a local network of hubs and miners (up, status, env, logs, down, demo).
+
+Thin over :mod:`sonm_p2p.devnet`, which starts, finds and stops the processes.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
+import shlex
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cli._common import SonmGroup, version_option
-from sonm_p2p.client import HubClient
-from sonm_p2p.errors import SonmError, Timeout
-from sonm_p2p.identity import load_or_create
+from cli._common import SonmGroup, emit_json, version_option
+from sonm_p2p.devnet import Devnet, DevnetOptions, default_dir, env_lines, render_table
+from sonm_p2p.devnet.network import BIN_DIR
+from sonm_p2p.errors import SonmError
 from sonm_p2p.model import RunSpec
 from sonm_p2p.tasks import format_endpoints
 
-BIN = Path(sys.executable).parent
 DEMO_IMAGE = "sonm-test/web:latest"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _pick(port: int) -> int:
-    if _port_free(port):
-        return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pick_udp(port: int) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-
-class Devnet:
-    """Processes started here are stopped (by PID) in :meth:`close`."""
-
-    def __init__(self, root: Path, miners: int, runtime: str) -> None:
-        self.root = root
-        self.n_miners = miners
-        self.runtime = runtime
-        self.procs: list[subprocess.Popen] = []
-        self.grpc_port = _pick(10001)
-        self.p2p_port = _pick(10002)
-        self.stun_port = _pick_udp(3478)
-
-    @property
-    def hub_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        # everything stays on this machine: loopback listens, mDNS on loopback only
-        env = {
-            **os.environ,
-            "SONM_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
-            "SONM_MDNS_INTERFACES": "127.0.0.1",
-        }
-        # Its own session: Ctrl-C (or a SIGTERM to the group) reaches sonm-devnet alone, which
-        # stops the demo task while the miner still runs, then stops each process by PID.
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def up(self, timeout: float = 60) -> HubClient:
-        self._spawn(
-            "hub",
-            [
-                str(BIN / "sonmhub"),
-                "--home",
-                str(self.root / "hub"),
-                "--grpc-listen",
-                self.hub_target,
-                "--p2p-listen",
-                f"/ip4/127.0.0.1/tcp/{self.p2p_port}",
-                "--stun-listen",
-                f"127.0.0.1:{self.stun_port}",
-            ],
-        )
-        client = HubClient(
-            self.hub_target, timeout=5, identity=load_or_create(self.root / "client")
-        )
-        _wait(lambda: client.ping() is not None, "the hub to answer", timeout)
-        for i in range(1, self.n_miners + 1):
-            self._spawn(
-                f"miner{i}",
-                [
-                    str(BIN / "sonmminer"),
-                    "-h",
-                    f"127.0.0.1:{self.p2p_port}",
-                    "--home",
-                    str(self.root / f"miner{i}"),
-                    "--publish-ip",
-                    "127.0.0.1",
-                    "--runtime",
-                    self.runtime,
-                    "--label",
-                    "sonm.devnet=1",
-                ],
-            )
-        _wait(
-            lambda: sum(m.online for m in client.list_miners()) >= self.n_miners,
-            f"{self.n_miners} miners to connect",
-            timeout,
-        )
-        return client
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def _wait(cond, what: str, timeout: float) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except SonmError:
-            pass
-        time.sleep(0.1)
-    raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @click.group(cls=SonmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option()
 def main() -> None:
-    """A local sonm network: a hub and miners as processes on 127.0.0.1."""
+    """A local sonm network: hubs and miners as background processes on this machine.
+
+    \b
+      sonm-devnet up --hubs 2 --miners 3        # returns once all are up; prints a table
+      eval "$(sonm-devnet env)"                 # then plain `sonmcli list` talks to it
+      sonm-devnet status [--json]
+      sonm-devnet logs miner-1 [-f]
+      sonm-devnet down
+
+    Several networks run side by side under different --name (every port is picked free).
+    """
+
+
+def _network_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--dir",
+        "base",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Where networks keep their state, homes and logs (one directory per name) "
+        "[default: $SONM_DEVNET_DIR, $SONM_HOME/devnet or ~/.sonm/devnet].",
+    )(f)
+    return click.option(
+        "--name", default="default", show_default=True, help="Which network (any number run)."
+    )(f)
+
+
+def _devnet(name: str, base: Path | None) -> Devnet:
+    return Devnet(base or default_dir(), name)
+
+
+def _env_command(net: Devnet) -> str:
+    argv = [str(BIN_DIR / "sonm-devnet"), "env", "--name", net.name, "--dir", str(net.base)]
+    return f'eval "$({shlex.join(argv)})"'
+
+
+def _print_up(net: Devnet) -> None:
+    rows = net.status()
+    click.echo(render_table(rows))
+    for row in rows:
+        if row.get("url"):
+            click.echo(f"page of {row['name']}: {row['url']}")
+    click.echo(f"\nlogs and homes in {net.root}; in any shell, to use it with plain sonmcli:")
+    click.echo(f"  {_env_command(net)}")
+    click.echo("  sonmcli hubs; sonmcli list")
+
+
+def _shape_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--runtime",
+        type=click.Choice(["docker", "memory"]),
+        default="docker",
+        show_default=True,
+        help="The miners' container engine (memory: a fake one, for many miners).",
+    )(f)
+    f = click.option(
+        "--miners", type=int, default=2, show_default=True, help="Miners (they find a hub)."
+    )(f)
+    return click.option(
+        "--hubs", type=int, default=1, show_default=True, help="Hubs (chained by bootstrap)."
+    )(f)
 
 
 @main.command()
-@click.option("--miners", default=2, show_default=True, help="How many miners to start.")
-@click.option("--exit", "exit_after", is_flag=True, help="Stop everything after the demo.")
+@_network_options
+@_shape_options
 @click.option(
-    "--dir",
-    "root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Keep homes and logs here (default: a temp dir, removed at the end).",
+    "--nat",
+    is_flag=True,
+    help="(root) Every node in a network namespace of its own; miners split between a "
+    "port-preserving NAT router and a symmetric one, each with a Docker engine of its own.",
 )
 @click.option(
-    "--runtime",
-    type=click.Choice(["docker", "memory"]),
-    default="docker",
+    "--hub-behind-nat", is_flag=True, help="With --nat: one more hub, behind a third router."
+)
+@click.option(
+    "--miners-per-process",
+    type=int,
+    default=1,
     show_default=True,
-    help="The miners' container engine.",
+    metavar="K",
+    help="Run miners K to a process (each with its own key, node and connection to its hub): "
+    "less memory for many miners. Not with --nat.",
 )
-def demo(miners: int, exit_after: bool, root: Path | None, runtime: str) -> None:
-    """Bring up a hub and miners, run a web task on one, show how to reach it.
+@click.option(
+    "--timeout",
+    type=float,
+    default=0.0,
+    help="Seconds to wait for every node [default: 60 + one per miner].",
+)
+def up(
+    name: str,
+    base: Path | None,
+    hubs: int,
+    miners: int,
+    runtime: str,
+    nat: bool,
+    hub_behind_nat: bool,
+    miners_per_process: int,
+    timeout: float,
+) -> None:
+    """Start a network in the background; return once every hub answers and every miner is
+    listed on a hub, and print its nodes."""
+    net = _devnet(name, base)
+    t0 = time.monotonic()
+    options = DevnetOptions(
+        hubs=hubs,
+        miners=miners,
+        runtime=runtime,
+        timeout=timeout,
+        nat=nat,
+        hub_behind_nat=hub_behind_nat,
+        miners_per_process=miners_per_process,
+    )
+    net.up(options, progress=lambda line: click.echo(line, err=True))
+    click.echo(f"network {name} up in {time.monotonic() - t0:.1f}s\n", err=True)
+    _print_up(net)
 
-    Runs until Ctrl-C (or returns at once with --exit); then stops the task and every process.
+
+@main.command()
+@_network_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of node objects).")
+def status(name: str, base: Path | None, as_json: bool) -> None:
+    """One row per node: its ID, PID, whether it runs; a miner's hub, NAT type, path, tasks."""
+    rows = _devnet(name, base).status()
+    if as_json:
+        emit_json(rows)
+    else:
+        click.echo(render_table(rows))
+
+
+@main.command()
+@_network_options
+def env(name: str, base: Path | None) -> None:
+    """Shell lines for `eval "$(sonm-devnet env)"`: sonmcli on PATH, talking to this network."""
+    net = _devnet(name, base)
+    for line in env_lines(net.record(), net.base):
+        click.echo(line)
+
+
+@main.command()
+@_network_options
+@click.argument("node")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what it writes (Ctrl-C ends).")
+def logs(name: str, base: Path | None, node: str, follow: bool) -> None:
+    """Print the log of NODE (a name from status: hub-1, miner-2, ...)."""
+    path = Path(_devnet(name, base).record().node(node).log)
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+            elif not follow:
+                return
+            else:
+                time.sleep(0.2)
+
+
+@main.command()
+@_network_options
+def down(name: str, base: Path | None) -> None:
+    """Stop every task container, then every process of the network; remove its files.
+    Works whatever crashed; a network that is not up is left as it is (exit 0)."""
+    if _devnet(name, base).down():
+        click.echo(f"network {name} is down")
+    else:
+        click.echo(f"network {name} was not up")
+
+
+@main.command()
+@_network_options
+@_shape_options
+@click.option("--exit", "exit_after", is_flag=True, help="Take it all down after the demo.")
+def demo(
+    name: str, base: Path | None, hubs: int, miners: int, exit_after: bool, runtime: str
+) -> None:
+    """`up`, then a web task on a miner and how to reach it; Ctrl-C takes the network down.
+
+    With --exit the network goes down at once after the demo.
     """
-    tmp = root is None
-    root = root or Path(tempfile.mkdtemp(prefix="sonm-devnet-"))
-    root.mkdir(parents=True, exist_ok=True)
-    net = Devnet(root, miners, runtime)
+    net = _devnet(name, base)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    net.up(
+        DevnetOptions(hubs=hubs, miners=miners, runtime=runtime),
+        progress=lambda line: click.echo(line),
+    )
     try:
-        click.echo(f"starting a hub and {miners} miners (logs in {root}) ...")
-        client = net.up()
-        ids = sorted(m.node_id for m in client.list_miners() if m.online)
-        click.echo(
-            f"hub    {client.info().node_id}  gRPC {net.hub_target}  "
-            f"overlay /ip4/127.0.0.1/tcp/{net.p2p_port}"
-        )
-        for mid in ids:
-            click.echo(f"miner  {mid}")
-        client.timeout = 300
-        task = client.start_task(ids[0], RunSpec(image=DEMO_IMAGE))
-        # From here Ctrl-C means "stop the demo", whenever it comes: the task is stopped first.
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        click.echo(
-            f"demo task started: ID {task.task_id}, Endpoint {format_endpoints(task.endpoints)}"
-        )
-        web = next((e for e in task.endpoints if e.protocol == "tcp"), None)
-        if web is not None and runtime == "docker":
-            url = f"http://{web.host_ip}:{web.host_port}/"
-            body = _fetch(url)
-            click.echo(f"fetched {url}: {body.strip()}")
-        cli = f"sonmcli --hub {net.hub_target} --home {root / 'client'}"
-        click.echo("\ntry:")
-        click.echo(f"  {cli} list")
-        click.echo(f"  {cli} status {task.task_id}")
-        click.echo(f"  {cli} stop {task.task_id}")
-        if not exit_after:
-            click.echo("\nthe network runs until Ctrl-C")
-            stop.wait()
-        try:
-            client.stop_task(task.task_id)
-            click.echo("demo task stopped; shutting the network down")
-        except SonmError as exc:  # stopped by the user already, or the hub is gone
-            click.echo(f"demo task not stopped ({exc}); shutting the network down")
+        _print_up(net)
+        rec = net.record()
+        with net.client(rec.hubs[0], timeout=300) as client:
+            miner = rec.miners[0].node_id
+            task = client.start_task(miner, RunSpec(image=DEMO_IMAGE))
+            # From here Ctrl-C means "stop the demo", whenever it comes: the task goes first.
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            click.echo(
+                f"\ndemo task started on {rec.miners[0].name}: ID {task.task_id}, "
+                f"Endpoint {format_endpoints(task.endpoints)}"
+            )
+            web = next((e for e in task.endpoints if e.protocol == "tcp"), None)
+            if web is not None and runtime == "docker":
+                url = f"http://{web.host_ip}:{web.host_port}/"
+                click.echo(f"fetched {url}: {_fetch(url).strip()}")
+            click.echo("\nreach it from any shell:")
+            click.echo(f"  {_env_command(net)}")
+            click.echo(f"  sonmcli status {task.task_id}")
+            click.echo(f"  sonmcli logs {task.task_id}")
+            if web is not None and runtime == "docker":
+                click.echo(f"  curl {url}")
+            if not exit_after:
+                click.echo("\nthe network runs until Ctrl-C")
+                stop.wait()
+            try:
+                client.stop_task(task.task_id)
+                click.echo("demo task stopped; taking the network down")
+            except SonmError as exc:  # stopped by the user already, or the hub is gone
+                click.echo(f"demo task not stopped ({exc}); taking the network down")
     finally:
-        net.close()
-        if tmp:
-            shutil.rmtree(root, ignore_errors=True)
+        net.down()
+
+
+@main.command("_miner-group", hidden=True)
+@click.argument("spec", type=click.Path(path_type=Path, exists=True))
+def miner_group(spec: Path) -> None:
+    """Run the miners of SPEC (written by `up --miners-per-process`) until SIGTERM."""
+    from cli._common import serve_until_signalled, setup_logging
+    from sonm_p2p.devnet.minergroup import start_group
+
+    setup_logging(False)
+    daemons = []
+
+    def start() -> None:
+        daemons.extend(start_group(spec))
+
+    def close() -> None:
+        for daemon in reversed(daemons):
+            daemon.close()
+
+    serve_until_signalled(start, close, "sonm-devnet miners")
 
 
 def _fetch(url: str, timeout: float = 20) -> str:

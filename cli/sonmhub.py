@@ -156,6 +156,14 @@ from sonm_p2p.transport.relay import RelayOptions
     show_default=True,
     help="... from one client address (clients over the overlay share the hub's loopback).",
 )
+@click.option(
+    "--http-listen",
+    default="",
+    envvar="SONM_HTTP_LISTEN",
+    metavar="HOST:PORT",
+    help="Serve a read-only page that draws this hub's network (refreshing itself) and "
+    "/metrics (Prometheus text format) here; off when empty.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -181,6 +189,7 @@ def main(
     tls_key: Path | None,
     max_streams: int,
     max_streams_per_client: int,
+    http_listen: str,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -227,6 +236,7 @@ def main(
             streams=StreamLimits(total=max_streams, per_client=max_streams_per_client),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            http_listen=http_listen,
         )
         daemon = HubDaemon(options)
     except SonmError as err:

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests and test images use; installed only when missing (root only).
+# --browser: also chromium, which only the hub page's test needs (headless; `make test`).
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--browser" ]; then
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -96,6 +96,25 @@ async def _aend(
     await context.abort(code, message)
 
 
+def _observe(
+    servicer: Any, method: Callable[..., Any], context: Any, exc: Exception | None
+) -> None:  # noqa: E501
+    """Tell the servicer's ``observe_call(method, code)`` (if it has one: the hub's metrics) how
+    a call ended: OK, the domain error's code, or the code it was aborted with."""
+    hook = getattr(servicer, "observe_call", None)
+    if hook is None:
+        return
+    if exc is None:
+        code: Any = grpc.StatusCode.OK
+    elif isinstance(exc, errors.SonmError):
+        code = getattr(grpc.StatusCode, exc.grpc_code)
+    elif _aborted(context, exc):
+        code = (context.code() if hasattr(context, "code") else None) or "UNKNOWN"
+    else:
+        code = grpc.StatusCode.INTERNAL
+    hook(method.__name__, getattr(code, "name", str(code)))
+
+
 def _refuse_malformed(request: Any) -> None:
     if isinstance(request, Malformed):
         raise errors.InvalidRequest(f"malformed request: {type(request.error).__name__}")
@@ -111,7 +130,10 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
                 async for item in method(self, request, context):
                     yield item
             except Exception as exc:
+                _observe(self, method, context, exc)
                 await _aend(context, exc, method)
+            else:
+                _observe(self, method, context, None)
 
         return astream
 
@@ -121,9 +143,13 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         async def aunary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 _refuse_malformed(request)
-                return await method(self, request, context)
+                reply = await method(self, request, context)
             except Exception as exc:
+                _observe(self, method, context, exc)
                 await _aend(context, exc, method)
+            else:
+                _observe(self, method, context, None)
+                return reply
 
         return aunary
 
@@ -135,7 +161,10 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
                 _refuse_malformed(request)
                 yield from method(self, request, context)
             except Exception as exc:
+                _observe(self, method, context, exc)
                 _end(context, exc, method)
+            else:
+                _observe(self, method, context, None)
 
         return stream
 
@@ -143,9 +172,13 @@ def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             _refuse_malformed(request)
-            return method(self, request, context)
+            reply = method(self, request, context)
         except Exception as exc:
+            _observe(self, method, context, exc)
             _end(context, exc, method)
+        else:
+            _observe(self, method, context, None)
+            return reply
 
     return unary
 

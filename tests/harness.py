@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-BIN = Path(sys.executable).parent
+from sonm_p2p.devnet.procs import BIN_DIR as BIN
+from sonm_p2p.devnet.procs import Proc  # noqa: F401 - the tests take it from here
+
 T = TypeVar("T")
 
 # Tests talk to 127.0.0.1 only: libp2p listens (and so advertises and is dialled) on loopback,
@@ -50,38 +50,6 @@ def wait_for(cond: Callable[[], T], what: str, timeout: float = 20.0, every: flo
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
     )
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill9(self) -> None:
-        if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-        return self.popen.returncode
 
 
 @dataclass

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,9 +22,11 @@ from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.limits import StreamLimits
+from sonm_p2p.hub.metrics import HubMetrics, HubReadings
 from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
+from sonm_p2p.hub.web import HubWeb, network_view
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.supervisor import Supervisor
@@ -31,7 +34,7 @@ from sonm_p2p.transport.addrs import format_hostport, interface_ips, parse_hostp
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 from sonm_p2p.transport.reachability import Reachability
-from sonm_p2p.transport.relay import RelayOptions
+from sonm_p2p.transport.relay import RelayOptions, relay_counts
 from sonm_p2p.transport.stun import ResponderAddresses, StunResponder
 
 __all__ = ["HubDaemon", "HubDaemonOptions"]
@@ -60,6 +63,8 @@ class HubDaemonOptions:
     tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
         are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
+    http_listen: ``host:port`` of the read-only page and /metrics (see hub/web.py); defaults
+        to "" (none).
     """
 
     home: Path
@@ -79,6 +84,7 @@ class HubDaemonOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     streams: StreamLimits = field(default_factory=StreamLimits)
+    http_listen: str = ""
 
 
 class HubDaemon:
@@ -129,6 +135,7 @@ class HubDaemon:
         self.stun: StunResponder | None = None
         self.stun_endpoint = ""
         self._relay_stun: dict[str, tuple[float, str]] = {}  # relay peer -> (when, endpoint)
+        self.web: HubWeb | None = None
 
     def __repr__(self) -> str:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
@@ -151,6 +158,8 @@ class HubDaemon:
             streams=self.options.streams,
         )
         add_servicer(hub_pb2_grpc.add_HubServicer_to_server, servicer, self._server)
+        if self.options.http_listen:
+            self._start_web(servicer)
         self.node.accept_sessions(SESSION, self.hub.miner_opened, self.hub.miner_closed)
         self.node.start()
         # Overlay clients (already Noise-encrypted) reach the same server on a private Unix
@@ -165,6 +174,28 @@ class HubDaemon:
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
         )  # fmt: skip
+
+    def _start_web(self, servicer: HubServicer) -> None:
+        """The page and /metrics (``--http-listen``); the servicer counts its calls for them."""
+        metrics = HubMetrics(
+            HubReadings(
+                miners_online=lambda: len(self.hub.online_miners()),
+                tasks_by_state=self.state.count_tasks_by_state,
+                relay=lambda: relay_counts(self.node.core.relay),
+                gossip=self.gossip.stats,
+            )
+        )
+        servicer.observe_call = metrics.rpc_done
+        view = partial(
+            network_view,
+            node_id=self.node_id,
+            reachability=lambda: str(self.reachability.state),
+            hub=self.hub,
+            node=self.node,
+            gossip=self.gossip,
+        )
+        self.web = HubWeb(self.options.http_listen, view, metrics.exposition)
+        self.web.start()
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.hub.loop is not None
@@ -228,6 +259,8 @@ class HubDaemon:
 
     def close(self) -> None:
         """Stop serving and join every thread the hub started. Idempotent."""
+        if self.web is not None:
+            self.web.close()
         if self.stun is not None:
             self.stun.close()
         if self._server is not None and self.hub.loop is not None:

@@ -57,6 +57,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
         self.stun_endpoint = stun_endpoint
+        #: Told how each call ended, (method, code name): the hub's metrics (see _status).
+        self.observe_call: Callable[[str, str], None] | None = None
         self.verifier = RequestVerifier(hub_id=hub.node_id)
 
     def _caller(self, method: str, request: Message, context: grpc.ServicerContext) -> str:

@@ -243,6 +243,12 @@ class HubState:
             rows = conn.execute(sql, args).fetchall()
         return [_task_from_row(r) for r in rows]
 
+    def count_tasks_by_state(self) -> dict[str, int]:
+        """How many tasks the table holds in each state (states with none left out)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
     def delete_ended(self, before: float) -> int:
         """Forget terminal tasks that ended before ``before``; returns how many."""
         terminal = sorted(s.value for s in TERMINAL_STATES)

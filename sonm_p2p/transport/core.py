@@ -119,6 +119,7 @@ class NodeCore:
         self.peer_id = ""
         #: Relay reservations this node keeps (read from any thread).
         self.reservations: list[RelayReservation] = []
+        self.relay: Any = None  # the circuit relay v2 protocol this node serves (relay_counts)
         self._token: trio.lowlevel.TrioToken | None = None
         self._handlers: dict[str, StreamHandler] = {}
         self._services: list[Service] = []
@@ -192,7 +193,7 @@ class NodeCore:
         o = self.options
         if not host.get_addrs():
             raise DialError(f"could not listen on {list(o.listen)}")
-        await nursery.start(relay_service, host, o.relay_service)
+        self.relay = await nursery.start(relay_service, host, o.relay_service)
         if o.autonat_service:
             await nursery.start(serve_autonat, host)
         dcutr = None

@@ -45,6 +45,7 @@ __all__ = [
     "circuit_addr",
     "dial_relayed",
     "is_circuit",
+    "relay_counts",
     "relay_service",
     "reserve",
 ]
@@ -201,6 +202,16 @@ def _relay_protocol_class() -> type:
                     conn.set_transport_info([addr], ConnectionType.RELAYED)
 
     return _RelayProtocol
+
+
+def relay_counts(proto: Any) -> tuple[int, int]:
+    """(reservations held, circuits open) on a node's relay protocol (from ``relay_service``),
+    for metrics: read from any thread (sizes of dicts only the node's trio thread changes)."""
+    if proto is None:
+        return 0, 0
+    reservations = len(getattr(proto.resource_manager, "_reservations", {}))
+    circuits = sum(len(v) for v in list(proto.__dict__.get("_sonm_circuits", {}).values()))
+    return reservations, circuits
 
 
 async def _end_stream(stream: Any, *, reset: bool) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.topology import Topology
+from sonm_p2p.devnet.topology import Topology
 
 SKIP_REASON = "needs root and network namespaces: CI runs as root; run `sudo make test`"
 

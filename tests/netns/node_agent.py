@@ -4,7 +4,7 @@ Hole punching is a race between two SYNs; nodes sharing one Python process share
 take turns instead of racing, so the traversal tests and the benchmark run each node as a
 process inside its namespace: ``python -m tests.netns.node_agent '<options json>'``.
 
-:class:`Agent` is the controlling side (spawns it in a :class:`~tests.netns.topology.Host`,
+:class:`Agent` is the controlling side (spawns it in a :class:`~sonm_p2p.devnet.topology.Host`,
 tracked by PID for the topology's teardown); :func:`main` is the process. Besides the node's
 API, the process runs the test's traffic (echo servers, a user's TCP/UDP client) so every socket
 lives in the node's namespace.

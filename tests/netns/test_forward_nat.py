@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sonm_p2p.devnet.topology import Greeter, Host, NatKind, NsHub, NsMiner, Topology
 from tests.harness import Proc
-from tests.netns.topology import Greeter, Host, NatKind, NsHub, NsMiner, Topology
 
 pytestmark = pytest.mark.root
 

@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 
-from sonm_p2p.identity import load_or_create
-from tests.harness import BIN, Proc
-from tests.netns.topology import (
+from sonm_p2p.devnet.topology import (
     DockerEngine,
     Greeter,
     Host,
@@ -33,6 +31,8 @@ from tests.netns.topology import (
     NsMiner,
     Topology,
 )
+from sonm_p2p.identity import load_or_create
+from tests.harness import BIN, Proc
 
 pytestmark = pytest.mark.root
 

@@ -15,6 +15,7 @@ import time
 import pytest
 import trio
 
+from sonm_p2p.devnet.topology import Host, NatKind, Topology
 from sonm_p2p.transport.stun import (
     ClientOptions,
     Filtering,
@@ -24,7 +25,6 @@ from sonm_p2p.transport.stun import (
     probe_nat,
 )
 from tests.harness import wait_for
-from tests.netns.topology import Host, NatKind, Topology
 
 pytestmark = pytest.mark.root
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from sonm_p2p.devnet.topology import NatKind, Topology
 from tests.harness import wait_for
 from tests.netns.node_agent import Agent, AgentError
-from tests.netns.topology import NatKind, Topology
 
 pytestmark = pytest.mark.root
 

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.harness import BIN, Proc, wait_for
+from sonm_p2p.devnet.procs import BIN_DIR as BIN
+from sonm_p2p.devnet.procs import Proc
 
 __all__ = [
     "ALT_V4",
@@ -63,7 +64,9 @@ __all__ = [
     "NsHub",
     "NsMiner",
     "Topology",
+    "delete_namespace",
     "in_netns",
+    "remove_engine_state",
 ]
 
 PUBLIC_V4 = "203.0.113"  #: first public IPv4 range (TEST-NET-3), hosts .10 and up
@@ -507,13 +510,27 @@ class DockerEngine:
             if ids:
                 self.docker("rm", "-f", *ids, timeout=60)
         proc.stop()  # a containerd it leaves behind dies with the namespace (_kill_stragglers)
-        roots = (self.root, self.exec_root)
-        mounts = [m for m in _mountpoints() if any(m == r or r in m.parents for r in roots)]
-        for mount in sorted(mounts, key=lambda m: len(m.parts), reverse=True):
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-        for path in (self.root, self.exec_root):
-            shutil.rmtree(path, ignore_errors=True)
-        self.socket.unlink(missing_ok=True)
+        remove_engine_state(self.root, self.exec_root, self.socket)
+
+
+def remove_engine_state(root: Path, exec_root: Path, sock: Path) -> None:
+    """Unmount what a stopped engine left under ``root`` and ``exec_root``, delete both and its
+    socket (``sonm-devnet down`` calls it for engines an earlier process started)."""
+    roots = (root, exec_root)
+    mounts = [m for m in _mountpoints() if any(m == r or r in m.parents for r in roots)]
+    for mount in sorted(mounts, key=lambda m: len(m.parts), reverse=True):
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    for path in roots:
+        shutil.rmtree(path, ignore_errors=True)
+    sock.unlink(missing_ok=True)
+
+
+def delete_namespace(ns: str) -> None:
+    """SIGKILL what still runs in ``ns``, then delete it (nothing if it is gone already)."""
+    if not (NETNS_DIR / ns).exists():
+        return
+    _kill_stragglers(ns)
+    _ip(f"netns del {ns}")
 
 
 def _mountpoints() -> list[Path]:
@@ -646,6 +663,18 @@ class Topology:
         self.routers[name] = router
         return router
 
+    def attach_machine(self, ip: str = f"{PUBLIC_V4}.250") -> str:
+        """Put this machine (the root namespace) on the public segment at ``ip``, so its own
+        processes (``sonmcli``) reach the public hosts; only 203.0.113.0/24 is routed there.
+        The link goes when the "internet" namespace is deleted. Returns the interface name."""
+        port = f"p{next(self._ports)}"
+        local = self.tag[:15]
+        _ip(f"link add {local} type veth peer name {port} netns {self.inet}")
+        _ip(f"-n {self.inet} link set {port} master pub4 up")
+        _ip(f"addr add {ip}/24 dev {local}")
+        _ip(f"link set {local} up")
+        return local
+
     # --- processes ---------------------------------------------------------------------------
 
     def spawn(
@@ -735,8 +764,7 @@ class Topology:
         for engine in reversed(self.engines):
             attempt(engine.close)
         for ns in reversed(self.namespaces):
-            attempt(_kill_stragglers, ns)
-            attempt(_ip, f"netns del {ns}")
+            attempt(delete_namespace, ns)
         if errors:
             raise errors[0]
 
@@ -747,5 +775,8 @@ def _kill_stragglers(ns: str) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if pids:
-        wait_for(lambda: not _ip(f"netns pids {ns}").split(), f"processes in {ns} to exit", 10)
+    deadline = time.monotonic() + 10
+    while pids and _ip(f"netns pids {ns}").split():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes in {ns} did not exit after SIGKILL")
+        time.sleep(0.05)

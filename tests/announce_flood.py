@@ -86,6 +86,13 @@ class Attacker:
             return b"%d:" % n + b"x" * 5000
         return b"junk %d" % n
 
+    def backlog(self) -> int:
+        """Messages waiting in this node's outbound queues (py-libp2p's, per peer: 32 at most,
+        more are dropped on this side, unseen by the hub)."""
+        pubsub = self.gossip._pubsub
+        queues = list(pubsub.peer_queues.values()) if pubsub is not None else []
+        return max((len(q) for q in queues), default=0)
+
     def close(self) -> None:
         self.node.close()
 
@@ -111,27 +118,21 @@ def start_attackers(count: int, bootstrap: str, hub_node_id: str) -> list[Attack
 
 
 def flood(
-    attackers: list[Attacker],
-    victim: HubAnnouncement,
-    per_attacker: int,
-    *,
-    burst: int = 20,
-    pause: float = 0.02,
-    stop: threading.Event | None = None,
+    attackers: list[Attacker], victim: HubAnnouncement, per_attacker: int, *, burst: int = 16
 ) -> float:
-    """Each attacker publishes ``per_attacker`` forgeries, kinds in turn, in bursts of ``burst``
-    with ``pause`` seconds between bursts (py-libp2p queues 32 messages per peer and drops the
-    rest on the sender's side, unseen by the hub). Returns the seconds it took."""
+    """Each attacker publishes ``per_attacker`` forgeries, kinds in turn, in bursts of ``burst``,
+    each burst once its outbound queue has room for it (so that none is lost on the sending
+    side). Returns the seconds it took."""
     began = time.monotonic()
     for start in range(0, per_attacker, burst):
         for a in attackers:
+            wait_for(
+                lambda a=a: a.backlog() + burst <= 32, f"{a.name}'s queue", timeout=30, every=0.001
+            )
             for n in range(start, min(start + burst, per_attacker)):
                 kind = KINDS[(n + a.offset) % len(KINDS)]
                 a.gossip.publish(a.forgery(kind, victim, n))
                 a.sent[kind] += 1
-        if stop is not None and stop.is_set():
-            break
-        time.sleep(pause)  # pacing the sender, not waiting for the hub
     return time.monotonic() - began
 
 
@@ -209,6 +210,26 @@ def reported_drops(log: str) -> Counter[str]:
             reason, _, n = part.rpartition(" ")
             total[reason] += int(n)
     return total
+
+
+def settled_drops(read_log: Callable[[], str], sent: int, quiet: float = 11.0) -> Counter[str]:
+    """The hub's drop reports once they account for at least half of ``sent`` and no new one
+    has come for ``quiet`` seconds (reports come every 10 s while drops go on)."""
+    wait_for(
+        lambda: (d := reported_drops(read_log())).total() - d["replayed"] >= sent / 2,
+        "the hub to report its drops",
+        timeout=30,
+    )
+    seen = {"reports": -1, "at": time.monotonic()}
+
+    def quiet_for() -> bool:
+        n = len(_REPORT.findall(read_log()))
+        if n != seen["reports"]:
+            seen.update(reports=n, at=time.monotonic())
+        return time.monotonic() - seen["at"] >= quiet
+
+    wait_for(quiet_for, "the hub's reports to settle", timeout=60, every=0.5)
+    return reported_drops(read_log())
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -17,7 +17,7 @@ from tests.announce_flood import (
     KINDS,
     flood_measured,
     percentile,
-    reported_drops,
+    settled_drops,
     start_attackers,
 )
 from tests.harness import wait_for
@@ -83,14 +83,13 @@ def test_a_flood_of_forged_announcements_leaves_the_hub_serving(net):
         assert set(listed) == {hub_id, other_id}, listed
         assert all(e.grpc_endpoint != FORGED_ENDPOINT for e in listed.values()), listed
 
-    # The hub's log counts what it dropped, by reason (a line every 10 s at most).
-    def counted():
-        drops = reported_drops(hub.proc.output())
-        return drops if sum(drops.values()) >= 0.9 * sent else None
-
-    drops = wait_for(counted, "the hub to report its drops", timeout=30)
+    # The hub's log counts what its validator dropped, by reason, in a line every 10 s at most.
+    # Under load, py-libp2p's own pubsub drops part of a flood before the validator sees it
+    # (uncounted, and cheaper still): on an idle machine all 4000 were counted, under load ~77%.
+    drops = settled_drops(hub.proc.output, sent)
     print(f"hub's drops: {dict(drops)}")
-    assert sum(drops.values()) <= sent
-    assert drops["throttled"] >= 0.9 * sent
+    forged = drops.total() - drops["replayed"]  # replays are the hubs' own, echoed back
+    assert sent / 2 <= forged <= sent, drops
+    assert drops["throttled"] >= 0.9 * forged
     for kind in KINDS:  # each kind got past the rate limit at least once, and was dropped
         assert drops[kind] >= 1, (kind, drops)

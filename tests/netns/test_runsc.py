@@ -136,6 +136,21 @@ def test_a_task_runs_under_gvisor(box: Box):
     (port,) = [e for e in status["endpoints"] if e["port"] == "8080/tcp"]
     assert PAGE in _http_get(host, port["host"], port["host_port"])
 
+    # A start that fails inside the sandbox (no such command) is refused, and leaves no sandbox.
+    sandboxes = len(runsc_processes(engine.exec_root))
+    bad = host.sonmcli(
+        "--hub", box.hub.grpc_target, "start", "--image", "sonm-test/busybox",
+        f"--miner={node_id}", "--", "/no/such/command", home=box.owner, timeout=120,
+    )  # fmt: skip
+    # As under runc: the image cannot run that command (FAILED_PRECONDITION), not INTERNAL.
+    assert bad.returncode == 6, bad.stderr
+    assert "cannot run its command" in bad.stderr and "/no/such/command" in bad.stderr
+    box.topo.wait(
+        lambda: len(runsc_processes(engine.exec_root)) <= sandboxes,
+        "the failed start's sandbox to go",
+        timeout=30,
+    )
+
     # A command's output comes back, and it ran on gVisor's kernel, not the host's.
     began_task = time.monotonic()
     probe = box.start(

@@ -272,7 +272,8 @@ class DockerRuntime:
             raise ConfigError(
                 f"the engine has no runtime {self.runtime_class!r} (it has: "
                 f"{', '.join(sorted(known)) or 'none'}); register it in /etc/docker/daemon.json "
-                '("runtimes": {"runsc": {"path": "/usr/bin/runsc"}}) and restart dockerd'
+                '("runtimes": {"runsc": {"path": "/usr/bin/runsc"}}, with the "runtimeArgs" '
+                "the README's Security model names for older runsc builds) and restart dockerd"
             )
 
     @property

@@ -11,6 +11,9 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# gVisor, for the miner's --runtime-class runsc (tests/netns/test_runsc.py registers it with a
+# private engine; the machine's own engine is left as it is).
+command -v runsc >/dev/null 2>&1 || need+=(runsc)
 compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)
 bb=$(ldd /bin/busybox 2>&1 || true)
 [[ "$bb" == *"not a dynamic"* ]] || need+=(busybox-static)

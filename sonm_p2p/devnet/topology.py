@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import enum
 import itertools
+import json
 import os
 import secrets
 import shlex
@@ -67,6 +68,7 @@ __all__ = [
     "delete_namespace",
     "in_netns",
     "remove_engine_state",
+    "runsc_processes",
 ]
 
 PUBLIC_V4 = "203.0.113"  #: first public IPv4 range (TEST-NET-3), hosts .10 and up
@@ -323,9 +325,12 @@ class Host:
         home = home or self.topo.workdir / f"cli-{self.name}"
         return self.spawn(name, [str(BIN / "sonmcli"), "--home", str(home), *args])
 
-    def docker_engine(self, images: Sequence[str] = ("sonm-test/web",)) -> DockerEngine:
-        """Start a private ``dockerd`` in this namespace with ``images`` copied in."""
-        engine = DockerEngine(self, self.topo.workdir / f"dockerd-{self.name}")
+    def docker_engine(
+        self, images: Sequence[str] = ("sonm-test/web",), *, config: Mapping[str, Any] | None = None
+    ) -> DockerEngine:
+        """Start a private ``dockerd`` in this namespace with ``images`` copied in; ``config`` is
+        its daemon.json (e.g. ``{"runtimes": {...}}``), empty by default."""
+        engine = DockerEngine(self, self.topo.workdir / f"dockerd-{self.name}", config)
         self.topo.engines.append(engine)
         engine.start()
         for image in images:
@@ -444,13 +449,17 @@ class DockerEngine:
 
     Started with ``nsenter --net`` rather than ``ip netns exec``, which remounts /sys and so hides
     the cgroup mounts dockerd needs. It gets its own bridge (10.250.0.0/24, inside the namespace),
-    no iptables rules and no forwarding: published ports work through docker-proxy. ``close()``
-    removes its containers, stops it by PID, unmounts what it left and deletes its state.
+    no iptables rules and no forwarding: published ports work through docker-proxy. ``config``
+    is its daemon.json (the machine's own engine and its /etc/docker/daemon.json are never
+    touched). ``close()`` removes its containers, stops it by PID, kills gVisor sandboxes it
+    left (they live in their containers' namespaces, not the host's), unmounts what it left and
+    deletes its state.
     """
 
-    def __init__(self, host: Host, root: Path) -> None:
+    def __init__(self, host: Host, root: Path, config: Mapping[str, Any] | None = None) -> None:
         self.host = host
         self.root = root
+        self.config = dict(config or {})
         self.socket = Path(f"/run/sonm-dockerd-{host.ns}.sock")
         # Its runtime state goes to /run: containerd's sockets there must stay under 104 bytes.
         self.exec_root = Path(f"/run/sonm-dockerd-{host.ns}")
@@ -476,7 +485,7 @@ class DockerEngine:
         """Start dockerd and wait until it answers on its socket."""
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "daemon.json"
-        config.write_text("{}\n")
+        config.write_text(json.dumps(self.config) + "\n")
         r = self.root
         argv = (
             f"nsenter --net={NETNS_DIR / self.host.ns} dockerd -H {self.url} --data-root {r}/data"
@@ -510,6 +519,7 @@ class DockerEngine:
             if ids:
                 self.docker("rm", "-f", *ids, timeout=60)
         proc.stop()  # a containerd it leaves behind dies with the namespace (_kill_stragglers)
+        _kill_runsc_sandboxes(self.exec_root)
         remove_engine_state(self.root, self.exec_root, self.socket)
 
 
@@ -531,6 +541,30 @@ def delete_namespace(ns: str) -> None:
         return
     _kill_stragglers(ns)
     _ip(f"netns del {ns}")
+
+
+def runsc_processes(exec_root: Path) -> list[int]:
+    """PIDs of gVisor processes (``runsc-sandbox``, ``runsc-gofer``, ...) of the engine whose
+    exec root is ``exec_root``: their ``--root`` lies under it."""
+    under = f"={exec_root}/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if argv[0].startswith(b"runsc") and any(under.encode() in a for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_runsc_sandboxes(exec_root: Path) -> None:
+    """SIGKILL, by PID, the gVisor sandboxes an engine left (a failed runsc start leaves them)."""
+    for pid in runsc_processes(exec_root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _mountpoints() -> list[Path]:

@@ -70,6 +70,8 @@ class GossipOptions:
     redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
         (attempts start at 0.25 s apart and double).
     validator: limits of the topic validator; see ValidatorOptions.
+    drop_report_interval: at most one log line per this many seconds counting the announcements
+        dropped since the last one, by reason (none when nothing was dropped); defaults to 10.
     """
 
     bootstrap: tuple[str, ...] = ()
@@ -79,6 +81,7 @@ class GossipOptions:
     heartbeat_interval: float = 1.0
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
+    drop_report_interval: float = 10.0
 
     @classmethod
     def of(cls, daemon: Any) -> GossipOptions:
@@ -270,12 +273,20 @@ class HubGossip:
                     self._lock.notify_all()
 
     async def _expire(self) -> None:
+        reported = dict(self._validator.drops)
+        reported_at = time.monotonic()
         while True:
             await trio.sleep(1.0)
             with self._lock:
                 gone = self._directory.expire(time.time())
+                drops, accepted = dict(self._validator.drops), self._validator.accepted
             if gone:
                 log.info("hubs expired: %s", ", ".join(gone))
+            if time.monotonic() - reported_at >= self.options.drop_report_interval:
+                new = {k: v - reported[k] for k, v in drops.items() if v > reported[k]}
+                if new:
+                    _report_drops(new, time.monotonic() - reported_at, accepted)
+                    reported, reported_at = drops, time.monotonic()
 
     async def _announce_forever(self) -> None:
         assert self._announce is not None
@@ -374,6 +385,18 @@ class HubGossip:
                     log.debug("LAN hub %s at %s: %s", peer.peer_id, maddr, exc)
         finally:
             self._dialling.discard(peer.peer_id)
+
+
+def _report_drops(new: dict[str, int], seconds: float, accepted: int) -> None:
+    """One line for the operator: a flood of forged announcements shows here, by reason."""
+    by_reason = ", ".join(f"{k} {v}" for k, v in sorted(new.items(), key=lambda kv: -kv[1]))
+    log.info(
+        "hub topic: dropped %d announcements in %.0fs (%s); %d accepted in all",
+        sum(new.values()),
+        seconds,
+        by_reason,
+        accepted,
+    )
 
 
 def hub_announcer(

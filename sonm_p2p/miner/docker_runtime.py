@@ -272,7 +272,8 @@ class DockerRuntime:
             raise ConfigError(
                 f"the engine has no runtime {self.runtime_class!r} (it has: "
                 f"{', '.join(sorted(known)) or 'none'}); register it in /etc/docker/daemon.json "
-                '("runtimes": {"runsc": {"path": "/usr/bin/runsc"}}) and restart dockerd'
+                '("runtimes": {"runsc": {"path": "/usr/bin/runsc"}}, with the "runtimeArgs" '
+                "the README's Security model names for older runsc builds) and restart dockerd"
             )
 
     @property
@@ -385,7 +386,9 @@ class DockerRuntime:
             with suppress(SonmError):  # best effort: already raising
                 self._remove_container(container)
             why = _explain(exc.__cause__) if isinstance(exc, RuntimeFailure) else ""
-            if "exec" in why:  # 'exec: "x": executable file not found', 'exec format error'
+            # runc: 'exec: "x": executable file not found', 'exec format error'; runsc (gVisor):
+            # 'creating process: failed to load /x: no such file or directory'.
+            if "exec" in why or "failed to load" in why:
                 raise ImageNotRunnable(
                     f"image {spec.image}: cannot run its command: {why}"
                 ) from exc

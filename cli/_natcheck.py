@@ -64,7 +64,7 @@ def check(client: HubClient, identity: Identity) -> dict[str, Any]:
         "hub": info.node_id,
         "hub_grpc": client.target,
         "grpc_rtt_ms": round(grpc_rtt * 1000, 3),
-        "stun": stun_report(info.stun_endpoint),
+        "stun": stun_report(info.stun_endpoints),
     }
     try:
         report["overlay"] = _overlay_path(identity, list(info.multiaddrs))
@@ -83,6 +83,9 @@ def render(r: dict[str, Any]) -> str:
     ]
     if s.get("error"):
         lines.append(f"           {s['error']}")
+    if untold := s.get("not_told_apart"):
+        lines.append(f"           not told apart from {', '.join(untold['types'])}:")
+        lines.append(f"           {untold['why']}")
     if o.get("error"):
         lines.append(f"Hub        {r['hub']}: {o['error']}")
     else:

@@ -63,7 +63,7 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
     local_host, local_port = parse_hostport(local, allow_zero=True)
     with c.client() as client:
         # STUN runs while the task is looked up and the node starts
-        forwarder = TaskForwarder(lambda: client.info().stun_endpoint, listen=client_listen())
+        forwarder = TaskForwarder(lambda: client.info().stun_endpoints, listen=client_listen())
         try:
             task = client.task_status(job)
             miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)

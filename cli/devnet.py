@@ -45,13 +45,16 @@ def _pick(port: int) -> int:
 
 
 def _pick_udp(port: int) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    """``port`` when it and the next one (the hub's second STUN port) are free, else 0 (the
+    hub then takes two free ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                return 0
 
 
 class Devnet:

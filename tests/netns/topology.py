@@ -255,6 +255,7 @@ class Host:
         p2p_port: int = 10002,
         stun_port: int = 3478,
         wildcard: bool = False,
+        default_stun: bool = False,
         extra: Sequence[str] = (),
         timeout: float = 30,
     ) -> NsHub:
@@ -265,6 +266,7 @@ class Host:
         ``--stun-alternate``, other IP and port ``stun_port + 1``), so NAT types can be told.
         wildcard: gRPC and libp2p listen on every address (0.0.0.0 or ::), as sonmhub does by
         default, instead of on the host's address.
+        default_stun: no STUN flags at all, as a user runs sonmhub (0.0.0.0:3478 and 3479).
         """
         home = self.topo.workdir / name
         proto = "ip6" if ":" in self.ip else "ip4"
@@ -273,10 +275,11 @@ class Host:
             str(BIN / "sonmhub"), "--home", str(home),
             "--grpc-listen", _hostport(bind, grpc_port),
             "--p2p-listen", f"/{proto}/{bind}/tcp/{p2p_port}",
-            "--stun-listen", _hostport(self.ip, stun_port),
         ]  # fmt: skip
+        if not default_stun:
+            argv += ["--stun-listen", _hostport(self.ip, stun_port)]
         other = [a for a in self.addrs[1:] if (":" in a) == (":" in self.ip)]
-        if other:
+        if other and not default_stun:
             argv += ["--stun-alternate", _hostport(other[0], stun_port + 1)]
         argv += extra
         hub = NsHub(self, self.spawn(name, argv), home, grpc_port, p2p_port, stun_port)

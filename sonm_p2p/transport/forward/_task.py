@@ -53,15 +53,17 @@ class TaskForwarder:
     """Forwards a local port to a task's published port on its miner, through the overlay.
 
     Created first, it starts classifying this machine's NAT against the hub's STUN responder
-    (``stun_endpoint()``, e.g. the hub's Info RPC; at most ~2 s) while the caller goes on
-    looking the task up; :meth:`release` waits until ``stun_endpoint`` is done (the caller's
+    (``stun_endpoints()``, e.g. the hub's Info RPC; at most ~3 s) while the caller goes on
+    looking the task up; :meth:`release` waits until ``stun_endpoints`` is done (the caller's
     client may then close). :meth:`open` then starts a node, reaches the miner (behind a
     symmetric NAT here or there: relayed at once, no hopeless punch) and opens the listener.
     :meth:`close` ends the forward and the node (idempotent).
     """
 
-    def __init__(self, stun_endpoint: Callable[[], str], *, listen: Sequence[str]) -> None:
-        self._nat = NatProbe(stun_endpoint)
+    def __init__(
+        self, stun_endpoints: Callable[[], Sequence[str]], *, listen: Sequence[str]
+    ) -> None:
+        self._nat = NatProbe(stun_endpoints)
         self._listen = tuple(listen)
         self._node: P2PNode | None = None
         self._forward: Forward | None = None

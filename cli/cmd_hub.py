@@ -68,9 +68,7 @@ def hubs(c: CliContext, wait: float) -> None:
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(c.bootstrap, c.home)
-        _, entries = discover_hubs(
-            c.stack, c.identity(), boot, mdns_namespace(), wait=c.timeout, settle=wait
-        )
+        _, entries = discover_hubs(c.stack, boot, mdns_namespace(), wait=c.timeout, settle=wait)
         found = [HubSummary.from_entry(e) for e in entries]
     rtts = ping_endpoints([h.grpc_endpoint for h in found if h.grpc_endpoint])
     rows = [h.with_latency(rtts.get(h.grpc_endpoint)) for h in found]
@@ -104,7 +102,7 @@ def nat(c: CliContext) -> None:
     from cli._natcheck import check, render
 
     with c.client() as client:
-        report = check(client, c.identity())
+        report = check(client)
     if c.as_json:
         emit_json(report)
     else:

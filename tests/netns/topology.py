@@ -63,6 +63,7 @@ __all__ = [
     "NsHub",
     "NsMiner",
     "Topology",
+    "UdpEcho",
     "in_netns",
 ]
 
@@ -395,6 +396,35 @@ class Greeter:
                 return
             with conn:
                 conn.sendall(self.GREETING)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+
+class UdpEcho:
+    """A UDP socket in ``host``'s namespace that sends every datagram back to its sender: a
+    task's published UDP port where the miner runs the in-memory engine."""
+
+    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
+        self._sock = host.socket(kind=socket.SOCK_DGRAM)
+        self._sock.bind(addr)
+        self._sock.settimeout(0.2)  # so that close() is noticed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="udp-echo", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(65535)
+                self._sock.sendto(data, peer)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._sock.fileno() < 0:
+                    return
 
     def close(self) -> None:
         self._stop.set()

@@ -168,7 +168,9 @@ class HubDaemon:
         self._on_loop(self._server.start())
         self.reachability.start()
         self.supervisor.every(
-            "stun-peers", _PEER_STUN_EVERY, lambda: self.stun_peers.refresh(self._other_hubs())
+            "stun-peers",
+            _PEER_STUN_EVERY,
+            lambda: self.stun_peers.refresh(self._other_hubs(), besides=self.stun_own),
         )
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",

@@ -77,9 +77,13 @@ class StunPeers:
             self._known[hub.peer_id] = (self._clock(), endpoint)
         return endpoint
 
-    def refresh(self, hubs: Iterable[_Hub]) -> None:
-        """Ask the hubs whose answer is unknown or older than ``ttl`` (blocking)."""
+    def refresh(self, hubs: Iterable[_Hub], *, besides: Iterable[str] = ()) -> None:
+        """Ask hubs whose answer is unknown or older than ``ttl`` (blocking), one at a time,
+        until :meth:`known` has ``limit`` of them: a hub among many asks a few, not all."""
+        hubs, besides = list(hubs), list(besides)
         for hub in hubs:
+            if len(self.known(hubs, besides=besides)) >= self.limit:
+                return
             self.endpoint(hub)
 
     def known(self, hubs: Iterable[_Hub], *, besides: Iterable[str] = ()) -> list[str]:

@@ -68,7 +68,7 @@ def world(_netns_problem, tmp_path_factory) -> Iterator[World]:
         assert res.returncode == 0, res.stderr
         started = json.loads(res.stdout.strip().splitlines()[-1])
         tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
-        service = Greeter(miner_host, (tcp["host"], tcp["host_port"]))
+        service = Greeter(miner_host, (tcp["host"], tcp["host_port"]), hold=True)
         udp = next(e for e in started["endpoints"] if e["port"] == "9090/udp")
         echo = UdpEcho(miner_host, (udp["host"], udp["host_port"]))
         yield World(topo, hub, miner, user_eim, user_sym, owner, started["id"])
@@ -118,6 +118,7 @@ def forward(
 def greeting(user: Host, local: str) -> bytes:
     host, port = local.rsplit(":", 1)
     with user.connect((host, int(port)), timeout=10) as conn:
+        conn.shutdown(socket.SHUT_WR)  # a holding greeter closes after its greeting then
         chunks = []
         while chunk := conn.recv(4096):
             chunks.append(chunk)
@@ -149,34 +150,65 @@ class Flow:
         self.sock.close()
 
 
+class Session:
+    """One TCP connection through a forward at ``local`` to the holding greeter, kept open (a
+    game's session): each :meth:`echo` is a round trip on it."""
+
+    def __init__(self, user: Host, local: str) -> None:
+        host, port = local.rsplit(":", 1)
+        self.conn = user.connect((host, int(port)), timeout=10)
+        self.sent = 0
+        got = b""
+        while len(got) < len(Greeter.GREETING) and (chunk := self.conn.recv(4096)):
+            got += chunk
+        assert got == Greeter.GREETING, got
+
+    def echo(self) -> bool:
+        self.sent += 1
+        payload = b"ping %05d" % self.sent
+        try:
+            self.conn.sendall(payload)
+            got = b""
+            while len(got) < len(payload) and (chunk := self.conn.recv(4096)):
+                got += chunk
+        except OSError:
+            return False
+        return got == payload
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @pytest.mark.parametrize("nat", ["eim", "sym"])
 def test_two_forwards_of_one_key_at_once_both_keep_working(world, nat):
     """Two `sonmcli forward` processes of one client key (one SONM home) from behind a
-    port-preserving NAT (or a symmetric one: both relayed), as a game server's UDP and TCP ports
+    port-preserving NAT (or a symmetric one: both relayed), as a game server's TCP and UDP ports
     need: the second's connections (to the miner, to the hub's relay) must not cost the first
-    its own, nor the flow it carries."""
+    its own, nor the session it carries. With the client's key as both processes' peer ID, the
+    miner kept one connection per peer ID and closed the first's, session and all."""
     user = world.user_eim if nat == "eim" else world.user_sym
-    first, a = forward(world, user, f"fwd-pair-udp-{nat}", ports=("9090/udp",))
-    flow = Flow(user, a["local"])
+    first, a = forward(world, user, f"fwd-pair-tcp-{nat}")
+    session = Session(user, a["local"])
     try:
-        # In use past the 20 s in which libp2p never trims a new connection: one peer ID's
-        # older connection is what the miner closed for the second's.
+        # In use past the 20 s in which libp2p never trims a new connection.
         until = time.monotonic() + LIBP2P_GRACE + 2
         while time.monotonic() < until:
-            assert flow.ping() == b"ping %d" % flow.sent, first.output()
-        second, b = forward(world, user, f"fwd-pair-tcp-{nat}")
+            assert session.echo(), first.output()
+        second, b = forward(world, user, f"fwd-pair-udp-{nat}", ports=("9090/udp",))
+        flow = Flow(user, b["local"])
         try:
-            assert a["peer"] != b["peer"], (a, b)  # each process is a peer of its own
             # Both keep working through the seconds in which the second upgrades its path.
             until = time.monotonic() + 12
             while time.monotonic() < until:
-                assert flow.ping() == b"ping %d" % flow.sent, first.output()
-                assert greeting(user, b["local"]) == Greeter.GREETING, second.output()
+                assert session.echo(), first.output()
+                assert flow.ping() == b"ping %d" % flow.sent, second.output()
             assert first.alive() and second.alive()
+            assert a["peer"] != b["peer"], (a, b)  # each process is a peer of its own
         finally:
+            flow.close()
             assert second.stop() == 0, second.output()
     finally:
-        flow.close()
+        session.close()
         assert first.stop() == 0, first.output()
 
 

@@ -372,11 +372,13 @@ class NatRouter:
 class Greeter:
     """A TCP listener in ``host``'s namespace that sends :attr:`GREETING` to every connection
     and closes it: it stands in for a task's published port where the miner runs the in-memory
-    engine, so the bytes that come back through a forward prove the whole path."""
+    engine, so the bytes that come back through a forward prove the whole path. With ``hold``
+    it then echoes what it receives until the client half-closes (a long-lived session)."""
 
     GREETING = b"hello from the task's port"
 
-    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
+    def __init__(self, host: Host, addr: tuple[str, int], *, hold: bool = False) -> None:
+        self.hold = hold
         self._sock = host.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(addr)
@@ -394,8 +396,20 @@ class Greeter:
                 continue
             except OSError:
                 return
-            with conn:
+            if not self.hold:
+                with conn:
+                    conn.sendall(self.GREETING)
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            try:
                 conn.sendall(self.GREETING)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._stop.set()

@@ -41,9 +41,7 @@ class CliContext:
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(self.bootstrap, self.home)
-        return open_hub(
-            self.stack, self.hub, self.identity(), boot, mdns_namespace(), timeout=self.timeout
-        )
+        return open_hub(self.stack, self.hub, boot, mdns_namespace(), timeout=self.timeout)
 
     def client(self, *, timeout: float | None = -1.0) -> HubClient:
         """A client of the chosen hub; each call's deadline is ``--timeout`` unless given."""

@@ -16,7 +16,7 @@ from sonm_p2p.client import HubClient
 from sonm_p2p.errors import HubUnavailable, MinerNotFound, SonmError, Timeout
 from sonm_p2p.identity import Identity
 
-__all__ = ["HubRef", "classify", "discover_hubs", "open_hub", "ping_endpoints"]
+__all__ = ["HubRef", "classify", "client_node", "discover_hubs", "open_hub", "ping_endpoints"]
 
 _NODE_ID = re.compile(r"(0x)?[0-9a-fA-F]{1,40}")
 
@@ -40,12 +40,24 @@ class HubRef:
         self.node_id, self.grpc_endpoint, self.multiaddrs = node_id, grpc_endpoint, multiaddrs
 
 
-def _overlay(stack: ExitStack, identity: Identity, bootstrap: tuple[str, ...], mdns_ns: str):  # noqa: ANN202
+def client_node():  # noqa: ANN201 - P2PNode is imported lazily (import cost)
+    """A node for this process on the overlay (not started), with a peer ID of its own.
+
+    Never the client's (or miner's) key: libp2p keeps one connection, one hole punch and one
+    relay state per peer ID, so two processes of one key (two ``sonmcli forward``, a
+    ``sonmminer --check`` beside its miner) would take each other's connections. What needs the
+    key's authority signs with it instead (gRPC requests; ``auth.peer_grant`` for forwards).
+    """
     from sonm_p2p.config import client_listen
-    from sonm_p2p.discovery import GossipOptions, HubGossip
     from sonm_p2p.transport.node import NodeOptions, P2PNode
 
-    node = P2PNode(identity, NodeOptions(listen=client_listen()))
+    return P2PNode(Identity.generate(), NodeOptions(listen=client_listen()))
+
+
+def _overlay(stack: ExitStack, bootstrap: tuple[str, ...], mdns_ns: str):  # noqa: ANN202
+    from sonm_p2p.discovery import GossipOptions, HubGossip
+
+    node = client_node()
     gossip = HubGossip(node, GossipOptions(bootstrap=bootstrap, mdns=True, mdns_namespace=mdns_ns))
     node.start()
     stack.callback(node.close)
@@ -54,7 +66,6 @@ def _overlay(stack: ExitStack, identity: Identity, bootstrap: tuple[str, ...], m
 
 def discover_hubs(
     stack: ExitStack,
-    identity: Identity,
     bootstrap: tuple[str, ...],
     mdns_ns: str,
     *,
@@ -65,7 +76,7 @@ def discover_hubs(
     """Join the overlay and collect live hubs: at least one within ``wait`` seconds (Timeout
     otherwise), then ``settle`` seconds more for the rest. With ``want`` (a node ID or prefix),
     until a hub it names is among them, or ``wait`` is over. Returns (node, entries)."""
-    node, gossip = _overlay(stack, identity, bootstrap, mdns_ns)
+    node, gossip = _overlay(stack, bootstrap, mdns_ns)
     deadline = time.monotonic() + wait
     try:
         gossip.wait_for_hubs(1, timeout=wait)
@@ -103,7 +114,6 @@ def ping_endpoints(endpoints: list[str], timeout: float = 1.0) -> dict[str, floa
 def open_hub(
     stack: ExitStack,
     hub: str,
-    identity: Identity,
     bootstrap: tuple[str, ...],
     mdns_ns: str,
     *,
@@ -119,12 +129,12 @@ def open_hub(
 
     kind = classify(hub)
     if kind == "multiaddr":
-        node, _ = _overlay(stack, identity, (), mdns_ns)
+        node, _ = _overlay(stack, (), mdns_ns)
         peer = node.connect(hub)
         return _tunnel(stack, node, peer)
     wait = min(timeout, 10)
     want = hub if kind == "node-id" else ""
-    node, entries = discover_hubs(stack, identity, bootstrap, mdns_ns, wait=wait, want=want)
+    node, entries = discover_hubs(stack, bootstrap, mdns_ns, wait=wait, want=want)
     by_id = {e.node_id: e for e in entries}
     if kind == "node-id":
         try:

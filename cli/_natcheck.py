@@ -10,18 +10,16 @@ from typing import Any
 
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import HubUnavailable, SonmError
-from sonm_p2p.identity import Identity
 
 __all__ = ["check", "render"]
 
 
-def _overlay_path(identity: Identity, multiaddrs: list[str]) -> dict[str, Any]:
+def _overlay_path(multiaddrs: list[str]) -> dict[str, Any]:
     """Dial the hub over libp2p and time Ping calls through the gRPC bridge."""
-    from sonm_p2p.config import client_listen
+    from cli._discover import client_node
     from sonm_p2p.transport.bridge import GRPC_HUB
-    from sonm_p2p.transport.node import NodeOptions, P2PNode
 
-    node = P2PNode(identity, NodeOptions(listen=client_listen()))
+    node = client_node()
     node.start()
     try:
         last: SonmError | None = None
@@ -53,7 +51,7 @@ def _overlay_path(identity: Identity, multiaddrs: list[str]) -> dict[str, Any]:
         node.close()
 
 
-def check(client: HubClient, identity: Identity) -> dict[str, Any]:
+def check(client: HubClient) -> dict[str, Any]:
     """The whole report, as JSON-ready dict."""
     from sonm_p2p.transport.nat import stun_report
 
@@ -64,10 +62,10 @@ def check(client: HubClient, identity: Identity) -> dict[str, Any]:
         "hub": info.node_id,
         "hub_grpc": client.target,
         "grpc_rtt_ms": round(grpc_rtt * 1000, 3),
-        "stun": stun_report(info.stun_endpoint),
+        "stun": stun_report(info.stun_endpoints),
     }
     try:
-        report["overlay"] = _overlay_path(identity, list(info.multiaddrs))
+        report["overlay"] = _overlay_path(list(info.multiaddrs))
     except SonmError as exc:
         report["overlay"] = {"path": "none", "error": str(exc)}
     return report
@@ -83,6 +81,9 @@ def render(r: dict[str, Any]) -> str:
     ]
     if s.get("error"):
         lines.append(f"           {s['error']}")
+    if untold := s.get("not_told_apart"):
+        lines.append(f"           not told apart from {', '.join(untold['types'])}:")
+        lines.append(f"           {untold['why']}")
     if o.get("error"):
         lines.append(f"Hub        {r['hub']}: {o['error']}")
     else:

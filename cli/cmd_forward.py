@@ -1,4 +1,4 @@
-"""sonmcli forward: reach a task's port through the overlay (works behind NAT)."""
+"""sonmcli forward: reach a task's ports through the overlay (works behind NAT)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sonm_p2p.transport.addrs import parse_hostport
 def _port(text: str) -> tuple[int, str]:
     port, _, proto = text.partition("/")
     proto = proto or "tcp"
-    if not port.isdigit() or proto not in ("tcp", "udp"):
+    if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("tcp", "udp"):
         raise InvalidRequest(f"{text!r}: expected PORT/tcp or PORT/udp, e.g. 8080/tcp")
     return int(port), proto
 
@@ -35,35 +35,41 @@ def _nat_line(info: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("job")
-@click.argument("port")
+@click.argument("ports", nargs=-1, required=True, metavar="PORT...")
 @click.option(
     "--local",
-    default="127.0.0.1:0",
-    show_default=True,
+    multiple=True,
     metavar="HOST:PORT",
-    help="Where to listen here (port 0: any free port).",
+    help="Where to listen here, one per PORT in order (port 0: any free port); "
+    "[default: 127.0.0.1:0 for each].",
 )
 @click.pass_obj
-def forward(c: CliContext, job: str, port: str, local: str) -> None:
-    """Reach PORT (e.g. 8080/tcp, 9090/udp) of task JOB from this machine, through the overlay.
+def forward(c: CliContext, job: str, ports: tuple[str, ...], local: tuple[str, ...]) -> None:
+    """Reach PORTs (e.g. 8080/tcp 27960/udp) of task JOB from this machine, through the overlay.
 
-    Opens a local listener (TCP) or socket (UDP); each connection to it is carried to the
-    task's published port on its miner: directly, hole-punched, or through the hub's relay when
-    the miner is behind NAT. Only the task's owner may. Runs until Ctrl-C.
+    Opens a local listener (TCP) or socket (UDP) per port, printed one line each (--json: an
+    object for one port, a list for several); each connection to it is carried to the task's
+    published port on its miner: directly, hole-punched, or through the hub's relay when the
+    miner is behind NAT. Only the task's owner may. Runs until Ctrl-C. Several forwards of one
+    client may run at once (each process has a peer ID of its own on the overlay).
 
-    It also asks the hub's STUN responder which NAT this machine is behind (as `sonmcli nat`
-    does; at most ~2 s, in parallel with the rest). Behind a symmetric NAT, where a hole punch
+    It also asks the hub's STUN responders which NAT this machine is behind (as `sonmcli nat`
+    does; at most ~3 s, in parallel with the rest). Behind a symmetric NAT, where a hole punch
     cannot work, it takes the relayed path at once instead of trying a punch for 3 s. The
     output shows the NAT type ("unknown" if STUN failed) and whether the punch was skipped.
+
+    \b
+    Examples:
+      sonmcli forward JOB 8080/tcp
+      sonmcli forward JOB 27960/tcp 27960/udp --local 127.0.0.1:27960 --local 127.0.0.1:27960
     """
     from sonm_p2p.config import client_listen
-    from sonm_p2p.transport.forward import TaskForwarder
+    from sonm_p2p.transport.forward import PortSpec, TaskForwarder
 
-    container_port, proto = _port(port)
-    local_host, local_port = parse_hostport(local, allow_zero=True)
+    specs = _specs(ports, local)
     with c.client() as client:
         # STUN runs while the task is looked up and the node starts
-        forwarder = TaskForwarder(lambda: client.info().stun_endpoint, listen=client_listen())
+        forwarder = TaskForwarder(lambda: client.info().stun_endpoints, listen=client_listen())
         try:
             task = client.task_status(job)
             miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)
@@ -79,21 +85,20 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
         miner_id=miner.node_id,
         miner_nat_type=miner.nat_type,
         task_id=task.task_id,
-        port=container_port,
-        proto=proto,
-        local=(local_host, local_port),
+        ports=[PortSpec(port, proto, where) for port, proto, where in specs],
     )
-    info = opened.as_dict()
-    host, lport = opened.forward.local_addr
-    path = opened.path
+    infos = [o.as_dict() for o in opened]
     if c.as_json:
-        emit_json(info)
+        emit_json(infos[0] if len(infos) == 1 else infos)
     else:
-        click.echo(
-            f"forwarding {host}:{lport} -> task {task.task_id} {container_port}/{proto} "
-            f"on miner {miner.node_id} ({path.kind} path); Ctrl-C stops"
-        )
-        click.echo(_nat_line(info))
+        for i, o in enumerate(opened):
+            host, lport = o.forward.local_addr
+            click.echo(
+                f"forwarding {host}:{lport} -> task {task.task_id} {o.port}/{o.proto} "
+                f"on miner {miner.node_id} ({o.path.kind} path)"
+                + ("; Ctrl-C stops" if i == len(opened) - 1 else "")
+            )
+        click.echo(_nat_line(infos[0]))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -101,3 +106,18 @@ def forward(c: CliContext, job: str, port: str, local: str) -> None:
             pass
     except KeyboardInterrupt:
         pass
+
+
+def _specs(ports: tuple[str, ...], local: tuple[str, ...]) -> list[tuple[int, str, tuple]]:
+    """(port, proto, (host, port) here) per PORT; --local given in order, the rest any port."""
+    if len(local) > len(ports):
+        raise InvalidRequest(f"{len(local)} --local for {len(ports)} port(s): one per PORT at most")
+    specs = []
+    for i, text in enumerate(ports):
+        port, proto = _port(text)
+        where = parse_hostport(local[i] if i < len(local) else "127.0.0.1:0", allow_zero=True)
+        specs.append((port, proto, where))
+    taken = [(proto, where) for _, proto, where in specs if where[1]]
+    if len(set(taken)) != len(taken):
+        raise InvalidRequest("two ports of one protocol cannot share one --local HOST:PORT")
+    return specs

@@ -38,6 +38,8 @@ def info(c: CliContext) -> None:
         click.echo(f"Reachable  {i.reachability}{how}")
     for a in i.multiaddrs:
         click.echo(f"Overlay    {a}")
+    if i.stun_endpoints:
+        click.echo(f"STUN       {' '.join(i.stun_endpoints)}")
     click.echo(f"Miners     {i.miners_online} online")
     click.echo(f"Version    {i.version}, up {i.uptime_seconds}s")
 
@@ -66,9 +68,7 @@ def hubs(c: CliContext, wait: float) -> None:
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(c.bootstrap, c.home)
-        _, entries = discover_hubs(
-            c.stack, c.identity(), boot, mdns_namespace(), wait=c.timeout, settle=wait
-        )
+        _, entries = discover_hubs(c.stack, boot, mdns_namespace(), wait=c.timeout, settle=wait)
         found = [HubSummary.from_entry(e) for e in entries]
     rtts = ping_endpoints([h.grpc_endpoint for h in found if h.grpc_endpoint])
     rows = [h.with_latency(rtts.get(h.grpc_endpoint)) for h in found]
@@ -93,13 +93,16 @@ def nat(c: CliContext) -> None:
     """What the transport sees from here: public address, NAT type, path to the hub, RTT.
 
     The NAT type comes from STUN against the hub's responder (RFC 5780 tests when the hub has a
-    second address, else the mapping alone); the path is how libp2p reached the hub (direct,
+    second address: sonmhub --stun-alternate) or else the mappings its two ports (3478 and 3479)
+    and the other hubs it knows from discovery see: two ports of one IP tell a symmetric NAT
+    from one that keeps its mapping, other IPs tell an address-dependent one. What the answers
+    could not tell apart is said, and why. The path is how libp2p reached the hub (direct,
     relayed or hole-punched) and the RTT of a gRPC Ping over it.
     """
     from cli._natcheck import check, render
 
     with c.client() as client:
-        report = check(client, c.identity())
+        report = check(client)
     if c.as_json:
         emit_json(report)
     else:

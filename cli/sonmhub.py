@@ -78,13 +78,16 @@ from sonm_p2p.transport.relay import RelayOptions
     "--stun-listen",
     default="0.0.0.0:3478",
     metavar="HOST:PORT",
-    help="STUN responder (UDP) address; '' turns it off.",
+    help="STUN responder (UDP) address; it also answers on the next port (3479), so clients "
+    "and miners tell a symmetric NAT from one that keeps its mapping (port 0: two free ports); "
+    "'' turns it off.",
 )
 @click.option(
     "--stun-alternate",
     default="",
     metavar="IP:PORT",
-    help="Second STUN address (other IP and port) for full NAT classification.",
+    help="Second STUN address (other IP and port) for full NAT classification (RFC 5780; "
+    "then no next port).",
 )
 @click.option(
     "--relay/--no-relay", default=True, help="Be a circuit relay v2 for miners behind NAT."

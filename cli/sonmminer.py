@@ -223,19 +223,17 @@ def _check(
     from contextlib import ExitStack
 
     from cli._common import emit_json
-    from cli._discover import open_hub
+    from cli._discover import client_node, open_hub
     from cli._natcheck import check, render
     from sonm_p2p.client import HubClient
-    from sonm_p2p.config import client_listen
     from sonm_p2p.identity import load_or_create
     from sonm_p2p.transport.bridge import GRPC_HUB
-    from sonm_p2p.transport.node import NodeOptions, P2PNode
 
     try:
         identity = load_or_create(home)
         with ExitStack() as stack:
             if hub:
-                node = P2PNode(identity, NodeOptions(listen=client_listen()))
+                node = client_node()  # a peer ID of its own: its miner may be running
                 node.start()
                 stack.callback(node.close)
                 tunnel = node.open_tunnel(node.connect(hub), GRPC_HUB)
@@ -245,13 +243,12 @@ def _check(
                 target = open_hub(
                     stack,
                     hub_ids[0] if hub_ids else "",
-                    identity,
                     boot,
                     mdns_namespace(),
                     timeout=10,
                 )
             with HubClient(target, timeout=10, identity=identity) as client:
-                report = check(client, identity)
+                report = check(client)
     except SonmError as err:
         fail(err, as_json=as_json, prog="sonmminer")
     if as_json:

@@ -20,7 +20,9 @@ from sonm_p2p.errors import Busy, PermissionDenied, Unauthenticated
 from sonm_p2p.identity import Identity, recover_signer
 
 __all__ = [
+    "check_peer_grant",
     "is_task_record",
+    "peer_grant",
     "task_record",
     "HEADER_ID",
     "HEADER_NONCE",
@@ -85,6 +87,40 @@ def is_task_record(record: str, hub_id: str, task_id: str, miner_id: str, owner:
     except ValueError:
         return False
     return signer.lower() == hub_id.lower()
+
+
+def _grant_message(audience: str, peer_id: str) -> bytes:
+    return f"sonm-peer-grant/1\n{audience.lower()}\n{peer_id}".encode()
+
+
+def peer_grant(identity: Identity, peer_id: str, audience: str) -> str:
+    """``identity``'s word that transport peer ``peer_id`` acts for it towards node
+    ``audience`` (a miner): ``<node ID>:<signature hex>``.
+
+    Each ``sonmcli`` process talks on the overlay with a key of its own, made for the process:
+    libp2p assumes one peer ID is one host (one connection per peer, hole-punch and relay state
+    by peer ID), so two processes sharing the client's key as their peer ID broke each other's
+    connections. The grant carries the client's identity instead, bound to the process's peer
+    ID, which Noise authenticates: a copy is worthless to anyone without that process's key,
+    so it needs no expiry (the key dies with the process).
+    """
+    sig = identity.sign(_grant_message(audience, peer_id))
+    return f"{identity.node_id}:{sig.hex()}"
+
+
+def check_peer_grant(grant: str, *, peer_id: str, audience: str) -> str:
+    """The node ID that granted ``peer_id`` (the stream's authenticated peer) to act for it
+    towards ``audience`` (this node). Raises Unauthenticated for a malformed grant, or one
+    signed for another peer or node, or by another key than it names."""
+    claimed, _, sig = grant.partition(":")
+    try:
+        signer = recover_signer(_grant_message(audience, peer_id), bytes.fromhex(sig))
+    except ValueError:
+        raise Unauthenticated("malformed peer grant") from None
+    if signer.lower() != claimed.lower():
+        raise Unauthenticated("the peer grant is not for this peer and node, or not signed by "
+                              f"{claimed}")  # fmt: skip
+    return signer
 
 
 class RequestVerifier:

@@ -59,6 +59,8 @@ class HubInfo:
     uptime_seconds: int
     stun_endpoint: str = ""
     reachability: str = ""  # public / private (reached through relays) / unknown
+    #: every STUN responder to probe, stun_endpoint first (its own ports, then other hubs')
+    stun_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class HubClient:
         return HubInfo(
             r.node_id, r.peer_id, tuple(r.multiaddrs), r.grpc_endpoint, r.version,
             r.miners_online, r.uptime_seconds, r.stun_endpoint, r.reachability,
+            tuple(r.stun_endpoints) or ((r.stun_endpoint,) if r.stun_endpoint else ()),
         )  # fmt: skip
 
     def list_miners(self) -> list[MinerSummary]:

@@ -65,6 +65,7 @@ __all__ = [
     "NsHub",
     "NsMiner",
     "Topology",
+    "UdpEcho",
     "delete_namespace",
     "in_netns",
     "remove_engine_state",
@@ -260,6 +261,7 @@ class Host:
         p2p_port: int = 10002,
         stun_port: int = 3478,
         wildcard: bool = False,
+        default_stun: bool = False,
         extra: Sequence[str] = (),
         timeout: float = 30,
     ) -> NsHub:
@@ -270,6 +272,7 @@ class Host:
         ``--stun-alternate``, other IP and port ``stun_port + 1``), so NAT types can be told.
         wildcard: gRPC and libp2p listen on every address (0.0.0.0 or ::), as sonmhub does by
         default, instead of on the host's address.
+        default_stun: no STUN flags at all, as a user runs sonmhub (0.0.0.0:3478 and 3479).
         """
         home = self.topo.workdir / name
         proto = "ip6" if ":" in self.ip else "ip4"
@@ -278,10 +281,11 @@ class Host:
             str(BIN / "sonmhub"), "--home", str(home),
             "--grpc-listen", _hostport(bind, grpc_port),
             "--p2p-listen", f"/{proto}/{bind}/tcp/{p2p_port}",
-            "--stun-listen", _hostport(self.ip, stun_port),
         ]  # fmt: skip
+        if not default_stun:
+            argv += ["--stun-listen", _hostport(self.ip, stun_port)]
         other = [a for a in self.addrs[1:] if (":" in a) == (":" in self.ip)]
-        if other:
+        if other and not default_stun:
             argv += ["--stun-alternate", _hostport(other[0], stun_port + 1)]
         argv += extra
         hub = NsHub(self, self.spawn(name, argv), home, grpc_port, p2p_port, stun_port)
@@ -376,11 +380,13 @@ class NatRouter:
 class Greeter:
     """A TCP listener in ``host``'s namespace that sends :attr:`GREETING` to every connection
     and closes it: it stands in for a task's published port where the miner runs the in-memory
-    engine, so the bytes that come back through a forward prove the whole path."""
+    engine, so the bytes that come back through a forward prove the whole path. With ``hold``
+    it then echoes what it receives until the client half-closes (a long-lived session)."""
 
     GREETING = b"hello from the task's port"
 
-    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
+    def __init__(self, host: Host, addr: tuple[str, int], *, hold: bool = False) -> None:
+        self.hold = hold
         self._sock = host.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(addr)
@@ -398,8 +404,49 @@ class Greeter:
                 continue
             except OSError:
                 return
-            with conn:
+            if not self.hold:
+                with conn:
+                    conn.sendall(self.GREETING)
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            try:
                 conn.sendall(self.GREETING)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+
+class UdpEcho:
+    """A UDP socket in ``host``'s namespace that sends every datagram back to its sender: a
+    task's published UDP port where the miner runs the in-memory engine."""
+
+    def __init__(self, host: Host, addr: tuple[str, int]) -> None:
+        self._sock = host.socket(kind=socket.SOCK_DGRAM)
+        self._sock.bind(addr)
+        self._sock.settimeout(0.2)  # so that close() is noticed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="udp-echo", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(65535)
+                self._sock.sendto(data, peer)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._sock.fileno() < 0:
+                    return
 
     def close(self) -> None:
         self._stop.set()

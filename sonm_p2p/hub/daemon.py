@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,13 +18,14 @@ from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
 from sonm_p2p._status import add_servicer
 from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
-from sonm_p2p.errors import ConfigError, SonmError
+from sonm_p2p.errors import ConfigError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.hub.metrics import HubMetrics, HubReadings
 from sonm_p2p.hub.reachability import HubReachability
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
+from sonm_p2p.hub.stun_peers import StunPeers
 from sonm_p2p.hub.web import HubWeb, network_view
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.localsock import private_socket_path
@@ -39,7 +39,8 @@ from sonm_p2p.transport.stun import ResponderAddresses, StunResponder
 
 __all__ = ["HubDaemon", "HubDaemonOptions"]
 
-_RELAY_STUN_TTL = 600.0  # seconds a relay hub's STUN endpoint (or its absence) is remembered
+_PEER_STUN_TTL = 600.0  # seconds another hub's STUN endpoint (or its absence) is remembered
+_PEER_STUN_EVERY = 5.0  # seconds between looks for hubs whose STUN endpoint is not known
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,12 @@ class HubDaemonOptions:
         with an unspecified host replaced by this machine's first address.
     bootstrap: overlay peers to stay connected to (other hubs); defaults to none.
     mdns: advertise on the LAN with mDNS; defaults to True. mdns_namespace: see GossipOptions.
-    stun_listen: ``host:port`` of the STUN responder (UDP); defaults to 0.0.0.0:3478; "" turns
-        it off. stun_alternate: a second ``ip:port`` (other IP and port) for RFC 5780's
-        CHANGE-REQUEST and OTHER-ADDRESS, which full NAT classification needs; defaults to none.
+    stun_listen: ``host:port`` of the STUN responder (UDP); defaults to 0.0.0.0:3478; it also
+        answers on the next port (3479; any free port for port 0), so clients tell a symmetric
+        NAT from one that keeps its mapping; "" turns it off. stun_alternate: a second
+        ``ip:port`` (other IP and port) for RFC 5780's CHANGE-REQUEST and OTHER-ADDRESS (then
+        the responder takes the four combinations, no next port); defaults to none. Clients
+        and miners are also given other hubs' STUN endpoints (``StunPeers``).
     relay: circuit relay v2 limits (every hub relays for its miners); None turns it off.
     tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
         are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
@@ -133,8 +137,9 @@ class HubDaemon:
         )
         self._server: grpc.aio.Server | None = None
         self.stun: StunResponder | None = None
-        self.stun_endpoint = ""
-        self._relay_stun: dict[str, tuple[float, str]] = {}  # relay peer -> (when, endpoint)
+        self.stun_endpoint = ""  # its primary address
+        self.stun_own: list[str] = []  # every address it answers on, the primary first
+        self.stun_peers = StunPeers(_ask_stun, ttl=_PEER_STUN_TTL)
         self.web: HubWeb | None = None
 
     def __repr__(self) -> str:
@@ -155,6 +160,7 @@ class HubDaemon:
             self.gossip,
             reachability=lambda: self.reachability.state,
             stun_endpoint=self.stun_endpoint,
+            stun_endpoints=self.stun_endpoints,
             streams=self.options.streams,
         )
         add_servicer(hub_pb2_grpc.add_HubServicer_to_server, servicer, self._server)
@@ -170,6 +176,11 @@ class HubDaemon:
         self.node.serve_tcp(GRPC_HUB, overlay_sock)
         self._on_loop(self._server.start())
         self.reachability.start()
+        self.supervisor.every(
+            "stun-peers",
+            _PEER_STUN_EVERY,
+            lambda: self.stun_peers.refresh(self._other_hubs(), besides=self.stun_own),
+        )
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
@@ -214,48 +225,57 @@ class HubDaemon:
         except RuntimeError:
             return server, 0
 
-    def _stun_for_miners(self) -> str:
-        """The STUN responder miners classify their NAT against: this hub's, unless the hub is
-        behind NAT (its responder is then out of their reach): a relay hub's, from its Info."""
+    def _other_hubs(self) -> list[Any]:
+        """The other hubs this hub knows from discovery (``HubEntry``)."""
+        return [e for e in self.gossip.hubs() if e.node_id.lower() != self.node_id.lower()]
+
+    def stun_endpoints(self) -> list[str]:
+        """The STUN responders clients classify their NAT against (``Info.stun_endpoints``):
+        this hub's own (two ports by default), then other hubs' (other IPs)."""
+        own = self.stun_own
+        return own + self.stun_peers.known(self._other_hubs(), besides=own)
+
+    def _stun_for_miners(self) -> list[str]:
+        """The STUN responders miners classify their NAT against: this hub's, unless the hub is
+        behind NAT (its responder is then out of their reach): a relay hub's, from its Info;
+        then other hubs' (see :meth:`stun_endpoints`)."""
         if self.reachability.state != Reachability.PRIVATE:
-            return self.stun_endpoint
+            return self.stun_endpoints()
         relays = {r.relay_id for r in self.reachability.reservations}
-        for entry in self.gossip.hubs():
-            if entry.peer_id not in relays or not entry.grpc_endpoint:
-                continue
-            asked = self._relay_stun.get(entry.peer_id)
-            if asked is None or time.monotonic() - asked[0] > _RELAY_STUN_TTL:
-                endpoint = ""
-                try:
-                    with HubClient(entry.grpc_endpoint, timeout=2.0) as client:
-                        endpoint = client.info().stun_endpoint
-                except SonmError as exc:
-                    log.info("relay hub %s: no STUN endpoint: %s", entry.node_id, exc)
-                asked = self._relay_stun[entry.peer_id] = (time.monotonic(), endpoint)
-            if asked[1]:
-                return asked[1]
-        return self.stun_endpoint
+        others = self._other_hubs()
+        first = [
+            endpoint
+            for entry in others
+            if entry.peer_id in relays and (endpoint := self.stun_peers.endpoint(entry))
+        ][:1]
+        return (first + self.stun_peers.known(others, besides=first)) if first else self.stun_own
 
     def _start_stun(self) -> None:
         if not self.options.stun_listen:
             return
         primary = parse_hostport(self.options.stun_listen, allow_zero=True)
-        alternate = None
+        alternate, second = None, None
+        where = f"{self.options.stun_listen}/udp"
         if self.options.stun_alternate:
             alternate = parse_hostport(self.options.stun_alternate, allow_zero=True)
+        else:  # a second port of the same IP tells a symmetric NAT from one that keeps its mapping
+            second = primary[1] + 1 if primary[1] else 0
+            where = f"{self.options.stun_listen} and port {second or 'any'} (udp)"
         try:
-            self.stun = StunResponder(ResponderAddresses(primary, alternate))
+            self.stun = StunResponder(ResponderAddresses(primary, alternate, second))
             bound = self.stun.start()
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"cannot run the STUN responder on {self.options.stun_listen}: {exc} "
-                "(another hub on this machine? give it another with --stun-listen HOST:PORT, "
-                "or --stun-listen '' for none)"
+                f"cannot run the STUN responder on {where}: {exc} (another hub on this "
+                "machine? give this one other ports with --stun-listen HOST:PORT, which takes "
+                "PORT and PORT+1, or --stun-listen '' for none)"
             ) from None
-        host, port = bound.primary
-        if host in ("0.0.0.0", "::"):
-            host = parse_hostport(self.grpc_endpoint)[0]
-        self.stun_endpoint = format_hostport(host, port)
+        announced = parse_hostport(self.grpc_endpoint)[0]
+        self.stun_own = [
+            format_hostport(announced if host in ("0.0.0.0", "::") else host, port)
+            for host, port in bound.local_addresses
+        ]
+        self.stun_endpoint = self.stun_own[0]
 
     def close(self) -> None:
         """Stop serving and join every thread the hub started. Idempotent."""
@@ -287,6 +307,12 @@ def _read_pair(options: HubDaemonOptions) -> tuple[bytes, bytes]:
         except OSError as exc:
             raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
     return out[0], out[1]
+
+
+def _ask_stun(grpc_endpoint: str) -> str:
+    """Another hub's STUN endpoint, by its Info ("" when it runs none)."""
+    with HubClient(grpc_endpoint, timeout=2.0) as client:
+        return client.info().stun_endpoint
 
 
 def _announced(host: str, port: int) -> str:

@@ -102,7 +102,7 @@ class Hub(MinerSessions):
 
     Thread-safe. Its pings and the miners' event streams run on one asyncio loop and short work
     on a bounded pool, both owned by ``supervisor``; :meth:`close` ends the sessions.
-    ``stun_for_miners()`` names the STUN responder (host:port) miners classify their NAT against.
+    ``stun_for_miners()`` names the STUN responders (host:port) miners classify their NAT against.
     """
 
     def __init__(
@@ -113,7 +113,7 @@ class Hub(MinerSessions):
         options: HubOptions,
         *,
         supervisor: Supervisor,
-        stun_for_miners: Callable[[], str] = str,
+        stun_for_miners: Callable[[], list[str]] = list,
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id

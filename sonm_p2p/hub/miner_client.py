@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -194,7 +194,14 @@ class MinerClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
-    def handshake(self, hub_id: str, timeout: float, *, stun_endpoint: str = "") -> Handshake:
-        request = miner_pb2.HandshakeRequest(hub_id=hub_id, stun_endpoint=stun_endpoint)
+    def handshake(
+        self, hub_id: str, timeout: float, *, stun_endpoints: Sequence[str] = ()
+    ) -> Handshake:
+        """``stun_endpoints``: the STUN responders the miner classifies its NAT against."""
+        request = miner_pb2.HandshakeRequest(
+            hub_id=hub_id,
+            stun_endpoint=stun_endpoints[0] if stun_endpoints else "",
+            stun_endpoints=stun_endpoints,
+        )
         reply = self._call("Handshake", request, timeout)
         return Handshake(reply)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         *,
         reachability: Callable[[], str] = lambda: "unknown",
         stun_endpoint: str = "",
+        stun_endpoints: Callable[[], list[str]] | None = None,
         streams: StreamLimits | None = None,
     ) -> None:
         self.hub = hub
@@ -57,6 +58,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self.grpc_endpoint = grpc_endpoint
         self.gossip = gossip
         self.stun_endpoint = stun_endpoint
+        self.stun_endpoints = stun_endpoints or (lambda: [stun_endpoint] if stun_endpoint else [])
         #: Told how each call ended, (method, code name): the hub's metrics (see _status).
         self.observe_call: Callable[[str, str], None] | None = None
         self.verifier = RequestVerifier(hub_id=hub.node_id)
@@ -97,6 +99,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             uptime_seconds=int(time.time() - self.hub.started_at),
             stun_endpoint=self.stun_endpoint,
             reachability=self.reachability(),
+            stun_endpoints=self.stun_endpoints(),
         )
 
     def ListMiners(

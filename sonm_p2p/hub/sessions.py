@@ -90,7 +90,7 @@ class MinerSessions:
     options: HubOptions
     core: HubCore
     events: EventBus
-    stun_for_miners: Callable[[], str]
+    stun_for_miners: Callable[[], list[str]]
     _sup: Supervisor
     _sessions: dict[str, MinerSession]
     _lock: threading.RLock
@@ -161,7 +161,7 @@ class MinerSessions:
         client = MinerClient(self.node, peer_id, node_id, loop=self._loop)
         try:
             hs = client.handshake(
-                self.node_id, self.options.handshake_timeout, stun_endpoint=self.stun_for_miners()
+                self.node_id, self.options.handshake_timeout, stun_endpoints=self.stun_for_miners()
             )
             if hs.node_id != node_id:
                 raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")

@@ -21,7 +21,7 @@ from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p._status import add_servicer
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
-from sonm_p2p.identity import load_or_create, node_id_from_peer_id
+from sonm_p2p.identity import load_or_create
 from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
@@ -34,7 +34,7 @@ from sonm_p2p.model import RuntimeInfo
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
-from sonm_p2p.transport.forward import ForwardRequest, serve_forward
+from sonm_p2p.transport.forward import ForwardRequest, requester, serve_forward
 from sonm_p2p.transport.nat import NatCache
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 
@@ -159,7 +159,7 @@ class MinerDaemon:
     def _resolve_forward(self, peer_id: str, request: ForwardRequest) -> tuple[str, int]:
         """Where a forward to ``request.task_id``'s port goes; only its owner (or hub) may."""
         state = self.runtime.status(request.task_id)
-        caller = node_id_from_peer_id(peer_id) or ""
+        caller = requester(peer_id, request, node_id=self.node_id)
         owner = state.labels.get("sonm.owner", "")
         hub = state.labels.get("sonm.hub", "")
         if caller.lower() not in {owner.lower(), hub.lower()} - {""}:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,8 +103,8 @@ class Miner:
     Output of stopped tasks is kept under ``logs_dir`` (their containers are removed).
 
     ``addresses()`` says where this miner listens on the overlay (its node's advertised
-    addresses, which change as relays are reserved); ``nat_type(stun_endpoint)`` classifies its
-    NAT against the hub's STUN responder ("" unknown). Both are what the handshake reports;
+    addresses, which change as relays are reserved); ``nat_type(stun_endpoints)`` classifies its
+    NAT against the STUN responders the hub names ("" unknown). Both are what the handshake reports;
     they default to nothing known.
     """
 
@@ -118,7 +118,7 @@ class Miner:
         status_ttl: float = 2.0,
         registries: RegistryPolicy | None = None,
         addresses: Callable[[], list[str]] = list,
-        nat_type: Callable[[str], str] = lambda stun_endpoint: "",
+        nat_type: Callable[[Sequence[str]], str] = lambda stun_endpoints: "",
     ) -> None:
         self.node_id = node_id
         self.runtime = runtime

@@ -38,7 +38,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
             tasks=[task_to_pb(t) for t in self.miner.tasks()],
             version=__version__,
             multiaddrs=self.miner.addresses(),
-            nat_type=self.miner.nat_type(request.stun_endpoint),
+            nat_type=self.miner.nat_type(list(request.stun_endpoints) or [request.stun_endpoint]),
         )
 
     def Ping(

@@ -55,3 +55,16 @@ def _run_hub(net, extra):
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )  # noqa: E501
+
+
+def test_forward_takes_one_local_per_port_at_most(tmp_path):
+    # Refused before any hub is asked: --hub points nowhere.
+    for extra, message in (
+        (["--local", "127.0.0.1:1", "--local", "127.0.0.1:2"], "2 --local for 1 port(s)"),
+        (["9090/tcp", "--local", "127.0.0.1:7", "--local", "127.0.0.1:7"], "share one --local"),
+        (["70000/udp"], "expected PORT/tcp or PORT/udp"),
+    ):
+        res = sonmcli("--hub", "127.0.0.1:9", "forward", "JOB", "8080/tcp", *extra, home=tmp_path)
+        assert res.returncode == 6 and message in res.stderr, (extra, res.stderr)
+    usage = sonmcli("forward", "JOB", home=tmp_path)
+    assert usage.returncode == 2 and "PORT..." in usage.stderr, usage.stderr

@@ -20,10 +20,19 @@ from typing import Any
 
 import pytest
 
+from sonm_p2p.auth import peer_grant
 from sonm_p2p.errors import DialError, NotFound, PermissionDenied, TaskNotFound, Unavailable
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport.dial_ladder import PathKind, UpgradePolicy
-from sonm_p2p.transport.forward import ForwardRequest, open_forward, serve_forward
+from sonm_p2p.transport.forward import (
+    ForwardRequest,
+    PortSpec,
+    TaskForward,
+    TaskForwarder,
+    open_forward,
+    requester,
+    serve_forward,
+)
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 from sonm_p2p.transport.relay import RelayOptions, RelayRefused
 from tests.harness import wait_for
@@ -31,6 +40,8 @@ from tests.harness import wait_for
 LOCAL = ("/ip4/127.0.0.1/tcp/0",)
 PAGE = b"<html><body>hello from task web</body></html>\n" * 50
 NO_UPGRADE = UpgradePolicy(max_attempts=0)
+#: Seconds in which py-libp2p never trims a new connection (ConnectionConfig.grace_period).
+LIBP2P_GRACE = 20.0
 
 
 class Targets:
@@ -225,6 +236,95 @@ def test_forward_through_a_relay(nodes, targets, relayed):
     # The server sees the same circuit, named after the relay (py-libp2p names itself).
     back = server.path(client.peer_id, rtt=False)
     assert back.kind is PathKind.RELAYED and back.relay_id == relay.peer_id
+
+
+def test_two_processes_of_one_key_forward_at_once_each_with_its_own_peer_id(nodes, targets):
+    """What `sonmcli forward` does (two of them, one client key): each process's node has a peer
+    ID of its own and sends the owner's grant for it; the serving side takes the owner as the
+    requester (``requester``, as the miner does), and both forwards, a held TCP connection and a
+    UDP flow, work at once."""
+    owner = Identity.generate()
+    server = nodes()
+    served = server.identity.node_id
+
+    def resolve(peer: str, request: ForwardRequest) -> tuple[str, int]:
+        if requester(peer, request, node_id=served) != owner.node_id:
+            raise PermissionDenied(f"task {request.task_id} belongs to someone else")
+        return targets.resolve(peer, request)
+
+    serve_forward(server, resolve)
+    first, second = nodes(), nodes()  # two processes
+    for node in (first, second):
+        node.connect_peer(server.peer_id, server.advertised_addrs)
+        assert node.peer_id != server.peer_id
+
+    def grant(node: P2PNode, audience: str = served) -> str:
+        return peer_grant(owner, node.peer_id, audience)
+
+    with open_forward(first, server.peer_id, "echo", 7, grant=grant(first)) as tcp:
+        with socket.create_connection(tcp.local_addr, timeout=10) as held:
+            held.sendall(b"before")
+            assert held.recv(6) == b"before"
+            udp = open_forward(second, server.peer_id, "echo", 7, "udp", grant=grant(second))
+            with udp:
+                assert udp_round_trips(udp.local_addr, [b"a", b"b"]) == [b"a", b"b"]
+                held.sendall(b"after")
+                assert held.recv(5) == b"after"
+    assert server.is_connected(first.peer_id) and server.is_connected(second.peer_id)
+    # A grant holds for its own peer and node only; without one a process is only itself.
+    for bad in (grant(first), grant(second, audience=first.identity.node_id)):
+        with pytest.raises(PermissionDenied, match="grant"):
+            open_forward(second, server.peer_id, "echo", 7, grant=bad)
+    with pytest.raises(PermissionDenied, match="someone else"):
+        open_forward(second, server.peer_id, "echo", 7)
+
+
+def test_two_task_forwarders_of_one_key_keep_each_others_sessions(nodes, targets):
+    """`sonmcli forward` twice with one client key (TaskForwarder, as the CLI runs it): a TCP
+    session held through the first survives the second's connection past libp2p's 20 s grace,
+    after which a second connection of one peer ID makes the server close the older one (when
+    each process used the client's key as its peer ID, the first's session was reset)."""
+    owner = Identity.generate()
+    server = nodes()
+
+    def resolve(peer: str, request: ForwardRequest) -> tuple[str, int]:
+        if requester(peer, request, node_id=server.identity.node_id) != owner.node_id:
+            raise PermissionDenied(f"task {request.task_id} belongs to someone else")
+        return targets.resolve(peer, request)
+
+    serve_forward(server, resolve)
+    forwarders = []
+
+    def forward(proto: str) -> TaskForward:
+        forwarder = TaskForwarder(list, listen=LOCAL)
+        forwarders.append(forwarder)
+        (opened,) = forwarder.open(
+            owner, peer_id=server.peer_id, multiaddrs=server.advertised_addrs,
+            miner_id=server.identity.node_id, miner_nat_type="", task_id="echo",
+            ports=[PortSpec(7, proto)],
+        )  # fmt: skip
+        return opened
+
+    try:
+        first = forward("tcp")
+        with socket.create_connection(first.forward.local_addr, timeout=10) as held:
+
+            def echo(data: bytes) -> bytes:
+                held.sendall(data)
+                return held.recv(len(data))
+
+            until = time.monotonic() + LIBP2P_GRACE + 1
+            while time.monotonic() < until:  # in use past the grace period
+                assert echo(b"first") == b"first"
+            second = forward("udp")
+            assert udp_round_trips(second.forward.local_addr, [b"second"]) == [b"second"]
+            until = time.monotonic() + 2
+            while time.monotonic() < until:
+                assert echo(b"still") == b"still"
+        assert second.peer != first.peer  # each a peer of its own, neither the owner's key
+    finally:
+        for forwarder in forwarders:
+            forwarder.close()
 
 
 def test_refused_requests_raise_clear_errors(nodes, targets):

@@ -9,19 +9,23 @@ bytes that come back through the forward prove the whole path works.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sonm_p2p.devnet.topology import Greeter, Host, NatKind, NsHub, NsMiner, Topology
+from sonm_p2p.devnet.topology import Greeter, Host, NatKind, NsHub, NsMiner, Topology, UdpEcho
 from tests.harness import Proc
 
 pytestmark = pytest.mark.root
 
 #: A forward must print where it listens within this many seconds of starting.
 FORWARD_BOUND = 15.0
+#: Seconds in which py-libp2p never trims a new connection (ConnectionConfig.grace_period).
+LIBP2P_GRACE = 20.0
 
 
 @dataclass
@@ -41,6 +45,7 @@ def world(_netns_problem, tmp_path_factory) -> Iterator[World]:
         pytest.skip(f"needs root and network namespaces ({_netns_problem})")
     topo = Topology(tmp_path_factory.mktemp("forward-nat"))
     service: Greeter | None = None
+    echo: UdpEcho | None = None
     try:
         hub_host = topo.public_host("hub", addresses=2)  # RFC 5780 STUN: NAT types can be told
         miner_host = topo.nat("mnat", NatKind.ENDPOINT_INDEPENDENT).hosts[0]
@@ -63,14 +68,17 @@ def world(_netns_problem, tmp_path_factory) -> Iterator[World]:
         assert res.returncode == 0, res.stderr
         started = json.loads(res.stdout.strip().splitlines()[-1])
         tcp = next(e for e in started["endpoints"] if e["port"] == "8080/tcp")
-        service = Greeter(miner_host, (tcp["host"], tcp["host_port"]))
+        service = Greeter(miner_host, (tcp["host"], tcp["host_port"]), hold=True)
+        udp = next(e for e in started["endpoints"] if e["port"] == "9090/udp")
+        echo = UdpEcho(miner_host, (udp["host"], udp["host_port"]))
         yield World(topo, hub, miner, user_eim, user_sym, owner, started["id"])
     except BaseException:
         print(topo.logs())
         raise
     finally:
-        if service is not None:
-            service.close()
+        for server in (service, echo):
+            if server is not None:
+                server.close()
         topo.close()
 
 
@@ -87,14 +95,19 @@ def _printed_text(proc: Proc) -> list[str] | None:
 
 
 def forward(
-    w: World, user: Host, name: str, *, as_json: bool = True, job: str = ""
+    w: World,
+    user: Host,
+    name: str,
+    *,
+    as_json: bool = True,
+    job: str = "",
+    ports: tuple[str, ...] = ("8080/tcp",),
 ) -> tuple[Proc, object]:
-    """Start ``sonmcli forward JOB 8080/tcp`` on ``user``; it and what it printed."""
+    """Start ``sonmcli forward JOB PORTS`` on ``user``; it and what it printed."""
     flags = ["--json"] if as_json else []
     proc = user.spawn_sonmcli(
-        name, "--hub", w.hub.grpc_target, *flags, "forward", job or w.job, "8080/tcp",
-        home=w.owner,
-    )  # fmt: skip
+        name, "--hub", w.hub.grpc_target, *flags, "forward", job or w.job, *ports, home=w.owner
+    )
     printed = _printed_json if as_json else _printed_text
     out = w.topo.wait(
         lambda: printed(proc), f"{name} to listen", FORWARD_BOUND, every=0.02, watch=[proc]
@@ -105,10 +118,147 @@ def forward(
 def greeting(user: Host, local: str) -> bytes:
     host, port = local.rsplit(":", 1)
     with user.connect((host, int(port)), timeout=10) as conn:
+        conn.shutdown(socket.SHUT_WR)  # a holding greeter closes after its greeting then
         chunks = []
         while chunk := conn.recv(4096):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+class Flow:
+    """One UDP client of a forward at ``local``: a flow the forward carries on one stream for as
+    long as it is used (a game's session)."""
+
+    def __init__(self, user: Host, local: str) -> None:
+        host, port = local.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.sock = user.socket(kind=socket.SOCK_DGRAM)
+        self.sock.settimeout(5)
+        self.sent = 0
+
+    def ping(self) -> bytes:
+        """One datagram there and back (no retry: a lost one is a broken flow)."""
+        self.sent += 1
+        payload = b"ping %d" % self.sent
+        self.sock.sendto(payload, self.target)
+        try:
+            return self.sock.recvfrom(65535)[0]
+        except TimeoutError:
+            return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Session:
+    """One TCP connection through a forward at ``local`` to the holding greeter, kept open (a
+    game's session): each :meth:`echo` is a round trip on it."""
+
+    def __init__(self, user: Host, local: str) -> None:
+        host, port = local.rsplit(":", 1)
+        self.conn = user.connect((host, int(port)), timeout=10)
+        self.sent = 0
+        got = b""
+        while len(got) < len(Greeter.GREETING) and (chunk := self.conn.recv(4096)):
+            got += chunk
+        assert got == Greeter.GREETING, got
+
+    def echo(self) -> bool:
+        self.sent += 1
+        payload = b"ping %05d" % self.sent
+        try:
+            self.conn.sendall(payload)
+            got = b""
+            while len(got) < len(payload) and (chunk := self.conn.recv(4096)):
+                got += chunk
+        except OSError:
+            return False
+        return got == payload
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.mark.parametrize("nat", ["eim", "sym"])
+def test_two_forwards_of_one_key_at_once_both_keep_working(world, nat):
+    """Two `sonmcli forward` processes of one client key (one SONM home) from behind a
+    port-preserving NAT (or a symmetric one: both relayed), as a game server's TCP and UDP ports
+    need: the second's connections (to the miner, to the hub's relay) must not cost the first
+    its own, nor the session it carries. With the client's key as both processes' peer ID, the
+    miner kept one connection per peer ID and closed the first's, session and all."""
+    user = world.user_eim if nat == "eim" else world.user_sym
+    first, a = forward(world, user, f"fwd-pair-tcp-{nat}")
+    session = Session(user, a["local"])
+    try:
+        # In use past the 20 s in which libp2p never trims a new connection.
+        until = time.monotonic() + LIBP2P_GRACE + 2
+        while time.monotonic() < until:
+            assert session.echo(), first.output()
+        second, b = forward(world, user, f"fwd-pair-udp-{nat}", ports=("9090/udp",))
+        flow = Flow(user, b["local"])
+        try:
+            # Both keep working through the seconds in which the second upgrades its path.
+            until = time.monotonic() + 12
+            while time.monotonic() < until:
+                assert session.echo(), first.output()
+                assert flow.ping() == b"ping %d" % flow.sent, second.output()
+            assert first.alive() and second.alive()
+            assert a["peer"] != b["peer"], (a, b)  # each process is a peer of its own
+        finally:
+            flow.close()
+            assert second.stop() == 0, second.output()
+    finally:
+        session.close()
+        assert first.stop() == 0, first.output()
+
+
+def _printed_list(proc: Proc) -> list | None:
+    out = proc.output()
+    start = out.find("[\n")
+    return json.JSONDecoder().raw_decode(out[start:])[0] if start >= 0 else None
+
+
+def test_one_forward_carries_several_ports(world):
+    """`sonmcli forward JOB 8080/tcp 9090/udp --local ...`: a game server's TCP and UDP ports at
+    once, one line each (text), one object each (--json: a list), over one connection."""
+    user = world.user_eim
+    proc = user.spawn_sonmcli(
+        "fwd-multi", "--hub", world.hub.grpc_target, "--json", "forward", world.job,
+        "8080/tcp", "9090/udp", "--local", "127.0.0.1:28080", home=world.owner,
+    )  # fmt: skip
+    try:
+        tcp, udp = world.topo.wait(
+            lambda: _printed_list(proc), "fwd-multi to listen", FORWARD_BOUND, watch=[proc]
+        )
+        assert (tcp["port"], tcp["local"], udp["port"]) == (
+            "8080/tcp", "127.0.0.1:28080", "9090/udp"
+        ), (tcp, udp)  # fmt: skip
+        assert tcp["peer"] == udp["peer"] and tcp["path"] == udp["path"], (tcp, udp)
+        assert greeting(user, tcp["local"]) == Greeter.GREETING
+        flow = Flow(user, udp["local"])
+        try:
+            assert [flow.ping() for _ in range(3)] == [b"ping 1", b"ping 2", b"ping 3"]
+        finally:
+            flow.close()
+    finally:
+        assert proc.stop() == 0, proc.output()
+    text = user.spawn_sonmcli(
+        "fwd-multi-text", "--hub", world.hub.grpc_target, "forward", world.job,
+        "8080/tcp", "9090/udp", home=world.owner,
+    )  # fmt: skip
+    try:
+        lines = world.topo.wait(
+            lambda: (out := text.output().splitlines()) and any(
+                line.startswith("NAT here") for line in out
+            ) and out,
+            "fwd-multi-text to listen", FORWARD_BOUND, watch=[text],
+        )  # fmt: skip
+        shown = [line for line in lines if line.startswith(("forwarding ", "NAT here"))]
+        assert len(shown) == 3, lines
+        assert " 8080/tcp on miner " in shown[0] and " 9090/udp on miner " in shown[1], lines
+        assert shown[1].endswith("; Ctrl-C stops") and shown[2].startswith("NAT here: "), lines
+    finally:
+        assert text.stop() == 0, text.output()
 
 
 def test_behind_a_symmetric_nat_the_punch_is_skipped_and_the_relay_used(world):

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from sonm_p2p.auth import RequestVerifier, check_owner, sign_request
+from sonm_p2p.auth import (
+    RequestVerifier,
+    check_owner,
+    check_peer_grant,
+    peer_grant,
+    sign_request,
+)
 from sonm_p2p.errors import Busy, PermissionDenied, Unauthenticated
 from sonm_p2p.identity import Identity
 
@@ -106,3 +112,27 @@ def test_one_signer_cannot_take_the_whole_table():
     with pytest.raises(Busy, match=MALLORY.node_id):
         v.verify("StopTask", b"req", _headers(MALLORY, nonce="mallory-999"), NOW)
     assert v.verify("StopTask", b"req", _headers(), NOW) == ALICE.node_id
+
+
+PEER = "16Uiu2HAmProcessOfAlice"
+MINER = "0x" + "ef" * 20
+
+
+def test_a_peer_grant_names_the_key_that_gave_it():
+    grant = peer_grant(ALICE, PEER, MINER)
+    assert check_peer_grant(grant, peer_id=PEER, audience=MINER.upper()) == ALICE.node_id
+
+
+@pytest.mark.parametrize(
+    "grant, peer, audience",
+    [
+        (peer_grant(ALICE, PEER, MINER), "16Uiu2HAmSomeoneElse", MINER),  # copied by a peer
+        (peer_grant(ALICE, PEER, MINER), PEER, HUB),  # shown to another node
+        (MALLORY.node_id + ":" + peer_grant(ALICE, PEER, MINER).split(":")[1], PEER, MINER),
+        (ALICE.node_id + ":zz", PEER, MINER),
+        ("", PEER, MINER),
+    ],
+)
+def test_a_peer_grant_holds_only_for_its_peer_node_and_signer(grant, peer, audience):
+    with pytest.raises(Unauthenticated):
+        check_peer_grant(grant, peer_id=peer, audience=audience)

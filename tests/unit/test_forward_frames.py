@@ -48,6 +48,7 @@ def test_protocol_id():
         ForwardRequest("7f3a", 27960, Proto.UDP),
         ForwardRequest("t" * 64, 1, "tcp", check=True),
         ForwardRequest("ünïcode-task", 65535),
+        ForwardRequest("7f3a", 8080, grant="0x" + "ab" * 20 + ":" + "cd" * 65),
     ],
 )
 def test_request_round_trip(request_):

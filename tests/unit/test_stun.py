@@ -19,6 +19,7 @@ from sonm_p2p.transport.stun import (
     classify_mapping,
     decode_response,
     encode_request,
+    not_told_apart,
 )
 
 TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
@@ -215,8 +216,9 @@ def obs(*pairs):
         ),
         # Two independent responders (no OTHER-ADDRESS): differing mappings -> symmetric.
         (obs((A1P1, M), (("198.51.100.99", 3478), ("203.0.113.11", 9))), NatType.SYMMETRIC),
-        # Only ports of one IP compared and equal: address behaviour unknown.
-        (obs((A1P1, M), (("203.0.113.10", 3479), M)), NatType.UNKNOWN),
+        # Only ports of one IP compared and equal (a hub on its defaults): the mapping does not
+        # follow the port; taken as endpoint-independent (not_told_apart says what else).
+        (obs((A1P1, M), (("203.0.113.10", 3479), M)), NatType.ENDPOINT_INDEPENDENT),
         # ... and differing: the port alone changes the mapping.
         (obs((A1P1, M), (("203.0.113.10", 3479), ("203.0.113.11", 2))), NatType.SYMMETRIC),
     ],
@@ -238,6 +240,64 @@ def test_classify_mapping_is_order_independent():
             shuffled = case[:]
             rng.shuffle(shuffled)
             assert classify_mapping(LOCAL, shuffled) is expected
+
+
+A1P2 = ("203.0.113.10", 3479)
+
+
+@pytest.mark.parametrize(
+    "observations, types, why",
+    [
+        (obs((A1P1, LOCAL)), None, None),  # no NAT
+        (obs((A1P1, M), (A2P1, M)), None, None),  # two IPs agree: certain
+        (obs((A1P1, M), (A1P2, ("203.0.113.11", 9))), None, None),  # the port changes it
+        (
+            obs((A1P1, M), (A2P1, ("203.0.113.11", 5)), (A2P2, ("203.0.113.11", 5))),
+            None,
+            None,
+        ),  # RFC 5780: certain
+        (
+            obs((A1P1, M)),
+            ["endpoint-independent", "address-dependent", "symmetric"],
+            "only one STUN address answered (203.0.113.10:3478)",
+        ),
+        (
+            obs((A1P1, M), (A1P2, M)),
+            ["address-dependent"],
+            "every STUN address that answered is on one IP (203.0.113.10)",
+        ),
+        (
+            obs((A1P1, M), (A2P1, ("203.0.113.11", 9))),
+            ["address-dependent"],
+            "no two ports of one IP answered",
+        ),
+    ],
+)
+def test_what_the_answers_could_not_tell_apart(observations, types, why):
+    ambiguity = not_told_apart(LOCAL, observations)
+    if types is None:
+        assert ambiguity is None
+    else:
+        assert ambiguity is not None and list(ambiguity.types) == types
+        assert why in ambiguity.why
+
+
+def test_a_second_port_is_one_more_socket_on_the_primary_ip():
+    two = ResponderAddresses(("203.0.113.10", 3478), second_port=3479)
+    assert two.local_addresses == (("203.0.113.10", 3478), ("203.0.113.10", 3479))
+    # Plain Binding on either port, no OTHER-ADDRESS; CHANGE-REQUEST needs an alternate.
+    r = decode_response(answer(encode_request(TID), CLIENT, A1P2, two).data)
+    assert (r.mapped, r.response_origin, r.other_address) == (CLIENT, A1P2, None)
+    refused = answer(encode_request(TID, change_port=True), CLIENT, A1P1, two)
+    assert decode_response(refused.data).error[0] == 420
+    with pytest.raises(ValueError, match="differ"):
+        ResponderAddresses(("203.0.113.10", 3478), second_port=3478)
+    with pytest.raises(ValueError, match="alternate"):
+        ResponderAddresses(A1P1, ("198.51.100.10", 3479), second_port=3480)
+    assert ResponderAddresses(("0.0.0.0", 0), second_port=0).local_addresses == (
+        ("0.0.0.0", 0),
+        ("0.0.0.0", 0),
+    )  # two free ports, chosen when bound
 
 
 def test_classify_filtering():
@@ -270,6 +330,10 @@ def test_report_as_dict():
         "server": "203.0.113.10:3478",
         "other_address": "198.51.100.10:3479",
         "filtering": "address-and-port-dependent",
+        "not_told_apart": {
+            "types": ["address-dependent"],
+            "why": not_told_apart(LOCAL, report.observations).why,
+        },
         "observations": [
             {"server": "203.0.113.10:3478", "mapped": "203.0.113.11:40001"},
             {"server": "[fd00::1]:3478", "mapped": "[fd00::2]:7"},

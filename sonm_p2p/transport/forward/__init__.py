@@ -10,8 +10,14 @@
 """
 
 from sonm_p2p.errors import ForwardError
-from sonm_p2p.transport.forward._endpoints import Forward, Resolver, open_forward, serve_forward
-from sonm_p2p.transport.forward._task import TaskForward, TaskForwarder
+from sonm_p2p.transport.forward._endpoints import (
+    Forward,
+    Resolver,
+    open_forward,
+    requester,
+    serve_forward,
+)
+from sonm_p2p.transport.forward._task import PortSpec, TaskForward, TaskForwarder
 from sonm_p2p.transport.forward._wire import (
     FORWARD,
     MAX_DATAGRAM,
@@ -46,6 +52,7 @@ __all__ = [
     "ForwardRequest",
     "ForwardStatus",
     "FrameDecoder",
+    "PortSpec",
     "Proto",
     "Resolver",
     "TaskForward",
@@ -59,6 +66,7 @@ __all__ = [
     "error_for",
     "open_forward",
     "request_length",
+    "requester",
     "serve_forward",
     "status_for",
 ]

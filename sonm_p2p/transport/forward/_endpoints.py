@@ -8,11 +8,14 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import trio
 
+from sonm_p2p.auth import check_peer_grant
 from sonm_p2p.errors import ForwardError, SonmError, Unavailable
+from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.transport._splice import abort, send, splice
 from sonm_p2p.transport.core import NodeCore
 from sonm_p2p.transport.forward._streams import finish, read_exact, read_reply
@@ -32,12 +35,21 @@ from sonm_p2p.transport.forward._wire import (
 )
 from sonm_p2p.transport.node import P2PNode
 
-__all__ = ["Forward", "Resolver", "open_forward", "serve_forward"]
+__all__ = ["Forward", "Resolver", "open_forward", "requester", "serve_forward"]
 
 log = logging.getLogger("sonm_p2p.transport.forward")
 
 #: ``resolve(peer_id, request) -> (host, port)`` of a serving node; raises to refuse.
 Resolver = Callable[[str, ForwardRequest], tuple[str, int]]
+
+
+def requester(peer_id: str, request: ForwardRequest, *, node_id: str) -> str:
+    """The node ID a request to node ``node_id`` comes from: the client whose key granted the
+    requesting peer (a ``sonmcli`` process, see ``auth.peer_grant``), else the node of the peer
+    ID itself ("" when it has none). Raises Unauthenticated for a grant that does not hold."""
+    if request.grant:
+        return check_peer_grant(request.grant, peer_id=peer_id, audience=node_id)
+    return node_id_from_peer_id(peer_id) or ""
 
 
 def serve_forward(
@@ -205,6 +217,7 @@ def open_forward(
     local: tuple[str, int] = ("127.0.0.1", 0),
     *,
     check: bool = True,
+    grant: str = "",
     options: ForwardOptions | None = None,
 ) -> Forward:
     """Forward ``local`` to ``port``/``proto`` of task ``task_id`` on ``peer_id``.
@@ -214,9 +227,10 @@ def open_forward(
     UDP: datagrams from each client address go on one stream and replies come back to it.
     With ``check`` (default) the request is asked once first, so a refusal raises here:
     TaskNotFound, PermissionDenied, NotFound (port not published), InvalidRequest,
-    Unavailable (target or peer unreachable), DialError.
+    Unavailable (target or peer unreachable), DialError. ``grant``: whose key this node acts
+    for (``auth.peer_grant``), sent with every request.
     """
-    request = ForwardRequest(task_id, port, proto)
+    request = ForwardRequest(task_id, port, proto, grant=grant)
     return node.run(
         _open_forward, node.core, peer_id, request, local, check, options or ForwardOptions()
     )
@@ -232,9 +246,7 @@ async def _open_forward(
 ) -> Forward:
     forward = Forward(core, peer_id, request)
     if check:
-        probe = Forward(
-            core, peer_id, ForwardRequest(request.task_id, request.port, request.proto, True)
-        )
+        probe = Forward(core, peer_id, replace(request, check=True))
         await finish(await probe.open_stream(o))
     host, port = local
     if request.proto is Proto.TCP:

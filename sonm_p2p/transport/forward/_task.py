@@ -1,5 +1,5 @@
 """``sonmcli forward`` as a library call: check this machine's NAT, reach the task's miner by the
-dial ladder, open the local listener (:class:`TaskForwarder`)."""
+dial ladder, open a local listener per port (:class:`TaskForwarder`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sonm_p2p.auth import peer_grant
 from sonm_p2p.errors import MinerUnavailable
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport._paths import Path
@@ -15,7 +16,7 @@ from sonm_p2p.transport.forward._endpoints import Forward, open_forward
 from sonm_p2p.transport.nat import NatProbe
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 
-__all__ = ["TaskForward", "TaskForwarder"]
+__all__ = ["PortSpec", "TaskForward", "TaskForwarder"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class TaskForward:
     nat_type / nat_error: this machine's NAT as STUN saw it ("unknown" and why when it failed).
     miner_nat_type: the miner's, as its hub lists it ("unknown" when not known).
     punch_skipped: the path is relayed and no hole punch was tried (a symmetric NAT).
+    peer: the forwarding process's own peer ID (see :class:`TaskForwarder`).
     """
 
     forward: Forward
@@ -37,6 +39,7 @@ class TaskForward:
     nat_error: str | None
     miner_nat_type: str
     punch_skipped: bool
+    peer: str = ""  # this process's own peer ID on the overlay (not the client's key)
 
     def as_dict(self) -> dict[str, Any]:
         host, lport = self.forward.local_addr
@@ -46,25 +49,43 @@ class TaskForward:
             "rtt_ms": None if self.path.rtt is None else round(self.path.rtt * 1000, 3),
             "nat_type": self.nat_type, "nat_error": self.nat_error,
             "miner_nat_type": self.miner_nat_type, "punch_skipped": self.punch_skipped,
+            "peer": self.peer,
         }  # fmt: skip
 
 
-class TaskForwarder:
-    """Forwards a local port to a task's published port on its miner, through the overlay.
+@dataclass(frozen=True)
+class PortSpec:
+    """One port of a task to forward: ``port``/``proto`` there, ``local`` (host, port) here."""
 
-    Created first, it starts classifying this machine's NAT against the hub's STUN responder
-    (``stun_endpoint()``, e.g. the hub's Info RPC; at most ~2 s) while the caller goes on
-    looking the task up; :meth:`release` waits until ``stun_endpoint`` is done (the caller's
+    port: int
+    proto: str = "tcp"
+    local: tuple[str, int] = ("127.0.0.1", 0)
+
+
+class TaskForwarder:
+    """Forwards local ports to a task's published ports on its miner, through the overlay.
+
+    Created first, it starts classifying this machine's NAT against the hub's STUN responders
+    (``stun_endpoints()``, e.g. the hub's Info RPC; at most ~3 s) while the caller goes on
+    looking the task up; :meth:`release` waits until ``stun_endpoints`` is done (the caller's
     client may then close). :meth:`open` then starts a node, reaches the miner (behind a
-    symmetric NAT here or there: relayed at once, no hopeless punch) and opens the listener.
-    :meth:`close` ends the forward and the node (idempotent).
+    symmetric NAT here or there: relayed at once, no hopeless punch) and opens a listener per
+    port, all over one connection. :meth:`close` ends the forwards and the node (idempotent).
+
+    The node's peer ID is its own, made for this forwarder, not the client's key: libp2p keeps
+    one connection, one hole punch and one relay circuit set per peer ID, so two processes with
+    one peer ID (two ``sonmcli forward`` of one client home) would take each other's. The
+    client's key signs a grant for that peer ID (``auth.peer_grant``), sent with each request:
+    the miner serves the task's owner, whoever's process asks.
     """
 
-    def __init__(self, stun_endpoint: Callable[[], str], *, listen: Sequence[str]) -> None:
-        self._nat = NatProbe(stun_endpoint)
+    def __init__(
+        self, stun_endpoints: Callable[[], Sequence[str]], *, listen: Sequence[str]
+    ) -> None:
+        self._nat = NatProbe(stun_endpoints)
         self._listen = tuple(listen)
         self._node: P2PNode | None = None
-        self._forward: Forward | None = None
+        self._forwards: list[Forward] = []
 
     def release(self) -> None:
         self._nat.release()
@@ -78,13 +99,13 @@ class TaskForwarder:
         miner_id: str,
         miner_nat_type: str,
         task_id: str,
-        port: int,
-        proto: str,
-        local: tuple[str, int],
-    ) -> TaskForward:
-        """Raises MinerUnavailable when the miner's connection is lost at once, and what
-        ``P2PNode.connect_peer`` and ``open_forward`` raise (DialError, TaskNotFound...)."""
-        node = self._node = P2PNode(identity, NodeOptions(listen=self._listen))
+        ports: Sequence[PortSpec],
+    ) -> list[TaskForward]:
+        """One forward per port of ``ports``, in order, for the client ``identity``. Raises
+        MinerUnavailable when the miner's connection is lost at once, and what
+        ``P2PNode.connect_peer`` and ``open_forward`` raise (DialError, TaskNotFound...); the
+        forwards opened before a failure are closed by :meth:`close`."""
+        node = self._node = P2PNode(Identity.generate(), NodeOptions(listen=self._listen))
         node.start()
         stun = self._nat.report()
         nat_type = str(stun.get("nat_type") or "unknown")
@@ -102,25 +123,35 @@ class TaskForwarder:
         path = node.path(peer_id)  # the path new streams take, its RTT measured by a ping
         if path is None:
             raise MinerUnavailable(f"lost the connection to miner {miner_id}")
-        fwd = self._forward = open_forward(node, peer_id, task_id, port, proto, local)
-        return TaskForward(
-            forward=fwd,
-            task_id=task_id,
-            port=port,
-            proto=proto,
-            miner_id=miner_id,
-            path=path,
-            nat_type=nat_type,
-            nat_error=stun.get("error"),
-            miner_nat_type=miner_nat_type or "unknown",
-            punch_skipped=punch_skipped,
-        )
+        grant = peer_grant(identity, node.peer_id, miner_id)
+        out = []
+        for spec in ports:
+            fwd = open_forward(
+                node, peer_id, task_id, spec.port, spec.proto, spec.local, grant=grant
+            )
+            self._forwards.append(fwd)
+            out.append(
+                TaskForward(
+                    forward=fwd,
+                    task_id=task_id,
+                    port=spec.port,
+                    proto=spec.proto,
+                    miner_id=miner_id,
+                    path=path,
+                    nat_type=nat_type,
+                    nat_error=stun.get("error"),
+                    miner_nat_type=miner_nat_type or "unknown",
+                    punch_skipped=punch_skipped,
+                    peer=node.peer_id,
+                )
+            )
+        return out
 
     def close(self) -> None:
-        if self._forward is not None:
-            self._forward.close()
+        for fwd in self._forwards:
+            fwd.close()
         if self._node is not None:
             self._node.close()
 
     def __repr__(self) -> str:
-        return f"<TaskForwarder {self._forward!r}>"
+        return f"<TaskForwarder {self._forwards!r}>"

@@ -5,10 +5,14 @@ One stream carries one TCP connection, or the UDP datagrams of one client addres
 
     request  (user -> serving node)   u16 length, then that many bytes of UTF-8 JSON:
                                       {"task": str, "port": int, "proto": "tcp"|"udp",
-                                       "check": bool}
+                                       "check": bool, "grant": str (optional)}
     reply    (serving node -> user)   u8 status, u16 length, UTF-8 message
     then, when the status is OK:      tcp: raw bytes both ways, half-close passed on
                                       udp: frames both ways, each u16 length + datagram
+
+``grant`` (``auth.peer_grant``) says whose key the requesting peer acts for: a ``sonmcli`` process
+talks on the overlay with a peer ID of its own, not the client's key (libp2p assumes one peer ID
+per host). Without it the requester is the node of its peer ID.
 
 ``check`` asks only whether the request would be served (for TCP the target is connected to and
 closed at once); the user side does it once when a forward is opened, so refusals surface as an
@@ -102,18 +106,22 @@ class ForwardOptions:
 
 @dataclass(frozen=True)
 class ForwardRequest:
-    """What a user asks to reach: ``port``/``proto`` of task ``task_id``."""
+    """What a user asks to reach: ``port``/``proto`` of task ``task_id``; ``grant``: whose key
+    the requesting peer acts for (``auth.peer_grant``; "" for its own)."""
 
     task_id: str
     port: int
     proto: Proto = Proto.TCP
     check: bool = False
+    grant: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ForwardError(ForwardStatus.BAD_REQUEST, f"bad port {self.port!r}")
         if not isinstance(self.task_id, str) or not self.task_id:
             raise ForwardError(ForwardStatus.BAD_REQUEST, "no task ID")
+        if not isinstance(self.grant, str):
+            raise ForwardError(ForwardStatus.BAD_REQUEST, "bad grant")
         try:
             object.__setattr__(self, "proto", Proto(self.proto))
         except ValueError:
@@ -124,15 +132,15 @@ class ForwardRequest:
 
 
 def encode_request(request: ForwardRequest) -> bytes:
-    body = json.dumps(
-        {
-            "task": request.task_id,
-            "port": request.port,
-            "proto": str(request.proto),
-            "check": request.check,
-        },
-        separators=(",", ":"),
-    ).encode()
+    fields = {
+        "task": request.task_id,
+        "port": request.port,
+        "proto": str(request.proto),
+        "check": request.check,
+    }
+    if request.grant:
+        fields["grant"] = request.grant
+    body = json.dumps(fields, separators=(",", ":")).encode()
     if len(body) > MAX_REQUEST:
         raise ForwardError(ForwardStatus.BAD_REQUEST, "request too large")
     return struct.pack("!H", len(body)) + body
@@ -157,7 +165,9 @@ def decode_request(body: bytes) -> ForwardRequest:
     port, check = data.get("port"), data.get("check", False)
     if isinstance(port, bool) or not isinstance(check, bool):
         raise ForwardError(ForwardStatus.BAD_REQUEST, "bad request fields")
-    return ForwardRequest(data.get("task"), port, data.get("proto", "tcp"), check)
+    return ForwardRequest(
+        data.get("task"), port, data.get("proto", "tcp"), check, data.get("grant", "")
+    )
 
 
 def encode_reply(status: ForwardStatus, message: str = "") -> bytes:

@@ -16,11 +16,15 @@ With only a primary ``(ip, port)`` the responder answers Binding requests and re
 CHANGE-REQUEST with 420, as RFC 5780 asks; given an alternate ``(ip2, port2)`` it listens on all
 four combinations and advertises OTHER-ADDRESS, which lets clients tell endpoint-independent,
 address-dependent and symmetric NATs apart. Without one, a client can still compare the mappings
-seen by several responders (``probe_nat(..., extra_servers=...)``).
+seen by several responders (``probe_nat(..., extra_servers=...)``): two ports of one IP (the
+hub's default, 3478 and 3479: ``second_port``) tell a symmetric NAT from one that keeps its
+mapping, and responders on other IPs (other hubs) tell the rest; :func:`not_told_apart` says
+what one set of answers cannot tell.
 """
 
 from sonm_p2p.errors import StunError
 from sonm_p2p.transport.stun._client import (
+    Ambiguity,
     ClientOptions,
     Filtering,
     NatReport,
@@ -29,11 +33,13 @@ from sonm_p2p.transport.stun._client import (
     binding,
     classify_filtering,
     classify_mapping,
+    not_told_apart,
     probe_nat,
 )
 from sonm_p2p.transport.stun._codec import (
     SOFTWARE,
     STUN_PORT,
+    STUN_SECOND_PORT,
     Address,
     BindingResponse,
     Reply,
@@ -47,7 +53,9 @@ from sonm_p2p.transport.stun._responder import StunResponder
 __all__ = [
     "SOFTWARE",
     "STUN_PORT",
+    "STUN_SECOND_PORT",
     "Address",
+    "Ambiguity",
     "BindingResponse",
     "ClientOptions",
     "Filtering",
@@ -64,5 +72,6 @@ __all__ = [
     "classify_mapping",
     "decode_response",
     "encode_request",
+    "not_told_apart",
     "probe_nat",
 ]

@@ -62,24 +62,71 @@ def classify_mapping(local: Address, observations: Sequence[Observation]) -> Nat
     two addresses of one IP mean SYMMETRIC; mappings that differ only across IPs mean
     ADDRESS_DEPENDENT when a same-IP pair proves ports do not matter, else SYMMETRIC (the
     conservative answer: the mapping depends on the destination). Equal mappings across two IPs
-    mean ENDPOINT_INDEPENDENT.
+    mean ENDPOINT_INDEPENDENT; equal mappings on two ports of one IP (a hub on its defaults:
+    3478 and 3479) mean ENDPOINT_INDEPENDENT too, though an address-dependent NAT would look the
+    same (:func:`not_told_apart` says so). One address seen behind NAT: UNKNOWN.
     """
     if not observations:
         return NatType.BLOCKED
     local = _norm(local)
     if all(o.mapped == local for o in observations):
         return NatType.OPEN
-    same_ip = [
-        (a, b)
-        for a, b in combinations(observations, 2)
-        if a.server[0] == b.server[0] and a.server[1] != b.server[1]
-    ]
-    cross_ip = [(a, b) for a, b in combinations(observations, 2) if a.server[0] != b.server[0]]
+    same_ip, cross_ip = _pairs(observations)
     if any(a.mapped != b.mapped for a, b in same_ip):
         return NatType.SYMMETRIC
     if any(a.mapped != b.mapped for a, b in cross_ip):
         return NatType.ADDRESS_DEPENDENT if same_ip else NatType.SYMMETRIC
-    return NatType.ENDPOINT_INDEPENDENT if cross_ip else NatType.UNKNOWN
+    return NatType.ENDPOINT_INDEPENDENT if cross_ip or same_ip else NatType.UNKNOWN
+
+
+def _pairs(
+    observations: Sequence[Observation],
+) -> tuple[list[tuple[Observation, Observation]], list[tuple[Observation, Observation]]]:
+    """(pairs of one IP and two ports, pairs of two IPs) among the responder addresses."""
+    pairs = list(combinations(observations, 2))
+    same_ip = [(a, b) for a, b in pairs if a.server[0] == b.server[0] and a.server != b.server]
+    return same_ip, [(a, b) for a, b in pairs if a.server[0] != b.server[0]]
+
+
+@dataclass(frozen=True)
+class Ambiguity:
+    """The mapping behaviours :func:`classify_mapping` could not tell from its answer, and why."""
+
+    types: tuple[NatType, ...]
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"types": [t.value for t in self.types], "why": self.why}
+
+
+def not_told_apart(local: Address, observations: Sequence[Observation]) -> Ambiguity | None:
+    """What :func:`classify_mapping`'s answer for these observations could also be; None when
+    it is certain (no NAT, no answer, or the responder addresses needed to tell answered)."""
+    nat_type = classify_mapping(local, observations)
+    same_ip, cross_ip = _pairs(observations)
+    if nat_type is NatType.UNKNOWN:
+        (only,) = {o.server for o in observations}
+        return Ambiguity(
+            (NatType.ENDPOINT_INDEPENDENT, NatType.ADDRESS_DEPENDENT, NatType.SYMMETRIC),
+            f"only one STUN address answered ({format_hostport(*only)}): telling them apart "
+            "takes the mappings seen from two",
+        )
+    if nat_type is NatType.ENDPOINT_INDEPENDENT and not cross_ip:
+        ips = sorted({o.server[0] for o in observations})
+        return Ambiguity(
+            (NatType.ADDRESS_DEPENDENT,),
+            f"every STUN address that answered is on one IP ({', '.join(ips)}): the mapping "
+            "stayed the same on two of its ports, but one that changes only with the "
+            "destination IP would look the same (a hub with --stun-alternate, or another hub "
+            "on another address, tells them apart)",
+        )
+    if nat_type is NatType.SYMMETRIC and not same_ip:
+        return Ambiguity(
+            (NatType.ADDRESS_DEPENDENT,),
+            "the mapping changed between STUN servers on different IPs, but no two ports of "
+            "one IP answered: a mapping per destination IP, not per port, would look the same",
+        )
+    return None
 
 
 def classify_filtering(*, other_ip_and_port_answered: bool, other_port_answered: bool) -> Filtering:
@@ -166,11 +213,18 @@ class NatReport:
     filtering: Filtering | None = None
     observations: tuple[Observation, ...] = field(default=())
 
+    @property
+    def not_told_apart(self) -> Ambiguity | None:
+        """What ``nat_type`` could also be, and why (see :func:`not_told_apart`)."""
+        return not_told_apart(self.local, self.observations) if self.observations else None
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (``sonmcli nat --json``): addresses as ``ip:port`` / ``[ip]:port``."""
         out: dict[str, Any] = {"nat_type": self.nat_type.value}
         out |= {k: _fmt(getattr(self, k)) for k in ("local", "mapped", "server", "other_address")}
         out["filtering"] = self.filtering.value if self.filtering else None
+        ambiguity = self.not_told_apart
+        out["not_told_apart"] = ambiguity.as_dict() if ambiguity else None
         out["observations"] = [
             {"server": _fmt(o.server), "mapped": _fmt(o.mapped)} for o in self.observations
         ]
@@ -201,12 +255,16 @@ def probe_nat(
     """Learn this node's public mapping and classify its NAT (RFC 5780 tests, blocking).
 
     server: a responder; when it advertises OTHER-ADDRESS the RFC 5780 tests run against it.
-    extra_servers: other responders whose mappings are compared when it does not.
+    extra_servers: other responders whose mappings are compared when it does not (the hub's
+        second port, other hubs); one that fails or does not answer is left out.
     sock: the UDP socket to test (its mapping is what is learned); by default a fresh one on an
         ephemeral port, closed afterwards. StunError when a responder answers a plain Binding
         request with an error.
     """
-    server, extra = _norm(server), [_norm(s) for s in extra_servers]
+    server = _norm(server)
+    # Another family cannot be reached from this socket; the server itself adds nothing.
+    extra = [s for s in dict.fromkeys(_norm(s) for s in extra_servers)
+             if s != server and _family(s[0]) == _family(server[0])]  # fmt: skip
     with contextlib.ExitStack() as owned:
         if sock is None:
             family = _family(server[0])
@@ -249,7 +307,12 @@ def _probe(
         else:
             targets = extra
         for target in targets:
-            response = ask(target)
+            try:
+                response = ask(target)
+            except (StunError, OSError):
+                if other is not None:
+                    raise
+                continue  # another responder's failure only leaves its comparison out
             if response is not None and response.mapped is not None:
                 observations.append(Observation(target, response.mapped))
                 if other is not None and response.mapped == first.mapped:

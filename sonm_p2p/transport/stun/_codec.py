@@ -14,6 +14,9 @@ from aioice import stun as _codec
 from sonm_p2p.errors import StunError
 
 STUN_PORT = 3478  #: the hub's responder port (udp)
+#: Its second port by default (``STUN_PORT + 1``): two ports of one IP tell a NAT that maps per
+#: destination port (symmetric) from one that keeps the mapping.
+STUN_SECOND_PORT = STUN_PORT + 1
 SOFTWARE = "sonm-p2p"  #: SOFTWARE attribute of the responder's answers
 
 Address = tuple[str, int]  #: (ip, port); IPv6 without brackets
@@ -137,13 +140,25 @@ class ResponderAddresses:
     """Where a responder listens.
 
     primary: its main (ip, port). alternate: a second (ip, port) differing in both; with it the
-    responder listens on all four combinations (RFC 5780 section 4.1).
+    responder listens on all four combinations (RFC 5780 section 4.1). second_port: without an
+    alternate, also answer plain Binding requests on (primary IP, second_port) (0: any free
+    port); a client compares the mappings the two ports see, which tells a symmetric NAT (a
+    mapping per destination port) from one that keeps its mapping. CHANGE-REQUEST still needs
+    an alternate (it is refused with 420 without one).
     """
 
     primary: Address
     alternate: Address | None = None
+    second_port: int | None = None
 
     def __post_init__(self) -> None:
+        if self.second_port is not None:
+            if self.alternate is not None:
+                raise ValueError("an alternate address gives the second port already")
+            if not 0 <= self.second_port < 65536:
+                raise ValueError(f"second STUN port {self.second_port} out of range")
+            if self.second_port == self.primary[1] != 0:
+                raise ValueError("the second STUN port must differ from the first")
         if self.alternate is None:
             return
         (ip1, port1), (ip2, port2) = self.primary, self.alternate
@@ -156,9 +171,12 @@ class ResponderAddresses:
 
     @property
     def local_addresses(self) -> tuple[Address, ...]:
-        """Every (ip, port) to listen on: 1, or 4 with an alternate."""
+        """Every (ip, port) to listen on, the primary first: 1, 2 with a second port, or 4
+        with an alternate."""
         if self.alternate is None:
-            return (self.primary,)
+            if self.second_port is None:
+                return (self.primary,)
+            return (self.primary, (self.primary[0], self.second_port))
         (ip1, port1), (ip2, port2) = self.primary, self.alternate
         return ((ip1, port1), (ip1, port2), (ip2, port1), (ip2, port2))
 

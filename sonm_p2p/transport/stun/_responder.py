@@ -23,7 +23,7 @@ from sonm_p2p.transport.stun._codec import (
 
 
 class StunResponder:
-    """A STUN Binding responder on UDP (the hub runs one on 3478/udp).
+    """A STUN Binding responder on UDP (the hub runs one on 3478/udp and 3479/udp).
 
     Either ``await responder.serve()`` in a trio nursery, or ``start()`` / ``close()`` to run it on
     its own thread. Sockets are bound by ``bind()`` (called by both), so a caller can bind inside a
@@ -64,14 +64,16 @@ class StunResponder:
                 socks[bound] = s
                 return bound
 
-            primary, alternate = bind_one(self.addresses.primary), None
+            primary, alternate, second = bind_one(self.addresses.primary), None, None
             if self.addresses.alternate is not None:
                 ip2, port2 = _norm(self.addresses.alternate)
                 alternate = (ip2, bind_one((primary[0], port2))[1])
                 bind_one((ip2, primary[1]))
                 bind_one(alternate)
+            elif self.addresses.second_port is not None:
+                second = bind_one((primary[0], self.addresses.second_port))[1]
             opened.pop_all()  # all bound: keep them open
-        self.addresses = ResponderAddresses(primary, alternate)
+        self.addresses = ResponderAddresses(primary, alternate, second)
         self._socks = socks
         return self.addresses
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sonm_p2p._pb.sonm.v1 import common_pb2 as sonm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11sonm/v1/hub.proto\x12\x07sonm.v1\x1a\x14sonm/v1/common.proto\"\xc2\x01\n\nHubSummary\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\nmultiaddrs\x18\x03 \x03(\t\x12\x15\n\rgrpc_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rminers_online\x18\x06 \x01(\r\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x08 \x01(\x03\x12\x12\n\nlatency_ms\x18\t \x01(\x01\"2\n\rListHubsReply\x12!\n\x04hubs\x18\x01 \x03(\x0b\x32\x13.sonm.v1.HubSummary\"\xc3\x01\n\x07HubInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\nmultiaddrs\x18\x03 \x03(\t\x12\x15\n\rgrpc_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rminers_online\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x04\x12\x15\n\rstun_endpoint\x18\x08 \x01(\t\x12\x14\n\x0creachability\x18\t \x01(\t\"\x19\n\x07TaskIds\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xdb\x01\n\tMinerInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x10\n\x08task_ids\x18\x04 \x03(\t\x12%\n\tresources\x18\x05 \x01(\x0b\x32\x12.sonm.v1.Resources\x12\x14\n\x0clast_seen_ms\x18\x06 \x01(\x03\x12\x13\n\x0bremote_addr\x18\x07 \x01(\t\x12\x12\n\nmultiaddrs\x18\x08 \x03(\t\x12\x12\n\nbehind_nat\x18\t \x01(\x08\x12\x10\n\x08nat_type\x18\n \x01(\t\"\xad\x01\n\x0fListMinersReply\x12\x34\n\x06miners\x18\x01 \x03(\x0b\x32$.sonm.v1.ListMinersReply.MinersEntry\x12#\n\x07\x64\x65tails\x18\x02 \x03(\x0b\x32\x12.sonm.v1.MinerInfo\x1a?\n\x0bMinersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.sonm.v1.TaskIds:\x02\x38\x01\"f\n\x10StartTaskRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.sonm.v1.TaskSpec\x12\x0e\n\x06\x64\x65tach\x18\x03 \x01(\x08\x12\x0f\n\x07task_id\x18\x04 \x01(\t\"Y\n\x0eStartTaskReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08miner_id\x18\x02 \x01(\t\x12$\n\tendpoints\x18\x03 \x03(\x0b\x32\x11.sonm.v1.Endpoint\"K\n\x10ListTasksRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"K\n\x0eListTasksReply\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.sonm.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd6\x04\n\x03Hub\x12*\n\x04Ping\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.PingReply\x12(\n\x04Info\x12\x0e.sonm.v1.Empty\x1a\x10.sonm.v1.HubInfo\x12\x36\n\nListMiners\x12\x0e.sonm.v1.Empty\x1a\x18.sonm.v1.ListMinersReply\x12?\n\tStartTask\x12\x19.sonm.v1.StartTaskRequest\x1a\x17.sonm.v1.StartTaskReply\x12/\n\x08StopTask\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x31\n\nTaskStatus\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12?\n\tListTasks\x12\x19.sonm.v1.ListTasksRequest\x1a\x17.sonm.v1.ListTasksReply\x12\x33\n\tWatchTask\x12\x10.sonm.v1.TaskRef\x1a\x12.sonm.v1.TaskEvent0\x01\x12\x35\n\x08TaskLogs\x12\x14.sonm.v1.LogsRequest\x1a\x11.sonm.v1.LogChunk0\x01\x12;\n\x0bMinerStatus\x12\x11.sonm.v1.MinerRef\x1a\x19.sonm.v1.MinerStatusReply\x12\x32\n\x08ListHubs\x12\x0e.sonm.v1.Empty\x1a\x16.sonm.v1.ListHubsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11sonm/v1/hub.proto\x12\x07sonm.v1\x1a\x14sonm/v1/common.proto\"\xc2\x01\n\nHubSummary\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\nmultiaddrs\x18\x03 \x03(\t\x12\x15\n\rgrpc_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rminers_online\x18\x06 \x01(\r\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x08 \x01(\x03\x12\x12\n\nlatency_ms\x18\t \x01(\x01\"2\n\rListHubsReply\x12!\n\x04hubs\x18\x01 \x03(\x0b\x32\x13.sonm.v1.HubSummary\"\xdb\x01\n\x07HubInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\nmultiaddrs\x18\x03 \x03(\t\x12\x15\n\rgrpc_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rminers_online\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x04\x12\x15\n\rstun_endpoint\x18\x08 \x01(\t\x12\x14\n\x0creachability\x18\t \x01(\t\x12\x16\n\x0estun_endpoints\x18\n \x03(\t\"\x19\n\x07TaskIds\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xdb\x01\n\tMinerInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x10\n\x08task_ids\x18\x04 \x03(\t\x12%\n\tresources\x18\x05 \x01(\x0b\x32\x12.sonm.v1.Resources\x12\x14\n\x0clast_seen_ms\x18\x06 \x01(\x03\x12\x13\n\x0bremote_addr\x18\x07 \x01(\t\x12\x12\n\nmultiaddrs\x18\x08 \x03(\t\x12\x12\n\nbehind_nat\x18\t \x01(\x08\x12\x10\n\x08nat_type\x18\n \x01(\t\"\xad\x01\n\x0fListMinersReply\x12\x34\n\x06miners\x18\x01 \x03(\x0b\x32$.sonm.v1.ListMinersReply.MinersEntry\x12#\n\x07\x64\x65tails\x18\x02 \x03(\x0b\x32\x12.sonm.v1.MinerInfo\x1a?\n\x0bMinersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.sonm.v1.TaskIds:\x02\x38\x01\"f\n\x10StartTaskRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.sonm.v1.TaskSpec\x12\x0e\n\x06\x64\x65tach\x18\x03 \x01(\x08\x12\x0f\n\x07task_id\x18\x04 \x01(\t\"Y\n\x0eStartTaskReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08miner_id\x18\x02 \x01(\t\x12$\n\tendpoints\x18\x03 \x03(\x0b\x32\x11.sonm.v1.Endpoint\"K\n\x10ListTasksRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"K\n\x0eListTasksReply\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.sonm.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd6\x04\n\x03Hub\x12*\n\x04Ping\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.PingReply\x12(\n\x04Info\x12\x0e.sonm.v1.Empty\x1a\x10.sonm.v1.HubInfo\x12\x36\n\nListMiners\x12\x0e.sonm.v1.Empty\x1a\x18.sonm.v1.ListMinersReply\x12?\n\tStartTask\x12\x19.sonm.v1.StartTaskRequest\x1a\x17.sonm.v1.StartTaskReply\x12/\n\x08StopTask\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x31\n\nTaskStatus\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12?\n\tListTasks\x12\x19.sonm.v1.ListTasksRequest\x1a\x17.sonm.v1.ListTasksReply\x12\x33\n\tWatchTask\x12\x10.sonm.v1.TaskRef\x1a\x12.sonm.v1.TaskEvent0\x01\x12\x35\n\x08TaskLogs\x12\x14.sonm.v1.LogsRequest\x1a\x11.sonm.v1.LogChunk0\x01\x12;\n\x0bMinerStatus\x12\x11.sonm.v1.MinerRef\x1a\x19.sonm.v1.MinerStatusReply\x12\x32\n\x08ListHubs\x12\x0e.sonm.v1.Empty\x1a\x16.sonm.v1.ListHubsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTHUBSREPLY']._serialized_start=249
   _globals['_LISTHUBSREPLY']._serialized_end=299
   _globals['_HUBINFO']._serialized_start=302
-  _globals['_HUBINFO']._serialized_end=497
-  _globals['_TASKIDS']._serialized_start=499
-  _globals['_TASKIDS']._serialized_end=524
-  _globals['_MINERINFO']._serialized_start=527
-  _globals['_MINERINFO']._serialized_end=746
-  _globals['_LISTMINERSREPLY']._serialized_start=749
-  _globals['_LISTMINERSREPLY']._serialized_end=922
-  _globals['_LISTMINERSREPLY_MINERSENTRY']._serialized_start=859
-  _globals['_LISTMINERSREPLY_MINERSENTRY']._serialized_end=922
-  _globals['_STARTTASKREQUEST']._serialized_start=924
-  _globals['_STARTTASKREQUEST']._serialized_end=1026
-  _globals['_STARTTASKREPLY']._serialized_start=1028
-  _globals['_STARTTASKREPLY']._serialized_end=1117
-  _globals['_LISTTASKSREQUEST']._serialized_start=1119
-  _globals['_LISTTASKSREQUEST']._serialized_end=1194
-  _globals['_LISTTASKSREPLY']._serialized_start=1196
-  _globals['_LISTTASKSREPLY']._serialized_end=1271
-  _globals['_HUB']._serialized_start=1274
-  _globals['_HUB']._serialized_end=1872
+  _globals['_HUBINFO']._serialized_end=521
+  _globals['_TASKIDS']._serialized_start=523
+  _globals['_TASKIDS']._serialized_end=548
+  _globals['_MINERINFO']._serialized_start=551
+  _globals['_MINERINFO']._serialized_end=770
+  _globals['_LISTMINERSREPLY']._serialized_start=773
+  _globals['_LISTMINERSREPLY']._serialized_end=946
+  _globals['_LISTMINERSREPLY_MINERSENTRY']._serialized_start=883
+  _globals['_LISTMINERSREPLY_MINERSENTRY']._serialized_end=946
+  _globals['_STARTTASKREQUEST']._serialized_start=948
+  _globals['_STARTTASKREQUEST']._serialized_end=1050
+  _globals['_STARTTASKREPLY']._serialized_start=1052
+  _globals['_STARTTASKREPLY']._serialized_end=1141
+  _globals['_LISTTASKSREQUEST']._serialized_start=1143
+  _globals['_LISTTASKSREQUEST']._serialized_end=1218
+  _globals['_LISTTASKSREPLY']._serialized_start=1220
+  _globals['_LISTTASKSREPLY']._serialized_end=1295
+  _globals['_HUB']._serialized_start=1298
+  _globals['_HUB']._serialized_end=1896
 # @@protoc_insertion_point(module_scope)

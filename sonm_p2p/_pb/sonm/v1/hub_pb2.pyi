@@ -36,7 +36,7 @@ class ListHubsReply(_message.Message):
     def __init__(self, hubs: _Optional[_Iterable[_Union[HubSummary, _Mapping]]] = ...) -> None: ...
 
 class HubInfo(_message.Message):
-    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds", "stun_endpoint", "reachability")
+    __slots__ = ("node_id", "peer_id", "multiaddrs", "grpc_endpoint", "version", "miners_online", "uptime_seconds", "stun_endpoint", "reachability", "stun_endpoints")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class HubInfo(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STUN_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     REACHABILITY_FIELD_NUMBER: _ClassVar[int]
+    STUN_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     peer_id: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
@@ -55,7 +56,8 @@ class HubInfo(_message.Message):
     uptime_seconds: int
     stun_endpoint: str
     reachability: str
-    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., stun_endpoint: _Optional[str] = ..., reachability: _Optional[str] = ...) -> None: ...
+    stun_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., grpc_endpoint: _Optional[str] = ..., version: _Optional[str] = ..., miners_online: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., stun_endpoint: _Optional[str] = ..., reachability: _Optional[str] = ..., stun_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskIds(_message.Message):
     __slots__ = ("values",)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("hub_id", "stun_endpoint")
+    __slots__ = ("hub_id", "stun_endpoint", "stun_endpoints")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     STUN_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STUN_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     stun_endpoint: str
-    def __init__(self, hub_id: _Optional[str] = ..., stun_endpoint: _Optional[str] = ...) -> None: ...
+    stun_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hub_id: _Optional[str] = ..., stun_endpoint: _Optional[str] = ..., stun_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HandshakeReply(_message.Message):
     __slots__ = ("node_id", "resources", "tasks", "version", "multiaddrs", "nat_type")

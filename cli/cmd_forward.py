@@ -10,6 +10,7 @@ import click
 
 from cli._common import emit_json
 from cli._context import CliContext
+from cli.cmd_shell import complete_job
 from sonm_p2p.errors import InvalidRequest, MinerUnavailable
 from sonm_p2p.transport.addrs import parse_hostport
 
@@ -34,7 +35,7 @@ def _nat_line(info: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.argument("ports", nargs=-1, required=True, metavar="PORT...")
 @click.option(
     "--local",

@@ -65,8 +65,9 @@ class ChainSettings:
         *,
         require_registered: bool | None = None,
     ) -> ChainSettings:
-        """Flags > ``SONM_CHAIN`` / ``SONM_REGISTRY`` > ``chain`` / ``registry`` in
-        ``<home>/config.toml``. A registry without a chain URL is a ConfigError."""
+        """Flags > ``SONM_CHAIN`` / ``SONM_REGISTRY`` > ``chain`` / ``registry`` /
+        ``require_registered`` in ``<home>/config.toml``. A registry without a chain URL is a
+        ConfigError."""
         from sonm_p2p.config import load_config
 
         cfg: dict | None = None
@@ -90,5 +91,7 @@ class ChainSettings:
         if registry and not (registry.startswith("0x") and len(registry) == 42):
             raise ConfigError(f"--registry {registry!r}: expected a 0x… contract address")
         if require_registered is None:
-            require_registered = True
+            if cfg is None:
+                cfg = load_config(home)
+            require_registered = bool(cfg.get("require_registered", True))
         return cls(url, registry, require_registered)

@@ -41,6 +41,7 @@ __all__ = [
     "RegistryEntry",
     "connect",
     "deploy",
+    "fit_endpoints",
     "load_artifact",
 ]
 
@@ -104,9 +105,11 @@ def _translated(w3: Web3, what: str, exc: BaseException) -> SonmError:
     if isinstance(exc, ContractLogicError) or str(exc).startswith("execution reverted"):
         # (eth-tester, the in-process chain of the unit tests, raises its own TransactionFailed)
         return Refused(f"{what}: refused by the registry: {_reason(exc)}")
+    if isinstance(exc, requests.exceptions.ConnectionError | OSError):  # ConnectTimeout too
+        return Unavailable(f"chain {_where(w3)} unreachable ({what}): {_short(exc)}")
     if isinstance(exc, requests.exceptions.Timeout):
         return Timeout(f"chain {_where(w3)} did not answer in time ({what})")
-    if isinstance(exc, requests.exceptions.RequestException | OSError):
+    if isinstance(exc, requests.exceptions.RequestException):
         return Unavailable(f"chain {_where(w3)} unreachable ({what}): {_short(exc)}")
     if isinstance(exc, TimeExhausted):
         return Timeout(f"{what}: the transaction was not mined in time")
@@ -316,7 +319,7 @@ class Registry:
         self, identity: Identity, multiaddrs: list[str], grpc_endpoint: str, *, stake: int
     ) -> Any:
         """Register ``identity`` with ``stake`` wei; Refused naming the reason on a revert."""
-        args = _fit(multiaddrs, grpc_endpoint)
+        args = fit_endpoints(multiaddrs, grpc_endpoint)
         call = self._contract.functions.register(*args)
         return _transact(self.w3, identity, "register", call, stake, self.timeout)
 
@@ -324,7 +327,7 @@ class Registry:
         self, identity: Identity, multiaddrs: list[str], grpc_endpoint: str, *, add: int = 0
     ) -> Any:
         """Change a registered hub's endpoints (and add ``add`` wei to its stake)."""
-        call = self._contract.functions.update(*_fit(multiaddrs, grpc_endpoint))
+        call = self._contract.functions.update(*fit_endpoints(multiaddrs, grpc_endpoint))
         return _transact(self.w3, identity, "update", call, add, self.timeout)
 
     def deregister(self, identity: Identity) -> int:
@@ -344,7 +347,7 @@ class Registry:
         return int(_call(self.w3, "read a balance", self.w3.eth.get_balance, node_id))
 
 
-def _fit(multiaddrs: list[str], grpc_endpoint: str) -> tuple[list[str], str]:
+def fit_endpoints(multiaddrs: list[str], grpc_endpoint: str) -> tuple[list[str], str]:
     """The contract's bounds: at most 8 addresses of at most 256 bytes (longer ones left out,
     relayed ones kept first, since they are what others can dial behind NAT)."""
     ordered = sorted(multiaddrs, key=lambda a: "/p2p-circuit/" not in a)

@@ -16,12 +16,15 @@ from sonm_p2p import __version__
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
 from sonm_p2p._status import add_servicer
+from sonm_p2p.chain import ChainSettings
 from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
+from sonm_p2p.discovery.registry_watch import RegistryWatch, check_registry
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.hub.reachability import HubReachability
+from sonm_p2p.hub.registration import HubRegistration
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.identity import load_or_create
@@ -60,6 +63,10 @@ class HubDaemonOptions:
     tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
         are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
+    chain: the chain and hub registry (see ChainSettings); defaults to none. With one, the hub
+        reads the registry every ``registry_poll`` seconds (and, unless ``require_registered``
+        is off, hears only registered hubs); with ``stake`` (wei) > 0 it also registers itself
+        and keeps its registered endpoints current (see hub/registration.py).
     """
 
     home: Path
@@ -79,6 +86,9 @@ class HubDaemonOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     streams: StreamLimits = field(default_factory=StreamLimits)
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    stake: int = 0
+    registry_poll: float = 15.0
 
 
 class HubDaemon:
@@ -129,11 +139,15 @@ class HubDaemon:
         self.stun: StunResponder | None = None
         self.stun_endpoint = ""
         self._relay_stun: dict[str, tuple[float, str]] = {}  # relay peer -> (when, endpoint)
+        self.registry_watch: RegistryWatch | None = None
+        self.registration: HubRegistration | None = None
 
     def __repr__(self) -> str:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
 
     def start(self) -> None:
+        if self.options.chain.enabled:
+            check_registry(self.options.chain)  # ConfigError (exit 2) when it is no registry
         host, port = parse_hostport(self.options.grpc_listen)
         endpoint = format_hostport(host, port)
         self.hub.start()  # its loop serves the client API too
@@ -161,10 +175,29 @@ class HubDaemon:
         self.node.serve_tcp(GRPC_HUB, overlay_sock)
         self._on_loop(self._server.start())
         self.reachability.start()
+        self._start_chain()
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
         )  # fmt: skip
+
+    def _start_chain(self) -> None:
+        o = self.options
+        if not o.chain.enabled:
+            return
+        self.registry_watch = RegistryWatch(
+            o.chain, self.gossip.set_registered, interval=o.registry_poll
+        )
+        self.supervisor.service("registry", self.registry_watch.run)
+        if o.stake > 0:
+            self.registration = HubRegistration(
+                o.chain,
+                self.identity,
+                o.stake,
+                lambda: (self.node.advertised_addrs, self.grpc_endpoint),
+                interval=o.registry_poll,
+            )
+            self.supervisor.service("registration", self.registration.run)
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.hub.loop is not None

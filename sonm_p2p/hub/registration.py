@@ -26,8 +26,9 @@ class HubRegistration:
     """Keeps ``identity`` registered with ``stake`` wei and its current endpoints.
 
     ``endpoints()`` returns (overlay multiaddrs, client-API endpoint) as the hub announces them.
-    ``state`` is "unregistered", "registered" or "unfunded"; ``registered_stake`` the stake
-    held (wei).
+    ``state`` is "unregistered", "registered", "unfunded" or "deregistered" (it was
+    registered in this run, then deregistered by its key: it does not register again);
+    ``registered_stake`` the stake held (wei).
     """
 
     def __init__(
@@ -63,6 +64,17 @@ class HubRegistration:
         want = fit_endpoints(addrs, endpoint)
         node = self.identity.node_id
         entry = reg.entry(node)
+        if entry is None and self.state in ("registered", "deregistered"):
+            # It was registered in this run and is no longer: someone holding its key
+            # deregistered it (sonmhub --deregister). Registering again would undo that.
+            if self.state == "registered":
+                log.warning(
+                    "hub %s was deregistered; it stays out of the registry (restart it with "
+                    "--stake to register again)",
+                    node,
+                )
+            self.state = "deregistered"
+            return None
         try:
             if entry is None:
                 held = reg.stake_of(node)  # left over from an earlier registration

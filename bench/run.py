@@ -332,15 +332,16 @@ def main() -> None:
     sections.append(bench_propagation())
     sections.append(bench_bridge())
     sections.append(bench_streams())
-    forward = ROOT / "bench" / "bench_forward.py"
-    if forward.exists():
-        res = subprocess.run(
-            [sys.executable, str(forward)], capture_output=True, text=True, timeout=600
-        )
+    for script, title in (("bench_forward.py", "Forward"), ("bench_chain.py", "Chain")):
+        path = ROOT / "bench" / script
+        if not path.exists():
+            continue
+        res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                             timeout=900)  # fmt: skip
         sections.append(
             res.stdout
             if res.returncode == 0
-            else f"## Forward\n\nbench_forward.py failed:\n\n```\n{res.stderr[-2000:]}\n```\n"
+            else f"## {title}\n\n{script} failed:\n\n```\n{res.stderr[-2000:]}\n```\n"
         )
     head = "\n".join(
         [

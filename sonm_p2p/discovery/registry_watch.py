@@ -24,16 +24,18 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL = 15.0  # seconds between reads of the registry
 
 
-def check_registry(chain: ChainSettings, *, timeout: float = 3.0) -> None:
-    """At a daemon's start: ConfigError when the address holds no registry. A chain that does
-    not answer is only logged (the daemon starts anyway; its loops retry)."""
+def check_registry(chain: ChainSettings, *, timeout: float = 3.0) -> Any:
+    """At a daemon's start: the registry (a ``sonm_p2p.chain.registry.Registry``), checked;
+    ConfigError when the address holds none. A chain that does not answer is only logged and
+    gives None (the daemon starts anyway; its loops retry)."""
     from sonm_p2p.chain.registry import Registry
     from sonm_p2p.errors import Timeout, Unavailable
 
     try:
-        Registry.open(chain.url, chain.registry, timeout=timeout)
+        return Registry.open(chain.url, chain.registry, timeout=timeout)
     except (Unavailable, Timeout) as exc:
         log.warning("%s; going on without the registry until it answers", exc)
+        return None
 
 
 class RegistryWatch:

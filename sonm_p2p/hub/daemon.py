@@ -146,8 +146,6 @@ class HubDaemon:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
 
     def start(self) -> None:
-        if self.options.chain.enabled:
-            check_registry(self.options.chain)  # ConfigError (exit 2) when it is no registry
         host, port = parse_hostport(self.options.grpc_listen)
         endpoint = format_hostport(host, port)
         self.hub.start()  # its loop serves the client API too
@@ -185,8 +183,10 @@ class HubDaemon:
         o = self.options
         if not o.chain.enabled:
             return
+        # Last in start(): the client API already answers while web3 loads (over a second).
+        registry = check_registry(o.chain)  # ConfigError (exit 2) when there is no registry
         self.registry_watch = RegistryWatch(
-            o.chain, self.gossip.set_registered, interval=o.registry_poll
+            o.chain, self.gossip.set_registered, interval=o.registry_poll, registry=registry
         )
         self.supervisor.service("registry", self.registry_watch.run)
         if o.stake > 0:
@@ -196,7 +196,7 @@ class HubDaemon:
                 o.stake,
                 lambda: (self.node.advertised_addrs, self.grpc_endpoint),
                 interval=o.registry_poll,
-            )
+            )  # its own client: the two loops run on two threads
             self.supervisor.service("registration", self.registration.run)
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -154,16 +154,24 @@ class MinerDaemon:
         if self.options.hub:
             return [HubCandidate((self.options.hub,))]
         assert self.gossip is not None
-        try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
-            self.gossip.wait_for_hubs(1, timeout=2.0)
-        except Timeout:
-            return []
+        registered = self._registered
+        if not registered:
+            try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
+                self.gossip.wait_for_hubs(1, timeout=2.0)
+            except Timeout:
+                return []
         allow = {h for h in (e.node_id for e in self.gossip.hubs()) if h.lower() in self._allowed}
         pick = self.gossip.choose(allow=allow if self._allowed else None, exclude=avoid)
         pick = pick or self.gossip.choose(allow=allow if self._allowed else None)
-        if pick is None:
-            return []
-        return [HubCandidate(pick.multiaddrs, pick.node_id, pick.peer_id)]
+        if pick is not None:
+            return [HubCandidate(pick.multiaddrs, pick.node_id, pick.peer_id)]
+        # No announcement heard yet: the registered hubs themselves, largest stake first (those
+        # lost recently last), so a miner with only a registry needs no announcement to start.
+        ranked = [
+            h for h in (registered.by_stake() if registered else []) if self._allow_hub(h.node_id)
+        ]
+        ranked.sort(key=lambda h: h.node_id in avoid)
+        return [HubCandidate(h.multiaddrs, h.node_id, h.peer_id) for h in ranked[:3]]
 
     def _connected_in(self, node_id: str, seconds: float) -> None:
         if self.gossip is not None:
@@ -215,12 +223,12 @@ class MinerDaemon:
         if not self._server.add_insecure_port(f"unix:{sock}"):
             raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
         self._server.start()
-        if self.options.chain.enabled:
-            check_registry(self.options.chain)  # ConfigError (exit 2) when it is no registry
+        chain = self.options.chain
+        registry = check_registry(chain) if chain.enabled else None  # ConfigError: not one
         self.node.start()
-        if self.options.chain.enabled:
+        if chain.enabled:
             self.registry_watch = RegistryWatch(
-                self.options.chain, self._read_registry, interval=self.options.registry_poll
+                chain, self._read_registry, interval=self.options.registry_poll, registry=registry
             )
             self.supervisor.service("registry", self.registry_watch.run)
         serve_grpc(self.node, GRPC_MINER, sock, allow=self.link.allow)

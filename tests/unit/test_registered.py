@@ -136,3 +136,29 @@ def test_web3_only_on_chain_paths():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_chain_loop_logs_a_trouble_once_and_backs_off(caplog):
+    import threading
+
+    from sonm_p2p.chain.poll import ChainLoop
+    from sonm_p2p.errors import Unavailable
+
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def step() -> None:
+        calls.append(time.monotonic())
+        if len(calls) >= 5:
+            stop.set()
+            return
+        raise Unavailable("chain http://127.0.0.1:1 unreachable (read): connection refused")
+
+    loop = ChainLoop("registry", step, interval=10, backoff_initial=0.01, backoff_max=0.04)
+    with caplog.at_level("INFO", logger="sonm_p2p.chain.poll"):
+        loop.run(stop)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in line for line in lines) == 1, lines
+    assert any("answers again" in line for line in lines)
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert gaps[2] >= gaps[0] and loop.failures == 0

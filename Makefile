@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs browser docker images image run test unit lint proto check-proto bench clean
+.PHONY: setup venv debs browser docker images image anvil run test unit lint proto check-proto contract check-contract bench clean
 
-setup: venv debs docker images
+setup: venv debs docker images anvil
 
 debs:
 	bash scripts/ensure-debs.sh
@@ -27,6 +27,14 @@ $(STAMP): pyproject.toml
 
 docker:
 	bash scripts/ensure-docker.sh
+
+# anvil, the local Ethereum node of the chain tests and the devnet: npm @foundry-rs/anvil, pinned
+# in package.json / package-lock.json (the package ships the binary; nothing else is fetched).
+ANVIL := node_modules/.bin/anvil
+anvil: $(ANVIL)
+$(ANVIL): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	$(ANVIL) --version >/dev/null && touch $(ANVIL)
 
 images: debs docker
 	bash scripts/build-images.sh
@@ -48,6 +56,16 @@ check-proto: venv
 	  if diff -r -x __pycache__ $$tmp sonm_p2p/_pb >/dev/null; then rm -rf $$tmp; echo "check-proto: generated code is current"; \
 	  else diff -r -x __pycache__ $$tmp sonm_p2p/_pb | head -40; rm -rf $$tmp; echo "check-proto: drift, run 'make proto'" >&2; exit 1; fi
 
+# The hub registry (contracts/HubRegistry.vy), compiled in-process by vyper into the artifact
+# the code deploys; check-contract fails when the checked-in artifact drifts from the source.
+contract: venv
+	$(BIN)/python scripts/gen-contract.py sonm_p2p/chain/HubRegistry.json
+
+check-contract: venv
+	@tmp=$$(mktemp) && $(BIN)/python scripts/gen-contract.py $$tmp && \
+	  if cmp -s $$tmp sonm_p2p/chain/HubRegistry.json; then rm -f $$tmp; echo "check-contract: artifact is current"; \
+	  else rm -f $$tmp; echo "check-contract: drift, run 'make contract'" >&2; exit 1; fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -55,11 +73,11 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup browser check-proto lint
+test: setup browser check-proto check-contract lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

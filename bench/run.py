@@ -426,7 +426,11 @@ def main() -> None:
     sections.append(bench_bridge())
     sections.append(bench_streams())
     sections.append(bench_announce_flood())
-    for script, title in (("bench_forward.py", "Forward"), ("bench_devnet.py", "Local network")):
+    for script, title in (
+        ("bench_forward.py", "Forward"),
+        ("bench_devnet.py", "Local network"),
+        ("bench_chain.py", "Chain"),
+    ):
         res = subprocess.run(
             [sys.executable, str(ROOT / "bench" / script)],
             capture_output=True,

@@ -21,6 +21,7 @@ from sonm_p2p.errors import ConfigError, SonmError
 
 __all__ = [
     "Duration",
+    "chain_options",
     "SonmGroup",
     "default_home",
     "emit_json",
@@ -76,6 +77,37 @@ class Duration(click.ParamType):
         if not m:
             self.fail(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 7d, 250ms)", param, ctx)
         return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--chain``, ``--registry`` and ``--require-registered`` (read with
+    ``sonm_p2p.chain.ChainSettings.resolve``: flag > env > config.toml)."""
+    opts = [
+        click.option(
+            "--chain",
+            default=None,
+            metavar="URL",
+            help="Ethereum JSON-RPC URL of the chain holding the hub registry. "
+            "Env: SONM_CHAIN; file: chain in <home>/config.toml.",
+        ),
+        click.option(
+            "--registry",
+            default=None,
+            metavar="0xADDRESS",
+            help="Address of the hub registry contract (sonmcli chain deploy). "
+            "Env: SONM_REGISTRY; file: registry in <home>/config.toml.",
+        ),
+        click.option(
+            "--require-registered/--no-require-registered",
+            default=None,
+            help="With a registry: use only hubs registered in it (their announcements are "
+            "dropped otherwise) [default: on whenever a registry is given; file: "
+            "require_registered].",
+        ),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
 
 
 def default_home(role: str) -> Path:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sonm_p2p.chain import ChainSettings
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.identity import Identity, load_or_create
 from sonm_p2p.tasks import Endpoint, Task
 from sonm_p2p.transport.addrs import format_hostport, parse_hostport
+
+if TYPE_CHECKING:
+    from sonm_p2p.chain.registry import Registry
+    from sonm_p2p.discovery.registered import RegisteredHubs
 
 __all__ = ["CliContext", "endpoints_json", "task_json"]
 
@@ -26,10 +31,38 @@ class CliContext:
     home: Path
     bootstrap: tuple[str, ...] = ()
     tls_ca: Path | None = None  # the hub's client API serves TLS: check it against these
+    chain_flags: tuple[str | None, str | None, bool | None] = (None, None, None)
     stack: ExitStack = field(default_factory=ExitStack)  # closed when the command ends
 
     def identity(self) -> Identity:
         return load_or_create(self.home)
+
+    def chain(self) -> ChainSettings:
+        """--chain / --registry / --require-registered, completed from env and config.toml."""
+        url, registry, require = self.chain_flags
+        return ChainSettings.resolve(url, registry, self.home, require_registered=require)
+
+    def registry(self, *, need: bool = True) -> Registry | None:
+        """The registry (imports web3), checked; None when none is configured and not
+        ``need``ed (ConfigError then)."""
+        chain = self.chain()
+        if not chain.enabled:
+            if not need:
+                return None
+            what = "--registry 0x…" if chain.url else "--chain URL and --registry 0x…"
+            raise ConfigError(f"no hub registry: give {what} (or SONM_CHAIN, SONM_REGISTRY)")
+        from sonm_p2p.chain.registry import Registry
+
+        return Registry.open(chain.url, chain.registry, timeout=min(self.timeout, 10.0))
+
+    def registered(self) -> RegisteredHubs | None:
+        """The registered hubs when a registry is configured (None otherwise)."""
+        reg = self.registry(need=False)
+        if reg is None:
+            return None
+        from sonm_p2p.discovery.registered import RegisteredHubs
+
+        return RegisteredHubs.of(reg.entries())
 
     def target(self) -> str:
         """The gRPC target of the chosen hub (joins the overlay only when it must)."""
@@ -41,7 +74,16 @@ class CliContext:
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(self.bootstrap, self.home)
-        return open_hub(self.stack, self.hub, boot, mdns_namespace(), timeout=self.timeout)
+        chain = self.chain()
+        return open_hub(
+            self.stack,
+            self.hub,
+            boot,
+            mdns_namespace(),
+            timeout=self.timeout,
+            registered=self.registered() if chain.enabled else None,
+            require_registered=chain.trusting,
+        )
 
     def client(self, *, timeout: float | None = -1.0) -> HubClient:
         """A client of the chosen hub; each call's deadline is ``--timeout`` unless given."""

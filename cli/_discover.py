@@ -11,10 +11,14 @@ import sys
 import time
 from concurrent import futures
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from sonm_p2p.client import HubClient
 from sonm_p2p.errors import HubUnavailable, MinerNotFound, SonmError, Timeout
 from sonm_p2p.identity import Identity
+
+if TYPE_CHECKING:
+    from sonm_p2p.discovery.registered import RegisteredHubs
 
 __all__ = ["HubRef", "classify", "client_node", "discover_hubs", "open_hub", "ping_endpoints"]
 
@@ -54,11 +58,27 @@ def client_node():  # noqa: ANN201 - P2PNode is imported lazily (import cost)
     return P2PNode(Identity.generate(), NodeOptions(listen=client_listen()))
 
 
-def _overlay(stack: ExitStack, bootstrap: tuple[str, ...], mdns_ns: str):  # noqa: ANN202
+def _overlay(  # noqa: ANN202
+    stack: ExitStack,
+    bootstrap: tuple[str, ...],
+    mdns_ns: str,
+    registered: RegisteredHubs | None = None,
+    require_registered: bool = False,
+):
+    """A node on the overlay, its gossip bootstrapped from ``registered`` hubs too (and, with
+    ``require_registered``, hearing only them)."""
     from sonm_p2p.discovery import GossipOptions, HubGossip
 
     node = client_node()
-    gossip = HubGossip(node, GossipOptions(bootstrap=bootstrap, mdns=True, mdns_namespace=mdns_ns))
+    options = GossipOptions(
+        bootstrap=bootstrap,
+        mdns=True,
+        mdns_namespace=mdns_ns,
+        require_registered=require_registered and registered is not None,
+    )
+    gossip = HubGossip(node, options)
+    if registered is not None:
+        gossip.set_registered(registered)
     node.start()
     stack.callback(node.close)
     return node, gossip
@@ -72,16 +92,29 @@ def discover_hubs(
     wait: float,
     settle: float = 0.5,
     want: str = "",
+    registered: RegisteredHubs | None = None,
+    require_registered: bool = False,
 ) -> tuple[object, list]:
     """Join the overlay and collect live hubs: at least one within ``wait`` seconds (Timeout
     otherwise), then ``settle`` seconds more for the rest. With ``want`` (a node ID or prefix),
-    until a hub it names is among them, or ``wait`` is over. Returns (node, entries)."""
-    node, gossip = _overlay(stack, bootstrap, mdns_ns)
+    until a hub it names is among them, or ``wait`` is over. ``registered``: the registry's
+    hubs, dialled to join; with ``require_registered`` only they are heard. Returns (node,
+    entries)."""
+    node, gossip = _overlay(stack, bootstrap, mdns_ns, registered, require_registered)
     deadline = time.monotonic() + wait
     try:
         gossip.wait_for_hubs(1, timeout=wait)
     except Timeout:
         where = "its bootstrap peers and the LAN" if bootstrap else "the LAN (mDNS)"
+        if registered is not None:
+            where = f"the registry ({len(registered)} registered), " + where
+        unregistered = gossip.stats()["dropped"]["unregistered"]
+        if unregistered:
+            raise HubUnavailable(
+                f"no registered hub announced within {wait:g}s ({unregistered} announcements "
+                "of unregistered hubs dropped): name one with --hub to use it anyway, or "
+                "--no-require-registered"
+            ) from None
         raise HubUnavailable(
             f"no hub found on {where} within {wait:g}s: give one with --hub HOST:10001 "
             "or a bootstrap peer with --bootstrap / SONM_BOOTSTRAP"
@@ -118,12 +151,15 @@ def open_hub(
     mdns_ns: str,
     *,
     timeout: float,
+    registered: RegisteredHubs | None = None,
+    require_registered: bool = False,
 ) -> str:
     """A gRPC target (``host:port``) for the hub named by ``hub`` (see :func:`classify`).
 
     A multiaddr is dialled over the overlay and tunnelled; a node ID (prefix) or nothing means
     discovery: the hub's announced endpoint is used when it answers, else the overlay. Says on
-    stderr which hub it picked.
+    stderr which hub it picked. With ``require_registered``, discovery uses registered hubs
+    only: an unregistered one must be named in full (a whole node ID, an address).
     """
     from sonm_p2p.tasks import resolve_prefix
 
@@ -134,7 +170,16 @@ def open_hub(
         return _tunnel(stack, node, peer)
     wait = min(timeout, 10)
     want = hub if kind == "node-id" else ""
-    node, entries = discover_hubs(stack, bootstrap, mdns_ns, wait=wait, want=want)
+    named = kind == "node-id" and len(hub.strip().lower().removeprefix("0x")) == 40
+    node, entries = discover_hubs(
+        stack,
+        bootstrap,
+        mdns_ns,
+        wait=wait,
+        want=want,
+        registered=registered,
+        require_registered=require_registered and not named,
+    )
     by_id = {e.node_id: e for e in entries}
     if kind == "node-id":
         try:

@@ -6,6 +6,7 @@ import click
 
 from cli._common import Duration, emit_json
 from cli._context import CliContext
+from sonm_p2p.chain import format_eth
 from sonm_p2p.client import HubSummary
 
 
@@ -57,10 +58,13 @@ def hubs(c: CliContext, wait: float) -> None:
     """Hubs known on the overlay: node ID, client API, miners, latency.
 
     With --hub HOST:PORT, that hub's own list is printed (no overlay needed); otherwise this
-    command joins the overlay through --bootstrap peers and mDNS for --wait seconds.
+    command joins the overlay through --bootstrap peers and mDNS for --wait seconds. With a
+    registry (--chain, --registry), its hubs are dialled too, and each hub's row says whether
+    it is registered and with what stake (unregistered hubs are listed, not used).
     """
     from cli._discover import classify, discover_hubs, ping_endpoints
 
+    registered = c.registered() if c.chain().enabled else None
     if c.hub and classify(c.hub) == "direct":
         with c.client() as client:
             found = client.list_hubs()
@@ -68,23 +72,53 @@ def hubs(c: CliContext, wait: float) -> None:
         from sonm_p2p.config import bootstrap_list, mdns_namespace
 
         boot = bootstrap_list(c.bootstrap, c.home)
-        _, entries = discover_hubs(c.stack, boot, mdns_namespace(), wait=c.timeout, settle=wait)
+        _, entries = discover_hubs(
+            c.stack,
+            boot,
+            mdns_namespace(),
+            wait=c.timeout,
+            settle=wait,
+            registered=registered,
+        )
         found = [HubSummary.from_entry(e) for e in entries]
     rtts = ping_endpoints([h.grpc_endpoint for h in found if h.grpc_endpoint])
     rows = [h.with_latency(rtts.get(h.grpc_endpoint)) for h in found]
+
+    def stake(node_id: str) -> int | None:
+        return None if registered is None else registered.stake(node_id)
+
     if c.as_json:
-        emit_json({"hubs": [r.as_dict() for r in rows]})
+        out = []
+        for r in rows:
+            d = r.as_dict()
+            if registered is not None:
+                held = stake(r.node_id)
+                d["registered"] = held is not None
+                d["stake"] = None if held is None else format_eth(held)
+            out.append(d)
+        emit_json({"hubs": out})
         return
     if not rows:
         click.echo("no hubs")
         return
-    click.echo(f"{'NODE ID':42}  {'CLIENT API':21}  {'MINERS':>6}  {'LATENCY':>8}  OVERLAY")
+    reg_head = f"  {'REGISTERED':10}  {'STAKE':>8}" if registered is not None else ""
+    click.echo(
+        f"{'NODE ID':42}  {'CLIENT API':21}  {'MINERS':>6}  {'LATENCY':>8}{reg_head}  OVERLAY"
+    )
     for r in rows:
         lat = f"{r.latency * 1000:.1f}ms" if r.latency is not None else "-"
         # A hub behind NAT announces its LAN address too; others reach it through its relay.
         relayed = [a for a in r.multiaddrs if "/p2p-circuit/" in a]
         first = (relayed or list(r.multiaddrs) or ["-"])[0]
-        click.echo(f"{r.node_id:42}  {r.grpc_endpoint:21}  {r.miners_online:6}  {lat:>8}  {first}")
+        reg_cols = ""
+        if registered is not None:
+            held = stake(r.node_id)
+            yes, amount = ("yes", format_eth(held)) if held is not None else ("no", "-")
+            reg_cols = f"  {yes:10}  {amount:>8}"
+        click.echo(
+            f"{r.node_id:42}  {r.grpc_endpoint:21}  {r.miners_online:6}  {lat:>8}{reg_cols}"
+            f"  {first}"
+        )
 
 
 @click.command()

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import click
 
-from cli._common import Duration, SonmGroup, default_home, run_and_exit, version_option
+from cli._common import (
+    Duration,
+    SonmGroup,
+    chain_options,
+    default_home,
+    run_and_exit,
+    version_option,
+)
 from cli._context import CliContext
+from cli.cmd_chain import chain, whoami
 from cli.cmd_forward import forward
 from cli.cmd_hub import hubs, info, nat, ping
 from cli.cmd_miners import list_, miner_status
@@ -59,6 +67,7 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
     default=None,
     help="Where this client's key lives [default: $SONM_HOME/client or ~/.sonm/client].",
 )
+@chain_options
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -68,6 +77,9 @@ def main(
     as_json: bool,
     tls_ca: Path | None,
     home: Path | None,
+    chain: str | None,
+    registry: str | None,
+    require_registered: bool | None,
 ) -> None:
     """Talk to a sonm hub: see its miners, start, inspect and stop tasks.
 
@@ -81,13 +93,20 @@ def main(
       sonmcli --hub 192.0.2.10:10001 stop JOBID
       sonmcli list --json --hub 192.0.2.10:10001   # options after the command work too
       eval "$(sonmcli completion bash)"             # tab completion (zsh, fish too)
+      sonmcli --chain URL --registry 0xREG list    # a hub staked in the registry
 
     Exit codes: 0 ok, 2 bad usage or config, 3 not found, 4 unreachable,
     5 timed out, 6 refused, 7 the miner's container engine failed,
     8 not allowed (only a task's owner may stop it or read its output).
     """
     ctx.obj = CliContext(
-        hub, timeout, as_json, home or default_home("client"), bootstrap, tls_ca=tls_ca
+        hub,
+        timeout,
+        as_json,
+        home or default_home("client"),
+        bootstrap,
+        tls_ca=tls_ca,
+        chain_flags=(chain, registry, require_registered),
     )
     ctx.call_on_close(ctx.obj.stack.close)
 
@@ -100,6 +119,10 @@ main.hoisted = {
     "--bootstrap": True,
     "--tls-ca": True,
     "--home": True,
+    "--chain": True,
+    "--registry": True,
+    "--require-registered": False,
+    "--no-require-registered": False,
 }
 
 for command in (
@@ -116,6 +139,8 @@ for command in (
     logs,
     forward,
     completion,
+    whoami,
+    chain,
 ):
     main.add_command(command)
 

@@ -8,6 +8,7 @@ import click
 
 from cli._common import (
     Duration,
+    chain_options,
     default_home,
     fail,
     parse_size,
@@ -15,6 +16,7 @@ from cli._common import (
     setup_logging,
     version_option,
 )
+from sonm_p2p.chain import ChainSettings, format_eth, parse_eth
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import ConfigError, SonmError
 from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
@@ -167,6 +169,27 @@ from sonm_p2p.transport.relay import RelayOptions
     help="Serve a read-only page that draws this hub's network (refreshing itself) and "
     "/metrics (Prometheus text format) here; off when empty.",
 )
+@chain_options
+@click.option(
+    "--stake",
+    default=None,
+    metavar="ETH",
+    help="With --chain and --registry: register this hub (from its node key) with this stake, "
+    "and keep its registered endpoints current. Without enough balance it serves unregistered "
+    "and says how much to send to its address.",
+)
+@click.option(
+    "--registry-poll",
+    type=Duration(),
+    default="15s",
+    help="How often the registry is read (hubs that leave it drop out within one poll).",
+)
+@click.option(
+    "--deregister",
+    is_flag=True,
+    help="Deregister this hub from the registry (its stake unlocks after the registry's "
+    "delay; withdraw it with sonmcli chain withdraw) and exit.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -193,6 +216,12 @@ def main(
     max_streams: int,
     max_streams_per_client: int,
     http_listen: str,
+    chain: str | None,
+    registry: str | None,
+    require_registered: bool | None,
+    stake: str | None,
+    registry_poll: float,
+    deregister: bool,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -213,6 +242,14 @@ def main(
     setup_logging(verbose)
     home = home or default_home("hub")
     try:
+        chain_settings = ChainSettings.resolve(
+            chain, registry, home, require_registered=require_registered
+        )
+        if deregister:
+            _deregister(chain_settings, home)
+            return
+        if stake is not None and not chain_settings.enabled:
+            raise ConfigError("--stake needs a chain and a registry: --chain URL --registry 0x…")
         options = HubDaemonOptions(
             home=home,
             grpc_listen=grpc_listen,
@@ -240,11 +277,34 @@ def main(
             tls_cert=tls_cert,
             tls_key=tls_key,
             http_listen=http_listen,
+            chain=chain_settings,
+            stake=parse_eth(stake, "--stake") if stake is not None else 0,
+            registry_poll=registry_poll,
         )
         daemon = HubDaemon(options)
     except SonmError as err:
         fail(err, as_json=False, prog="sonmhub")
     serve_until_signalled(daemon.start, daemon.close, "sonmhub")
+
+
+def _deregister(chain: ChainSettings, home: Path) -> None:
+    """``--deregister``: sign the registry's deregister with the hub's key; say when the stake
+    unlocks."""
+    import time
+
+    from sonm_p2p.chain.registry import Registry
+    from sonm_p2p.identity import load_or_create
+
+    if not chain.enabled:
+        raise ConfigError("--deregister needs a chain and a registry: --chain URL --registry 0x…")
+    identity = load_or_create(home)
+    reg = Registry.open(chain.url, chain.registry)
+    unlock = reg.deregister(identity)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlock))
+    click.echo(
+        f"hub {identity.node_id} deregistered; its stake of "
+        f"{format_eth(reg.stake_of(identity.node_id))} ETH can be withdrawn from {when}"
+    )
 
 
 def _relay_options(reservations: int, circuits: int, size: str, duration: float) -> RelayOptions:

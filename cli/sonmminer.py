@@ -8,6 +8,7 @@ import click
 
 from cli._common import (
     Duration,
+    chain_options,
     default_home,
     fail,
     parse_size,
@@ -15,6 +16,7 @@ from cli._common import (
     setup_logging,
     version_option,
 )
+from sonm_p2p.chain import ChainSettings
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import SonmError
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
@@ -141,6 +143,13 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     "file: bootstrap in <home>/config.toml.",
 )
 @click.option("--mdns/--no-mdns", default=True, help="Look for hubs on the LAN with mDNS.")
+@chain_options
+@click.option(
+    "--registry-poll",
+    type=Duration(),
+    default="15s",
+    help="How often the registry is read (a hub that leaves it is left within one poll).",
+)
 @click.option(
     "--check",
     is_flag=True,
@@ -165,6 +174,10 @@ def main(
     hub_ids: tuple[str, ...],
     bootstrap: tuple[str, ...],
     mdns: bool,
+    chain: str | None,
+    registry: str | None,
+    require_registered: bool | None,
+    registry_poll: float,
     check: bool,
     as_json: bool,
     verbose: bool,
@@ -177,12 +190,16 @@ def main(
       sonmminer -h 192.0.2.10:10002
       sonmminer -h /ip4/192.0.2.10/tcp/10002/p2p/16Uiu2…
       sonmminer --hub-id 0xHUB --bootstrap 192.0.2.10:10002
+      sonmminer --chain https://rpc.example --registry 0xREGISTRY   # hubs staked on chain
     """
     setup_logging(verbose)
     home = home or default_home("miner")
     try:
         boot = bootstrap_list(bootstrap, home)
         mdns = mdns and load_config(home).get("mdns", True)
+        chain_settings = ChainSettings.resolve(
+            chain, registry, home, require_registered=require_registered
+        )
     except SonmError as err:
         fail(err, as_json=False, prog="sonmminer")
     if check:
@@ -208,6 +225,8 @@ def main(
             default_cpus=default_cpu,
             default_memory_bytes=parse_size(default_memory, "--default-memory"),
         ),
+        chain=chain_settings,
+        registry_poll=registry_poll,
     )
     try:
         daemon = MinerDaemon(options)

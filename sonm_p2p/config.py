@@ -4,6 +4,9 @@ The file is optional. Keys used today::
 
     bootstrap = ["/ip4/192.0.2.10/tcp/10002/p2p/16Uiu2...", "hub.example:10002"]
     mdns = true
+    chain = "http://127.0.0.1:8545"         # an Ethereum JSON-RPC URL (see sonm_p2p/chain)
+    registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    require_registered = true
 
 Every error names the file.
 """
@@ -22,7 +25,13 @@ from sonm_p2p.errors import ConfigError
 __all__ = ["CONFIG_FILE", "bootstrap_list", "client_listen", "load_config", "mdns_namespace"]
 
 CONFIG_FILE = "config.toml"
-_KNOWN = {"bootstrap": list, "mdns": bool}
+_KNOWN = {
+    "bootstrap": list,
+    "mdns": bool,
+    "chain": str,
+    "registry": str,
+    "require_registered": bool,
+}
 
 
 def load_config(home: Path) -> dict[str, Any]:

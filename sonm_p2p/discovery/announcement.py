@@ -56,6 +56,7 @@ class DropReason(StrEnum):
     EXPIRED = "expired"  # issued_at + ttl is past
     FUTURE = "future"  # issued_at is ahead of our clock by more than the allowed skew
     REPLAYED = "replayed"  # not newer than one already accepted from the same node
+    UNREGISTERED = "unregistered"  # a registry is required and this hub is not registered in it
 
 
 @dataclass(frozen=True, kw_only=True)

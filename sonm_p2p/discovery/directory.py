@@ -92,6 +92,13 @@ class HubDirectory:
             del self._entries[node_id.lower()]
         return gone
 
+    def retain(self, node_ids: Collection[str]) -> list[str]:
+        """Forget every hub whose node ID (lower case) is not in ``node_ids``; return them."""
+        gone = [e.node_id for key, e in self._entries.items() if key not in node_ids]
+        for node_id in gone:
+            del self._entries[node_id.lower()]
+        return gone
+
     def live(self, now: float) -> list[HubEntry]:
         """Hubs whose announcement is valid at ``now``, by node ID."""
         return sorted(

@@ -42,9 +42,10 @@ import trio
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
 from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer
+from sonm_p2p.discovery.registered import RegisteredHubs
 from sonm_p2p.discovery.validator import AnnouncementValidator, ValidatorOptions
 from sonm_p2p.errors import SonmError, Timeout
-from sonm_p2p.identity import Identity
+from sonm_p2p.identity import Identity, node_id_from_peer_id
 from sonm_p2p.transport import addrs as _addrs
 from sonm_p2p.transport.node import P2PNode
 
@@ -72,6 +73,11 @@ class GossipOptions:
     validator: limits of the topic validator; see ValidatorOptions.
     drop_report_interval: at most one log line per this many seconds counting the announcements
         dropped since the last one, by reason (none when nothing was dropped); defaults to 10.
+    require_registered: only hubs registered on the chain are accepted (their announcements
+        counted as dropped, ``unregistered``, and LAN hubs not dialled); until the first read of
+        the registry (:meth:`HubGossip.set_registered`) none is. Defaults to False.
+    registry_peers: how many registered hubs (largest stake first) to stay connected to once
+        the registry is read: the overlay's bootstrap when nothing else is known; defaults to 8.
     """
 
     bootstrap: tuple[str, ...] = ()
@@ -82,13 +88,19 @@ class GossipOptions:
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
     drop_report_interval: float = 10.0
+    require_registered: bool = False
+    registry_peers: int = 8
 
     @classmethod
     def of(cls, daemon: Any) -> GossipOptions:
         """The options a daemon's settings name (its ``bootstrap``, ``mdns``,
-        ``mdns_namespace``); the rest default."""
+        ``mdns_namespace``, and ``chain``'s ``trusting``); the rest default."""
+        chain = getattr(daemon, "chain", None)
         return cls(
-            bootstrap=daemon.bootstrap, mdns=daemon.mdns, mdns_namespace=daemon.mdns_namespace
+            bootstrap=daemon.bootstrap,
+            mdns=daemon.mdns,
+            mdns_namespace=daemon.mdns_namespace,
+            require_registered=bool(chain is not None and chain.trusting),
         )
 
 
@@ -115,7 +127,13 @@ class HubGossip:
         self._targets = [_addrs.parse_target(t) for t in self.options.bootstrap]
         self._lock = threading.Condition()
         self._directory = HubDirectory()
-        self._validator = AnnouncementValidator(self.options.validator)
+        self._validator = AnnouncementValidator(
+            self.options.validator,
+            registered=frozenset() if self.options.require_registered else None,
+        )
+        self._registered: RegisteredHubs | None = None
+        self._registry_dials: dict[str, tuple[trio.CancelScope, tuple[str, ...]]] = {}
+        self._nursery: trio.Nursery | None = None
         self._published = 0
         self._pubsub: Any = None
         self._router: Any = None
@@ -172,12 +190,48 @@ class HubGossip:
                     raise Timeout(f"found {len(live)} of {count} hubs within {timeout:g}s")
                 self._lock.wait(min(left, 1.0))
 
+    def set_registered(self, hubs: RegisteredHubs) -> list[str]:
+        """Take a new read of the registry: with ``require_registered``, hubs no longer in it
+        leave the directory now (returned) and their announcements are dropped from now on;
+        either way the node stays connected to the registered hubs with the largest stake."""
+        with self._lock:
+            self._registered = hubs
+            gone: list[str] = []
+            if self.options.require_registered:
+                self._validator.registered = hubs.ids()
+                gone = self._directory.retain(hubs.ids())
+            self._lock.notify_all()
+        token = self._token
+        if token is not None:
+            try:
+                trio.from_thread.run_sync(self._dial_registered, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+        if gone:
+            log.info("hubs left the registry: %s", ", ".join(gone))
+        return gone
+
+    def registered(self) -> RegisteredHubs | None:
+        """The last read of the registry (None before the first, or with no registry)."""
+        with self._lock:
+            return self._registered
+
+    def trusts(self, node_id: str) -> bool:
+        """Whether hub ``node_id`` may be used: always, unless a registry is required, then
+        only while it is registered (as of the last read)."""
+        if not self.options.require_registered:
+            return True
+        with self._lock:
+            return self._registered is not None and node_id in self._registered
+
     def stats(self) -> dict[str, Any]:
         """Counters for ``sonmcli``/metrics: ``accepted``, ``dropped`` (reason -> count, every
-        reason present), ``published``, ``hubs`` (live), ``peers`` (pubsub peers) and ``mesh``
-        (peers in this node's mesh for the topic)."""
+        reason present), ``published``, ``hubs`` (live), ``peers`` (pubsub peers), ``mesh``
+        (peers in this node's mesh for the topic) and ``registered`` (hubs in the last read of
+        the registry; None without one)."""
         with self._lock:
             out = {
+                "registered": None if self._registered is None else len(self._registered),
                 "accepted": self._validator.accepted,
                 "dropped": dict(self._validator.drops),
                 "published": self._published,
@@ -223,6 +277,8 @@ class HubGossip:
                     self._token = trio.lowlevel.current_trio_token()
                     self._lan_send = lan_send
                     self._pubsub, self._router = pubsub, router
+                    self._nursery = nursery
+                    self._dial_registered()
                     nursery.start_soon(self._read, subscription)
                     nursery.start_soon(self._expire)
                     for maddr, peer_id in self._targets:
@@ -233,7 +289,8 @@ class HubGossip:
                         nursery.start_soon(self._announce_forever)
                     task_status.started()
         finally:
-            self._pubsub = self._router = self._lan_send = None
+            self._pubsub = self._router = self._lan_send = self._nursery = None
+            self._registry_dials.clear()
             # Pubsub never stops its seen-cache thread itself; it would outlive the node.
             pubsub.seen_messages.stop()
 
@@ -330,6 +387,58 @@ class HubGossip:
             await trio.sleep(delay)
             delay = min(delay * 2, self.options.redial_interval)
 
+    def _trusts_peer(self, peer_id: str) -> bool:
+        if not self.options.require_registered:
+            return True
+        try:
+            node_id = node_id_from_peer_id(peer_id)
+        except Exception:
+            return False
+        return node_id is not None and self.trusts(node_id)
+
+    def _dial_registered(self) -> None:
+        """(trio thread) Keep connected to the registered hubs with the largest stake; stop
+        dialling those that left or fell out of the first ``registry_peers``."""
+        nursery, hubs = self._nursery, self._registered
+        if nursery is None or hubs is None:
+            return
+        want = {
+            h.peer_id: h.multiaddrs
+            for h in hubs.by_stake(self.options.registry_peers)
+            if h.peer_id != self._self_id
+        }
+        for peer_id, (scope, addrs) in list(self._registry_dials.items()):
+            if want.get(peer_id) != addrs:
+                scope.cancel()
+                del self._registry_dials[peer_id]
+        for peer_id, addrs in want.items():
+            if peer_id not in self._registry_dials:
+                scope = trio.CancelScope()
+                self._registry_dials[peer_id] = (scope, addrs)
+                nursery.start_soon(self._keep_registered, scope, peer_id, addrs)
+
+    async def _keep_registered(
+        self, scope: trio.CancelScope, peer_id: str, addrs: tuple[str, ...]
+    ) -> None:
+        """Stay connected to a registered hub (the dial ladder over its registered addresses)."""
+        node = self.node
+        delay = 0.25
+        with scope:
+            while True:
+                if node.is_connected(peer_id):
+                    await trio.sleep(1.0)
+                    continue
+                try:
+                    with trio.fail_after(node.options.dial_timeout):
+                        await node.core.connect_peer(peer_id, list(addrs))
+                    log.debug("connected to registered hub %s", peer_id)
+                    delay = 0.25
+                    continue
+                except Exception as exc:  # DialError, Timeout, a half-open peer's surprises
+                    log.debug("registered hub %s: %s (retry in %.2gs)", peer_id, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.options.redial_interval)
+
     async def _run_mdns(
         self, host: Any, lan_recv: trio.MemoryReceiveChannel[LanPeer], nursery: trio.Nursery
     ) -> None:
@@ -349,6 +458,9 @@ class HubGossip:
                 log.warning("mDNS unavailable, LAN discovery off: %s", exc)
                 return
             async for peer in lan_recv:
+                if not self._trusts_peer(peer.peer_id):
+                    log.debug("LAN hub %s is not registered: not dialled", peer.peer_id)
+                    continue
                 if peer.peer_id not in self._dialling and not self.node.is_connected(peer.peer_id):
                     self._dialling.add(peer.peer_id)
                     nursery.start_soon(self._dial_lan_peer, peer)

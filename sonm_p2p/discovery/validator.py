@@ -6,7 +6,8 @@ owns it and serialises calls.
 
 Checks run cheapest first, so a flood costs little: the source peers' token buckets, the size, the
 decoding, the form, the clock (expired, from the future), the replay table, and only then the
-signature (about 0.7 ms).
+signature (about 0.7 ms). With a registry required, a hub not registered is dropped before its
+signature is checked (the claim costs nothing to refuse).
 """
 
 from __future__ import annotations
@@ -105,10 +106,12 @@ class AnnouncementValidator:
     """Checks hub announcements and remembers the newest one accepted per node.
 
     ``drops`` maps every :class:`DropReason` value to how many messages were dropped for it;
-    ``accepted`` counts the rest.
+    ``accepted`` counts the rest. ``registered``: when not None, only hubs whose node ID (lower
+    case) it holds are accepted (a registry is required; an empty set accepts none).
     """
 
     options: ValidatorOptions = field(default_factory=ValidatorOptions)
+    registered: frozenset[str] | None = None
     accepted: int = 0
     drops: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in DropReason})
 
@@ -141,6 +144,8 @@ class AnnouncementValidator:
                 raise InvalidAnnouncement(DropReason.EXPIRED)
             if ann.issued_at > now + o.max_skew:
                 raise InvalidAnnouncement(DropReason.FUTURE)
+            if self.registered is not None and ann.node_id.lower() not in self.registered:
+                raise InvalidAnnouncement(DropReason.UNREGISTERED)
             latest = self._latest.get(ann.node_id.lower())
             if latest is not None and ann.issued_at_ms <= latest:
                 raise InvalidAnnouncement(DropReason.REPLAYED)

@@ -16,13 +16,16 @@ from sonm_p2p import __version__
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import hub_pb2_grpc
 from sonm_p2p._status import add_servicer
+from sonm_p2p.chain import ChainSettings
 from sonm_p2p.client import HubClient
 from sonm_p2p.discovery import GossipOptions, HubGossip, hub_announcer
+from sonm_p2p.discovery.registry_watch import RegistryWatch, check_registry
 from sonm_p2p.errors import ConfigError
 from sonm_p2p.hub.hub import Hub, HubOptions
 from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.hub.metrics import HubMetrics, HubReadings
 from sonm_p2p.hub.reachability import HubReachability
+from sonm_p2p.hub.registration import HubRegistration
 from sonm_p2p.hub.servicer import HubServicer
 from sonm_p2p.hub.state import HubState
 from sonm_p2p.hub.stun_peers import StunPeers
@@ -69,6 +72,10 @@ class HubDaemonOptions:
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
     http_listen: ``host:port`` of the read-only page and /metrics (see hub/web.py); defaults
         to "" (none).
+    chain: the chain and hub registry (see ChainSettings); defaults to none. With one, the hub
+        reads the registry every ``registry_poll`` seconds (and, unless ``require_registered``
+        is off, hears only registered hubs); with ``stake`` (wei) > 0 it also registers itself
+        and keeps its registered endpoints current (see hub/registration.py).
     """
 
     home: Path
@@ -89,6 +96,9 @@ class HubDaemonOptions:
     tls_key: Path | None = None
     streams: StreamLimits = field(default_factory=StreamLimits)
     http_listen: str = ""
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    stake: int = 0
+    registry_poll: float = 15.0
 
 
 class HubDaemon:
@@ -141,6 +151,8 @@ class HubDaemon:
         self.stun_own: list[str] = []  # every address it answers on, the primary first
         self.stun_peers = StunPeers(_ask_stun, ttl=_PEER_STUN_TTL)
         self.web: HubWeb | None = None
+        self.registry_watch: RegistryWatch | None = None
+        self.registration: HubRegistration | None = None
 
     def __repr__(self) -> str:
         return f"<HubDaemon {self.node_id} grpc={self.options.grpc_listen}>"
@@ -181,6 +193,7 @@ class HubDaemon:
             _PEER_STUN_EVERY,
             lambda: self.stun_peers.refresh(self._other_hubs(), besides=self.stun_own),
         )
+        self._start_chain()
         log.info(
             "hub %s: gRPC on %s (announced as %s), overlay on %s",
             self.node_id, self.options.grpc_listen, self.grpc_endpoint, " ".join(self.node.addrs),
@@ -207,6 +220,26 @@ class HubDaemon:
         )
         self.web = HubWeb(self.options.http_listen, view, metrics.exposition)
         self.web.start()
+
+    def _start_chain(self) -> None:
+        o = self.options
+        if not o.chain.enabled:
+            return
+        # Last in start(): the client API already answers while web3 loads (over a second).
+        registry = check_registry(o.chain)  # ConfigError (exit 2) when there is no registry
+        self.registry_watch = RegistryWatch(
+            o.chain, self.gossip.set_registered, interval=o.registry_poll, registry=registry
+        )
+        self.supervisor.service("registry", self.registry_watch.run)
+        if o.stake > 0:
+            self.registration = HubRegistration(
+                o.chain,
+                self.identity,
+                o.stake,
+                lambda: (self.node.advertised_addrs, self.grpc_endpoint),
+                interval=o.registry_poll,
+            )  # its own client: the two loops run on two threads
+            self.supervisor.service("registration", self.registration.run)
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.hub.loop is not None

@@ -19,7 +19,10 @@ import grpc
 from sonm_p2p._grpc_options import SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p._status import add_servicer
+from sonm_p2p.chain import ChainSettings
 from sonm_p2p.discovery import GossipOptions, HubGossip
+from sonm_p2p.discovery.registered import RegisteredHubs
+from sonm_p2p.discovery.registry_watch import RegistryWatch, check_registry
 from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.localsock import private_socket_path
@@ -61,6 +64,11 @@ class MinerOptions:
         images, for tests of everything but Docker itself.
     runtime_class: the engine's OCI runtime for tasks ("" the engine's default, runc;
         "runsc" for gVisor), checked against the engine at start.
+    chain: the chain and hub registry (see ChainSettings); defaults to none. With one, the
+        registered hubs are read every ``registry_poll`` seconds and dialled to join the overlay
+        (a miner with nothing else configured finds its hub this way), and unless
+        ``require_registered`` is off the miner works only for a registered hub, and leaves one
+        that deregisters.
     """
 
     home: Path
@@ -77,6 +85,8 @@ class MinerOptions:
     runtime_class: str = ""
     offer: Offer = field(default_factory=Offer)
     allow_registries: tuple[str, ...] = ()
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    registry_poll: float = 15.0
 
 
 class MinerDaemon:
@@ -109,12 +119,14 @@ class MinerDaemon:
         self.gossip: HubGossip | None = None
         if not options.hub:
             self.gossip = HubGossip(self.node, GossipOptions.of(options))
+        self.registry_watch: RegistryWatch | None = None
+        self._registered: RegisteredHubs | None = None
         self.link = HubLink(
             self.node,
             self._targets,
             lambda: self.miner.hub_clock.last_ping,
             options.link,
-            allow_hub=lambda node_id: not self._allowed or node_id.lower() in self._allowed,
+            allow_hub=self._allow_hub,
             connected_in=self._connected_in,
             before_session=self._reserve_for_hub,
             supervisor=self.supervisor,
@@ -125,20 +137,41 @@ class MinerDaemon:
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
 
+    def _allow_hub(self, node_id: str) -> bool:
+        if self._allowed and node_id.lower() not in self._allowed:
+            return False
+        if self.options.chain.trusting:
+            registered = self._registered
+            return registered is not None and node_id in registered
+        return True
+
+    def _read_registry(self, hubs: RegisteredHubs) -> None:
+        self._registered = hubs
+        if self.gossip is not None:
+            self.gossip.set_registered(hubs)
+
     def _targets(self, avoid: set[str]) -> list[HubCandidate]:
         if self.options.hub:
             return [HubCandidate((self.options.hub,))]
         assert self.gossip is not None
-        try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
-            self.gossip.wait_for_hubs(1, timeout=2.0)
-        except Timeout:
-            return []
+        registered = self._registered
+        if not registered:
+            try:  # block (briefly) for discovery rather than back off: a hub is usually ~1 s away
+                self.gossip.wait_for_hubs(1, timeout=2.0)
+            except Timeout:
+                return []
         allow = {h for h in (e.node_id for e in self.gossip.hubs()) if h.lower() in self._allowed}
         pick = self.gossip.choose(allow=allow if self._allowed else None, exclude=avoid)
         pick = pick or self.gossip.choose(allow=allow if self._allowed else None)
-        if pick is None:
-            return []
-        return [HubCandidate(pick.multiaddrs, pick.node_id, pick.peer_id)]
+        if pick is not None:
+            return [HubCandidate(pick.multiaddrs, pick.node_id, pick.peer_id)]
+        # No announcement heard yet: the registered hubs themselves, largest stake first (those
+        # lost recently last), so a miner with only a registry needs no announcement to start.
+        ranked = [
+            h for h in (registered.by_stake() if registered else []) if self._allow_hub(h.node_id)
+        ]
+        ranked.sort(key=lambda h: h.node_id in avoid)
+        return [HubCandidate(h.multiaddrs, h.node_id, h.peer_id) for h in ranked[:3]]
 
     def _connected_in(self, node_id: str, seconds: float) -> None:
         if self.gossip is not None:
@@ -190,7 +223,14 @@ class MinerDaemon:
         if not self._server.add_insecure_port(f"unix:{sock}"):
             raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
         self._server.start()
+        chain = self.options.chain
+        registry = check_registry(chain) if chain.enabled else None  # ConfigError: not one
         self.node.start()
+        if chain.enabled:
+            self.registry_watch = RegistryWatch(
+                chain, self._read_registry, interval=self.options.registry_poll, registry=registry
+            )
+            self.supervisor.service("registry", self.registry_watch.run)
         serve_grpc(self.node, GRPC_MINER, sock, allow=self.link.allow)
         serve_forward(self.node, self._resolve_forward)
         self.link.start()

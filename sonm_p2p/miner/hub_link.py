@@ -203,11 +203,19 @@ class HubLink:
         while not stop.is_set():
             if session.closed.wait(timeout=min(1.0, silence)):  # type: ignore[attr-defined]
                 return
+            if not self._allow_hub(self.hub_id):
+                log.warning("hub %s is no longer allowed (left the registry): leaving it",
+                            self.hub_id)  # fmt: skip
+                self._disconnect(session)
+                return
             heard = max(self._last_contact(), opened)
             if time.monotonic() - heard > silence:
                 log.warning("hub silent for %.0fs: dropping the connection", silence)
-                try:
-                    self.node.disconnect(session.peer_id)  # type: ignore[attr-defined]
-                except Exception as exc:  # the connection may already be gone
-                    log.debug("disconnect failed: %r", exc)
+                self._disconnect(session)
                 return
+
+    def _disconnect(self, session: object) -> None:
+        try:
+            self.node.disconnect(session.peer_id)  # type: ignore[attr-defined]
+        except Exception as exc:  # the connection may already be gone
+            log.debug("disconnect failed: %r", exc)

@@ -78,9 +78,11 @@ def test_every_drop_reason_is_counted_never_raised():
     assert v.check(wire(), now=NOW).reason is DropReason.REPLAYED
     assert v.check(wire(HUB2), now=NOW, origin="flooder")
     assert v.check(wire(HUB2, NOW + 1), now=NOW, origin="flooder").reason is DropReason.THROTTLED
+    v.registered = frozenset({HUB.node_id.lower(), HUB2.node_id.lower()})  # a registry required
+    assert v.check(wire(OTHER), now=NOW).reason is DropReason.UNREGISTERED
     assert counted(v) == {r.value: 1 for r in DropReason}
     assert v.accepted == 2
-    assert "dropped=10" in repr(v)
+    assert "dropped=11" in repr(v)
 
 
 def test_replay_same_or_older_is_dropped_newer_accepted():

@@ -116,7 +116,7 @@ def chain_hubs(c: CliContext, wait: float) -> None:
     announcing: set[str] = set()
     if wait > 0 and len(registered):
         boot = bootstrap_list(c.bootstrap, c.home)
-        _, gossip = _overlay(c.stack, c.identity(), boot, mdns_namespace(), registered)
+        _, gossip = _overlay(c.stack, boot, mdns_namespace(), registered)
         deadline = time.monotonic() + wait
         with suppress(Exception):
             gossip.wait_for_hubs(len(registered), timeout=wait)

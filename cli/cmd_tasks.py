@@ -108,7 +108,7 @@ def _forward_hint(task_id: str, endpoints: tuple) -> None:
     if behind:
         click.echo(
             f"the miner is behind NAT: reach {', '.join(behind)} with "
-            f"`sonmcli forward {task_id} {behind[0]}`",
+            f"`sonmcli forward {task_id} {' '.join(behind)}`",
             err=True,
         )
 

@@ -36,7 +36,7 @@ from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, serve_forward
 from sonm_p2p.transport.nat import NatCache
-from sonm_p2p.transport.node import NodeOptions, P2PNode
+from sonm_p2p.transport.node import NodeOptions, P2PNode, SharedLoop
 
 __all__ = ["MinerDaemon", "MinerOptions", "NatCache"]
 
@@ -85,16 +85,28 @@ class MinerDaemon:
     constructor is closed too: the daemon owns it from then on).
 
     Containers keep running when the daemon stops: a restarted miner adopts them.
+
+    Many daemons in one process (the load generator) share what they can: ``loop`` runs the
+    libp2p host on a :class:`SharedLoop` instead of a thread of its own, and ``grpc_pool``
+    serves the local gRPC on a pool the caller owns (it must have a worker for each miner's
+    open ``WatchTasks`` stream besides those for calls).
     """
 
-    def __init__(self, options: MinerOptions, runtime: ContainerRuntime | None = None) -> None:
+    def __init__(
+        self,
+        options: MinerOptions,
+        runtime: ContainerRuntime | None = None,
+        *,
+        loop: SharedLoop | None = None,
+        grpc_pool: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
         self.options = options
         self.identity = load_or_create(options.home)
         self.node_id = self.identity.node_id
         labels = {"sonm.miner": self.node_id, **options.labels}
         self.runtime = runtime or _make_runtime(options, labels)
         self.supervisor = Supervisor("miner")
-        self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
+        self.node = P2PNode(self.identity, NodeOptions(listen=options.listen), loop=loop)
         self._nat = NatCache(self.node)
         self.miner = Miner(
             self.node_id,
@@ -121,6 +133,7 @@ class MinerDaemon:
         )
         self._server: grpc.Server | None = None
         self._server_pool: futures.ThreadPoolExecutor | None = None
+        self._shared_pool = grpc_pool
 
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
@@ -177,10 +190,12 @@ class MinerDaemon:
             self.runtime.check_runtime_class()
             log.info("tasks are isolated by: %s", self.runtime.isolation)
         self.miner.watch_runtime()
-        self._server_pool = futures.ThreadPoolExecutor(
-            max_workers=16, thread_name_prefix="miner-grpc"
-        )
-        self._server = grpc.server(self._server_pool, options=SERVER_OPTIONS)
+        if self._shared_pool is None:
+            self._server_pool = futures.ThreadPoolExecutor(
+                max_workers=16, thread_name_prefix="miner-grpc"
+            )
+        pool = self._shared_pool or self._server_pool
+        self._server = grpc.server(pool, options=SERVER_OPTIONS)
         add_servicer(
             miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
         )

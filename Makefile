@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs docker images run test unit lint proto check-proto bench clean
+.PHONY: setup venv debs docker images run test unit lint proto check-proto bench bench-scale clean
 
 setup: venv debs docker images
 
@@ -51,6 +51,11 @@ test: setup check-proto lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# One hub with 100, 300 and 1,000 light miners, and an overlay of 100 hubs (~15 min): writes
+# the "Scale" section of BENCHMARKS.md. SCALE_ARGS, e.g. --miners 100 --no-overlay.
+bench-scale: venv
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

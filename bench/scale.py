@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -331,6 +332,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--overlay-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started, then exit
     if args.overlay_worker:
         print(json.dumps(overlay_worker(args.overlay_worker, args.rounds, args.window)))
         return

@@ -154,6 +154,13 @@ from sonm_p2p.transport.relay import RelayOptions
     show_default=True,
     help="... from one client address (clients over the overlay share the hub's loopback).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Overlay connections held at once (each miner holds one; see docs/SCALING.md).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -179,6 +186,7 @@ def main(
     tls_key: Path | None,
     max_streams: int,
     max_streams_per_client: int,
+    max_connections: int,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -225,6 +233,7 @@ def main(
             streams=StreamLimits(total=max_streams, per_client=max_streams_per_client),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            max_connections=max_connections,
         )
         daemon = HubDaemon(options)
     except SonmError as err:

@@ -60,6 +60,7 @@ class HubDaemonOptions:
     tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
         are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
+    max_connections: overlay connections held at once (a miner holds one); defaults to 10,000.
     """
 
     home: Path
@@ -79,6 +80,7 @@ class HubDaemonOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     streams: StreamLimits = field(default_factory=StreamLimits)
+    max_connections: int = 10_000
 
 
 class HubDaemon:
@@ -94,7 +96,10 @@ class HubDaemon:
         self.node = P2PNode(
             self.identity,
             NodeOptions(
-                listen=options.p2p_listen, relay_service=options.relay, autonat_service=True
+                listen=options.p2p_listen,
+                relay_service=options.relay,
+                autonat_service=True,
+                max_connections=options.max_connections,
             ),
         )
         self.reachability = HubReachability(

@@ -8,6 +8,7 @@ joins them all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from concurrent import futures
@@ -87,9 +88,11 @@ class MinerDaemon:
     Containers keep running when the daemon stops: a restarted miner adopts them.
 
     Many daemons in one process (the load generator) share what they can: ``loop`` runs the
-    libp2p host on a :class:`SharedLoop` instead of a thread of its own, and ``grpc_pool``
-    serves the local gRPC on a pool the caller owns (it must have a worker for each miner's
-    open ``WatchTasks`` stream besides those for calls).
+    libp2p host on a :class:`SharedLoop` instead of a thread of its own; ``grpc_loop`` (an
+    asyncio loop running in another thread) serves the local gRPC with ``grpc.aio`` there, so
+    that a thousand servers share grpc's one poller instead of polling a thread each; and
+    ``grpc_pool`` runs the (sync) servicer's calls on a pool the caller owns, which must have a
+    worker for each miner's open ``WatchTasks`` stream besides those for calls.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class MinerDaemon:
         runtime: ContainerRuntime | None = None,
         *,
         loop: SharedLoop | None = None,
+        grpc_loop: asyncio.AbstractEventLoop | None = None,
         grpc_pool: futures.ThreadPoolExecutor | None = None,
     ) -> None:
         self.options = options
@@ -134,6 +138,8 @@ class MinerDaemon:
         self._server: grpc.Server | None = None
         self._server_pool: futures.ThreadPoolExecutor | None = None
         self._shared_pool = grpc_pool
+        self._grpc_loop = grpc_loop
+        self._aio_server: grpc.aio.Server | None = None
 
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
@@ -195,22 +201,34 @@ class MinerDaemon:
                 max_workers=16, thread_name_prefix="miner-grpc"
             )
         pool = self._shared_pool or self._server_pool
-        self._server = grpc.server(pool, options=SERVER_OPTIONS)
-        add_servicer(
-            miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
-        )
         # On a private Unix socket, not a loopback port: no local process but this one can
         # call the miner (start containers as if it were the hub).
         sock = private_socket_path("miner-grpc")
-        if not self._server.add_insecure_port(f"unix:{sock}"):
-            raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
-        self._server.start()
+        if self._grpc_loop is not None:
+            serve = self._serve_aio(sock, pool)
+            self._aio_server = asyncio.run_coroutine_threadsafe(serve, self._grpc_loop).result()
+        else:
+            self._server = grpc.server(pool, options=SERVER_OPTIONS)
+            add_servicer(
+                miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
+            )
+            if not self._server.add_insecure_port(f"unix:{sock}"):
+                raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
+            self._server.start()
         self.node.start()
         serve_grpc(self.node, GRPC_MINER, sock, allow=self.link.allow)
         serve_forward(self.node, self._resolve_forward)
         self.link.start()
         hub = self.options.hub or "from discovery"
         log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)
+
+    async def _serve_aio(self, sock: str, pool: futures.Executor) -> grpc.aio.Server:
+        server = grpc.aio.server(migration_thread_pool=pool, options=SERVER_OPTIONS)
+        add_servicer(miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), server)
+        if not server.add_insecure_port(f"unix:{sock}"):
+            raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
+        await server.start()
+        return server
 
     def close(self) -> None:
         # The link first (no redial while the rest goes), the node last but for the server,
@@ -222,6 +240,12 @@ class MinerDaemon:
         if self._server is not None:
             self._server.stop(grace=1).wait()
             self._server = None
+        if self._aio_server is not None and self._grpc_loop is not None:
+            server, self._aio_server = self._aio_server, None
+            try:
+                asyncio.run_coroutine_threadsafe(server.stop(1), self._grpc_loop).result(10)
+            except (RuntimeError, TimeoutError, futures.TimeoutError) as exc:
+                log.debug("stopping the miner's gRPC: %r", exc)
         if self._server_pool is not None:
             self._server_pool.shutdown(wait=True, cancel_futures=True)
             self._server_pool = None

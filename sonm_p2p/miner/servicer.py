@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -21,6 +22,16 @@ from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.miner.miner import Miner
 
 __all__ = ["MinerServicer"]
+
+
+def _is_active(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """``context.is_active``; served by ``grpc.aio`` (light miners share one loop), a sync
+    handler's context has none, so a flag the call's end sets stands in for it."""
+    if hasattr(context, "is_active"):
+        return context.is_active
+    ended = threading.Event()
+    context.add_callback(ended.set)
+    return lambda: not ended.is_set()
 
 
 @translate_errors
@@ -59,7 +70,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
             hub_id=request.hub_id,
             record=request.record,
             timeout=context.time_remaining(),
-            still_wanted=context.is_active,
+            still_wanted=_is_active(context),
         )
         return task_to_pb(task)
 
@@ -78,8 +89,9 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> Iterator[common_pb2.TaskEvent]:
         sub = self.miner.events.subscribe()
         context.add_callback(sub.close)
+        active = _is_active(context)
         try:
-            while context.is_active():
+            while active():
                 event = sub.get(timeout=1.0)
                 if event is not None:
                     yield event_to_pb(event)
@@ -93,9 +105,10 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> Iterator[common_pb2.LogChunk]:
         chunks = self.miner.logs(log_query_from_pb(request))
         context.add_callback(chunks.close)  # the hub went away: end a follow at once
+        active = _is_active(context)
         try:
             for data in chunks:
-                if not context.is_active():
+                if not active():
                     return
                 yield common_pb2.LogChunk(data=data)
         finally:

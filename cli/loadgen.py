@@ -70,6 +70,12 @@ def _report(as_json: bool, **fields: object) -> None:
     help="Extra label on every task the miners run (repeatable).",
 )
 @click.option(
+    "--pending",
+    type=click.IntRange(min=1),
+    default=32,
+    help="At most this many miners started and not yet connected at a time (the ramp).",
+)
+@click.option(
     "--every",
     type=float,
     default=1.0,
@@ -85,6 +91,7 @@ def main(
     home: Path | None,
     listen: str,
     labels: tuple[str, ...],
+    pending: int,
     every: float,
     as_json: bool,
     verbose: bool,
@@ -112,6 +119,7 @@ def main(
         home=home or default_home("loadgen"),
         listen=tuple(listen.split()),
         labels=dict(v.split("=", 1) for v in labels),
+        pending=pending,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

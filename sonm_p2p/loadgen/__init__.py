@@ -36,6 +36,7 @@ from sonm_p2p.errors import SonmError, Timeout
 from sonm_p2p.miner.daemon import MinerDaemon, MinerOptions
 from sonm_p2p.miner.hub_link import LinkOptions
 from sonm_p2p.supervisor import Supervisor
+from sonm_p2p.transport.addrs import parse_target
 from sonm_p2p.transport.node import SharedLoop
 
 __all__ = ["LightMiners", "LoadOptions", "start_light_miners"]
@@ -57,6 +58,7 @@ class LoadOptions:
     publish_ip: where the memory runtime says task ports are published.
     labels: extra labels on every task (as ``sonmminer --label``).
     starters: how many miners start at once (key, gRPC server, host); the rest queue.
+    pending: at most this many started and not yet connected at a time (the ramp).
     link: how each holds on to the hub (backoff, silence), as ``sonmminer``.
     """
 
@@ -67,6 +69,7 @@ class LoadOptions:
     publish_ip: str = "127.0.0.1"
     labels: Mapping[str, str] = field(default_factory=dict)
     starters: int = 8
+    pending: int = 32
     link: LinkOptions = field(default_factory=LinkOptions)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class LightMiners:
         self.daemons: list[MinerDaemon] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._hub = options.hub  # pinned to the hub's peer ID once the first miner learns it
 
     def __repr__(self) -> str:
         return f"<LightMiners {self.connected}/{self.options.miners} on {self.options.hub}>"
@@ -122,7 +126,7 @@ class LightMiners:
         o = self.options
         options = MinerOptions(
             home=o.home / f"m{i:04d}",
-            hub=o.hub,
+            hub=self._hub,
             mdns=False,
             listen=o.listen,
             publish_ip=o.publish_ip,
@@ -139,30 +143,70 @@ class LightMiners:
         return daemon
 
     def start(self) -> None:
-        """Start every miner (``starters`` at a time); returns once all have started, not
-        connected (see :meth:`wait_connected`). Raises the first SonmError, all stopped."""
+        """Start every miner; returns once all have started, not connected (see
+        :meth:`wait_connected`). Raises the first SonmError, all stopped.
+
+        Miners come up as a crowd of real ones would, not all in one instant: at most
+        ``pending`` are started and not yet connected at a time (a hub restart, where every
+        miner redials at once, is the herd case; the benchmark measures it apart). The hub's
+        peer ID is learned by the first miner's Noise handshake and pinned for the rest (as
+        ``sonmminer --hub /ip4/…/p2p/<id>`` does), sparing each a throw-away probe handshake.
+        """
         self.loop.start()
         self.grpc_loop = self._sup.asyncio_loop("grpc")
         with futures.ThreadPoolExecutor(self.options.starters, "loadgen-start") as starters:
-            jobs = [starters.submit(self._make, i) for i in range(self.options.miners)]
-            error: BaseException | None = None
-            for job in jobs:
-                try:
-                    daemon = job.result()
-                except BaseException as exc:  # keep going: every started daemon must be closed
-                    error = error or exc
-                    continue
-                with self._lock:
-                    late = self._closed  # closed while starting (Ctrl-C): stop it too
-                    if not late:
-                        self.daemons.append(daemon)
-                if late:
-                    _close_quietly(daemon)
+            jobs: list[futures.Future[MinerDaemon]] = []
+            errors: list[BaseException] = []
+            for i in range(self.options.miners):
+                while not self._closed and self._starting(jobs) >= self.options.pending:
+                    time.sleep(0.02)
+                if self._closed or errors:
+                    break
+                job = starters.submit(self._make, i)
+                job.add_done_callback(lambda j: self._collect(j, errors))
+                jobs.append(job)
+                if i == 0:
+                    if job.exception() is None:  # waits for it
+                        self._pin_hub(job.result())
+        error = errors[0] if errors else None
         if error is not None and not self._closed:
             self.close()
             if isinstance(error, SonmError):
                 raise error
             raise SonmError(f"cannot start the light miners: {error!r}") from error
+
+    def _starting(self, jobs: list[futures.Future[MinerDaemon]]) -> int:
+        """Miners started (or starting) and not yet connected."""
+        n = 0
+        for job in jobs:
+            if not job.done():
+                n += 1
+            elif job.exception() is None and not job.result().link.connected.is_set():
+                n += 1
+        return n
+
+    def _collect(self, job: futures.Future[MinerDaemon], errors: list[BaseException]) -> None:
+        try:
+            daemon = job.result()
+        except BaseException as exc:  # keep going: every started daemon must be closed
+            errors.append(exc)
+            return
+        with self._lock:
+            late = self._closed  # closed while starting (Ctrl-C): stop it too
+            if not late:
+                self.daemons.append(daemon)
+        if late:
+            _close_quietly(daemon)
+
+    def _pin_hub(self, first: MinerDaemon) -> None:
+        maddr, peer = parse_target(self.options.hub)
+        if peer is None:
+            deadline = time.monotonic() + 60
+            while not first.link.hub_peer and time.monotonic() < deadline and not self._closed:
+                time.sleep(0.05)
+            peer = first.link.hub_peer
+        if peer:
+            self._hub = f"{maddr}/p2p/{peer}"
 
     def wait_connected(self, count: int | None = None, timeout: float = 60.0) -> None:
         """Block until ``count`` (default: all) miners hold a session; Timeout otherwise."""

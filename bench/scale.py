@@ -138,7 +138,7 @@ def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
                             task_id = ""
                         return time.perf_counter() - t, task_id
 
-                with futures.ThreadPoolExecutor(len(ids)) as pool:
+                with futures.ThreadPoolExecutor(max(1, len(ids))) as pool:
                     t = time.perf_counter()
                     done = list(pool.map(start, ids))
                     r["starts_wall"] = time.perf_counter() - t

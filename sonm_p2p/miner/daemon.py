@@ -30,7 +30,7 @@ from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime
-from sonm_p2p.miner.servicer import MinerServicer
+from sonm_p2p.miner.servicer import AioMinerServicer, MinerServicer
 from sonm_p2p.model import RuntimeInfo
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit
@@ -89,8 +89,9 @@ class MinerDaemon:
 
     Many daemons in one process (the load generator) share what they can: ``loop`` runs the
     libp2p host on a :class:`SharedLoop` instead of a thread of its own; ``grpc_loop`` (an
-    asyncio loop running in another thread) serves the local gRPC with ``grpc.aio`` there, so
-    that a thousand servers share grpc's one poller instead of polling a thread each; and
+    asyncio loop running in another thread) serves the local gRPC with ``grpc.aio`` there
+    (:class:`AioMinerServicer`), so that a thousand servers share grpc's one poller instead of
+    polling a thread each; and
     ``grpc_pool`` runs the (sync) servicer's calls on a pool the caller owns, which must have a
     worker for each miner's open ``WatchTasks`` stream besides those for calls.
     """
@@ -224,7 +225,8 @@ class MinerDaemon:
 
     async def _serve_aio(self, sock: str, pool: futures.Executor) -> grpc.aio.Server:
         server = grpc.aio.server(migration_thread_pool=pool, options=SERVER_OPTIONS)
-        add_servicer(miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), server)
+        servicer = AioMinerServicer(self.miner, pool)
+        add_servicer(miner_pb2_grpc.add_MinerServicer_to_server, servicer, server)
         if not server.add_insecure_port(f"unix:{sock}"):
             raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
         await server.start()

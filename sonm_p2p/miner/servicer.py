@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 
 import grpc
 
@@ -21,17 +23,7 @@ from sonm_p2p._status import translate_errors
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.miner.miner import Miner
 
-__all__ = ["MinerServicer"]
-
-
-def _is_active(context: grpc.ServicerContext) -> Callable[[], bool]:
-    """``context.is_active``; served by ``grpc.aio`` (light miners share one loop), a sync
-    handler's context has none, so a flag the call's end sets stands in for it."""
-    if hasattr(context, "is_active"):
-        return context.is_active
-    ended = threading.Event()
-    context.add_callback(ended.set)
-    return lambda: not ended.is_set()
+__all__ = ["AioMinerServicer", "MinerServicer"]
 
 
 @translate_errors
@@ -70,7 +62,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
             hub_id=request.hub_id,
             record=request.record,
             timeout=context.time_remaining(),
-            still_wanted=_is_active(context),
+            still_wanted=context.is_active,
         )
         return task_to_pb(task)
 
@@ -89,9 +81,8 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> Iterator[common_pb2.TaskEvent]:
         sub = self.miner.events.subscribe()
         context.add_callback(sub.close)
-        active = _is_active(context)
         try:
-            while active():
+            while context.is_active():
                 event = sub.get(timeout=1.0)
                 if event is not None:
                     yield event_to_pb(event)
@@ -105,10 +96,9 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> Iterator[common_pb2.LogChunk]:
         chunks = self.miner.logs(log_query_from_pb(request))
         context.add_callback(chunks.close)  # the hub went away: end a follow at once
-        active = _is_active(context)
         try:
             for data in chunks:
-                if not active():
+                if not context.is_active():
                     return
                 yield common_pb2.LogChunk(data=data)
         finally:
@@ -119,3 +109,66 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> common_pb2.MinerStatusReply:
         self.miner.saw_hub()
         return status_to_pb(self.miner.status_report())
+
+
+@translate_errors
+class AioMinerServicer(MinerServicer):
+    """:class:`MinerServicer` served by ``grpc.aio`` (the load generator's light miners: one
+    loop for all). Unary calls stay sync and run on the server's pool; the calls that must
+    learn that the hub went away are async here, because a sync handler under ``grpc.aio`` is
+    never told (its context has no ``is_active`` and its callbacks do not fire on
+    cancellation): a watch of a vanished hub would hold a pool thread forever, and after a
+    hub restart the pool ran dry and every handshake timed out. Blocking reads run on ``pool``.
+    """
+
+    def __init__(self, miner: Miner, pool: futures.Executor) -> None:
+        super().__init__(miner)
+        self._pool = pool
+
+    async def Start(
+        self, request: miner_pb2.MinerStartRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.TaskInfo:
+        if not request.task_id or not request.spec.image:
+            raise InvalidRequest("Start needs a task ID and an image")
+        start = functools.partial(
+            self.miner.start,
+            request.task_id,
+            spec_from_pb(request.spec),
+            owner=request.owner,
+            hub_id=request.hub_id,
+            record=request.record,
+            timeout=context.time_remaining(),
+            still_wanted=lambda: not context.done(),
+        )
+        task = await asyncio.get_running_loop().run_in_executor(self._pool, start)
+        return task_to_pb(task)
+
+    async def WatchTasks(
+        self, request: common_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.TaskEvent]:
+        sub = self.miner.events.subscribe()
+        context.add_done_callback(lambda _: sub.close())
+        loop = asyncio.get_running_loop()
+        try:
+            while not sub.closed and not context.done():
+                event = await loop.run_in_executor(self._pool, sub.get, 1.0)
+                if event is not None:
+                    yield event_to_pb(event)
+        finally:
+            sub.close()
+
+    async def Logs(
+        self, request: common_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.LogChunk]:
+        loop = asyncio.get_running_loop()
+        chunks = await loop.run_in_executor(self._pool, self.miner.logs, log_query_from_pb(request))
+        context.add_done_callback(lambda _: chunks.close())  # the hub went away: end a follow
+        end = object()
+        try:
+            while not context.done():
+                data = await loop.run_in_executor(self._pool, next, chunks, end)
+                if data is end:
+                    return
+                yield common_pb2.LogChunk(data=data)
+        finally:
+            chunks.close()

@@ -64,6 +64,15 @@ def cpu_share(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
+#: Set when this run has a network namespace of its own (root: see main), so that the bytes on
+#: its loopback are the benchmark's only.
+ISOLATED = os.environ.get("SONM_SCALE_NETNS") == "1"
+
+
+def lo_bytes() -> int:
+    return int(Path("/sys/class/net/lo/statistics/tx_bytes").read_text())
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -119,8 +128,11 @@ def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
                 r["listed"], r["listed_after"] = wait_listed(client, n, t0)
                 r["loadgen_cpu"] = cpu_seconds(loadgen.pid)
                 time.sleep(5)  # the handshakes' work done: what is left is pings
+                b0 = lo_bytes()
                 r["steady_cpu"] = cpu_share(hub_pid, steady)
                 r["steady"] = proc_status(hub_pid)
+                if ISOLATED:  # every byte on this namespace's loopback is hub <-> miners
+                    r["steady_bytes_per_s"] = (lo_bytes() - b0) / steady
 
                 r["list_rpc"] = [timed(client.list_miners) for _ in range(50)]
                 r["list_cli"] = [timed(hub.cli, "--json", "list") for _ in range(10)]
@@ -273,6 +285,10 @@ def hub_table(results: list[dict]) -> list[str]:
             f"{r['idle']['threads']} → {r['steady']['threads']}" for r in results
         ]),
         ("hub open files", [str(r["steady"]["fds"]) for r in results]),
+        ("hub ↔ miners bytes/s, steady (pings)", [
+            f"{r['steady_bytes_per_s']:.0f}" if "steady_bytes_per_s" in r else "n/a"
+            for r in results
+        ]),
         ("hub CPU, steady state (pings only)", [
             f"{r['steady_cpu'] * 100:.1f} % of a core" for r in results
         ]),
@@ -357,6 +373,13 @@ def main() -> None:
     ap.add_argument("--overlay-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started, then exit
+    if not ISOLATED and os.geteuid() == 0 and shutil.which("unshare") and not args.overlay_worker:
+        # Again in a network namespace of its own: the hub's bytes per miner can be read off
+        # its loopback, and nothing else on the machine shares it.
+        os.environ["SONM_SCALE_NETNS"] = "1"
+        argv = [sys.executable, __file__, *sys.argv[1:]]
+        shell = 'ip link set lo up && exec "$@"'
+        os.execvp("unshare", ["unshare", "--net", "sh", "-c", shell, "sh", *argv])
     if args.overlay_worker:
         print(json.dumps(overlay_worker(args.overlay_worker, args.rounds, args.window)))
         return

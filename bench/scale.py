@@ -85,10 +85,12 @@ def online(client: object) -> int:
 
 
 def wait_listed(client: object, n: int, t0: float, stall: float = 90.0) -> tuple[int, float]:
-    """Until all ``n`` are listed online, or the count has not grown for ``stall`` seconds:
-    (the most listed at once, seconds from ``t0`` until that count was first reached)."""
+    """Until all ``n`` are listed online, the count has not grown for ``stall`` seconds, or
+    120 s + 0.3 s a miner have passed: (the most listed at once, seconds from ``t0`` until that
+    count was first reached)."""
     best, best_at, changed = 0, time.monotonic(), time.monotonic()
-    while best < n and time.monotonic() - changed < stall:
+    limit = t0 + 120 + 0.3 * n
+    while best < n and time.monotonic() - changed < stall and time.monotonic() < limit:
         try:
             now_online = online(client)
         except Exception:  # the hub is still starting, or too busy to answer in time
@@ -272,7 +274,7 @@ def mib(n: object) -> str:
 def listed(r: dict, key: str) -> str:
     if r[key] == r["miners"]:
         return f"{r[key + '_after']:.1f} s"
-    return f"only {r[key]} after {r[key + '_after']:.0f} s (then no progress for 90 s)"
+    return f"{r[key]} of {r['miners']} at most, reached after {r[key + '_after']:.0f} s"
 
 
 def hub_table(results: list[dict]) -> list[str]:
@@ -370,6 +372,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=30.0, help="seconds of gossip counted")
     ap.add_argument("--no-overlay", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--results", type=Path, help="JSON lines of earlier hub runs to include")
     ap.add_argument("--overlay-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started, then exit
@@ -384,6 +387,9 @@ def main() -> None:
         print(json.dumps(overlay_worker(args.overlay_worker, args.rounds, args.window)))
         return
     results = []
+    if args.results:
+        lines_in = args.results.read_text().splitlines()
+        results = [json.loads(x) for x in lines_in if x.startswith('{"miners"')]
     for n in args.miners:
         print(f"== {n} light miners", flush=True)
         results.append(bench_hub(n, args.steady))

@@ -52,7 +52,7 @@ test: setup check-proto lint
 bench: setup
 	$(BIN)/python bench/run.py
 
-# One hub with 100, 300 and 1,000 light miners, and an overlay of 100 hubs (~15 min): writes
+# One hub with 100, 300 and 1,000 light miners, and an overlay of 100 hubs (~30-45 min): writes
 # the "Scale" section of BENCHMARKS.md. SCALE_ARGS, e.g. --miners 100 --no-overlay.
 bench-scale: venv
 	$(BIN)/python bench/scale.py $(SCALE_ARGS)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests use (docker-registry, iptables, busybox-static, gcc ...).
-.PHONY: setup venv debs browser docker images image anvil run test unit lint proto check-proto contract check-contract bench clean
+.PHONY: setup venv debs browser docker images image anvil run test unit lint proto check-proto contract check-contract bench bench-scale clean
 
 setup: venv debs docker images anvil
 
@@ -78,6 +78,11 @@ test: setup browser check-proto check-contract lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# One hub with 100, 300 and 1,000 light miners, and an overlay of 100 hubs (~30-45 min): writes
+# the "Scale" section of BENCHMARKS.md. SCALE_ARGS, e.g. --miners 100 --no-overlay.
+bench-scale: venv
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info node_modules

@@ -190,6 +190,13 @@ from sonm_p2p.transport.relay import RelayOptions
     help="Deregister this hub from the registry (its stake unlocks after the registry's "
     "delay; withdraw it with sonmcli chain withdraw) and exit.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Overlay connections held at once (each miner holds one; see docs/SCALING.md).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -222,6 +229,7 @@ def main(
     stake: str | None,
     registry_poll: float,
     deregister: bool,
+    max_connections: int,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -280,6 +288,7 @@ def main(
             chain=chain_settings,
             stake=parse_eth(stake, "--stake") if stake is not None else 0,
             registry_poll=registry_poll,
+            max_connections=max_connections,
         )
         daemon = HubDaemon(options)
     except SonmError as err:

@@ -76,6 +76,7 @@ class HubDaemonOptions:
         reads the registry every ``registry_poll`` seconds (and, unless ``require_registered``
         is off, hears only registered hubs); with ``stake`` (wei) > 0 it also registers itself
         and keeps its registered endpoints current (see hub/registration.py).
+    max_connections: overlay connections held at once (a miner holds one); defaults to 10,000.
     """
 
     home: Path
@@ -99,6 +100,7 @@ class HubDaemonOptions:
     chain: ChainSettings = field(default_factory=ChainSettings)
     stake: int = 0
     registry_poll: float = 15.0
+    max_connections: int = 10_000
 
 
 class HubDaemon:
@@ -114,7 +116,10 @@ class HubDaemon:
         self.node = P2PNode(
             self.identity,
             NodeOptions(
-                listen=options.p2p_listen, relay_service=options.relay, autonat_service=True
+                listen=options.p2p_listen,
+                relay_service=options.relay,
+                autonat_service=True,
+                max_connections=options.max_connections,
             ),
         )
         self.reachability = HubReachability(

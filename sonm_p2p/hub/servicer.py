@@ -106,11 +106,12 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         self, request: common_pb2.Empty, context: grpc.ServicerContext
     ) -> hub_pb2.ListMinersReply:
         reply = hub_pb2.ListMinersReply()
+        hub_addrs = self.hub.node.advertised_addrs
         for view in self.hub.list_miners():
             rec = view.record
             if rec.online:
                 reply.miners[rec.node_id].values.extend(view.task_ids)
-            addrs, behind_nat = self.hub.overlay_addrs(rec.node_id)
+            addrs, behind_nat = self.hub.overlay_addrs(rec.node_id, hub_addrs)
             reply.details.append(
                 hub_pb2.MinerInfo(
                     node_id=rec.node_id,

@@ -267,22 +267,32 @@ class MinerSessions:
             return  # closing
         now = time.time()
         with self._lock:
+            events: list[Event] = []
             for session, result in zip(sessions, results, strict=True):
                 error = "" if result is None else str(result)
-                self._apply(self.core.on_ping_result(session.link, result is None, now, error))
+                events += self.core.on_ping_result(session.link, result is None, now, error)
+            # Every answer of the round in one commit: one fsync a round, not one a miner.
+            seen = [e.node_id for e in events if isinstance(e, MinerSeen)]
+            self.state.set_miners_seen(seen, now)
+            self._apply([e for e in events if not isinstance(e, MinerSeen)])
 
     def miner_nat(self, node_id: str) -> str:
         """An online miner's NAT type as it classified it ("" when offline or unknown)."""
         link = self.core.link(node_id)
         return link.nat_type if link is not None else ""
 
-    def overlay_addrs(self, node_id: str) -> tuple[list[str], bool]:
+    def overlay_addrs(
+        self, node_id: str, hub_addrs: list[str] | None = None
+    ) -> tuple[list[str], bool]:
         """How to reach an online miner on the overlay: its own addresses (when it is not behind
-        NAT), then through this hub's relay; and whether it is behind NAT. ([], False) offline."""
+        NAT), then through this hub's relay; and whether it is behind NAT. ([], False) offline.
+        ``hub_addrs``: this hub's advertised addresses, when the caller read them already (a
+        listing of every miner reads them once, not once a miner: each read is a thread hop)."""
         link = self.core.link(node_id)
         if link is None:
             return [], False
-        return link.overlay_addrs(self.node.advertised_addrs), link.behind_nat
+        hub_addrs = self.node.advertised_addrs if hub_addrs is None else hub_addrs
+        return link.overlay_addrs(hub_addrs), link.behind_nat
 
     def online_miners(self) -> list[str]:
         with self._lock:

@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,6 +330,15 @@ class HubState:
                 cur = conn.execute("UPDATE miners SET online = 0 WHERE node_id = ?", (node_id,))
             if cur.rowcount == 0:
                 raise MinerNotFound(f"no miner with ID {node_id!r}")
+
+    def set_miners_seen(self, node_ids: Iterable[str], now: float) -> None:
+        """:meth:`set_miner_online` (online) for many miners in one transaction: a ping round
+        over 1,000 miners is one commit (one fsync), not 1,000. Unknown IDs are skipped."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE miners SET online = 1, last_seen = MAX(last_seen, ?) WHERE node_id = ?",
+                [(now, node_id) for node_id in node_ids],
+            )
 
     def mark_all_offline(self) -> int:
         """Mark every miner offline (at hub start nobody is connected yet); returns how many

@@ -8,6 +8,7 @@ joins them all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from concurrent import futures
@@ -32,14 +33,14 @@ from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.registries import RegistryPolicy
 from sonm_p2p.miner.runtime import ContainerRuntime
-from sonm_p2p.miner.servicer import MinerServicer
+from sonm_p2p.miner.servicer import AioMinerServicer, MinerServicer
 from sonm_p2p.model import RuntimeInfo
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, requester, serve_forward
 from sonm_p2p.transport.nat import NatCache
-from sonm_p2p.transport.node import NodeOptions, P2PNode
+from sonm_p2p.transport.node import NodeOptions, P2PNode, SharedLoop
 
 __all__ = ["MinerDaemon", "MinerOptions", "NatCache"]
 
@@ -95,16 +96,32 @@ class MinerDaemon:
     constructor is closed too: the daemon owns it from then on).
 
     Containers keep running when the daemon stops: a restarted miner adopts them.
+
+    Many daemons in one process (the load generator) share what they can: ``loop`` runs the
+    libp2p host on a :class:`SharedLoop` instead of a thread of its own; ``grpc_loop`` (an
+    asyncio loop running in another thread) serves the local gRPC with ``grpc.aio`` there
+    (:class:`AioMinerServicer`), so that a thousand servers share grpc's one poller instead of
+    polling a thread each; and
+    ``grpc_pool`` runs the (sync) servicer's calls on a pool the caller owns, which must have a
+    worker for each miner's open ``WatchTasks`` stream besides those for calls.
     """
 
-    def __init__(self, options: MinerOptions, runtime: ContainerRuntime | None = None) -> None:
+    def __init__(
+        self,
+        options: MinerOptions,
+        runtime: ContainerRuntime | None = None,
+        *,
+        loop: SharedLoop | None = None,
+        grpc_loop: asyncio.AbstractEventLoop | None = None,
+        grpc_pool: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
         self.options = options
         self.identity = load_or_create(options.home)
         self.node_id = self.identity.node_id
         labels = {"sonm.miner": self.node_id, **options.labels}
         self.runtime = runtime or _make_runtime(options, labels)
         self.supervisor = Supervisor("miner")
-        self.node = P2PNode(self.identity, NodeOptions(listen=options.listen))
+        self.node = P2PNode(self.identity, NodeOptions(listen=options.listen), loop=loop)
         self._nat = NatCache(self.node)
         self.miner = Miner(
             self.node_id,
@@ -133,6 +150,9 @@ class MinerDaemon:
         )
         self._server: grpc.Server | None = None
         self._server_pool: futures.ThreadPoolExecutor | None = None
+        self._shared_pool = grpc_pool
+        self._grpc_loop = grpc_loop
+        self._aio_server: grpc.aio.Server | None = None
 
     def __repr__(self) -> str:
         return f"<MinerDaemon {self.node_id} {self.link!r}>"
@@ -210,19 +230,25 @@ class MinerDaemon:
             self.runtime.check_runtime_class()
             log.info("tasks are isolated by: %s", self.runtime.isolation)
         self.miner.watch_runtime()
-        self._server_pool = futures.ThreadPoolExecutor(
-            max_workers=16, thread_name_prefix="miner-grpc"
-        )
-        self._server = grpc.server(self._server_pool, options=SERVER_OPTIONS)
-        add_servicer(
-            miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
-        )
+        if self._shared_pool is None:
+            self._server_pool = futures.ThreadPoolExecutor(
+                max_workers=16, thread_name_prefix="miner-grpc"
+            )
+        pool = self._shared_pool or self._server_pool
         # On a private Unix socket, not a loopback port: no local process but this one can
         # call the miner (start containers as if it were the hub).
         sock = private_socket_path("miner-grpc")
-        if not self._server.add_insecure_port(f"unix:{sock}"):
-            raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
-        self._server.start()
+        if self._grpc_loop is not None:
+            serve = self._serve_aio(sock, pool)
+            self._aio_server = asyncio.run_coroutine_threadsafe(serve, self._grpc_loop).result()
+        else:
+            self._server = grpc.server(pool, options=SERVER_OPTIONS)
+            add_servicer(
+                miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
+            )
+            if not self._server.add_insecure_port(f"unix:{sock}"):
+                raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
+            self._server.start()
         chain = self.options.chain
         registry = check_registry(chain) if chain.enabled else None  # ConfigError: not one
         self.node.start()
@@ -237,6 +263,15 @@ class MinerDaemon:
         hub = self.options.hub or "from discovery"
         log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)
 
+    async def _serve_aio(self, sock: str, pool: futures.Executor) -> grpc.aio.Server:
+        server = grpc.aio.server(migration_thread_pool=pool, options=SERVER_OPTIONS)
+        servicer = AioMinerServicer(self.miner, pool)
+        add_servicer(miner_pb2_grpc.add_MinerServicer_to_server, servicer, server)
+        if not server.add_insecure_port(f"unix:{sock}"):
+            raise ConfigError(f"cannot serve the miner's gRPC on {sock}")
+        await server.start()
+        return server
+
     def close(self) -> None:
         # The link first (no redial while the rest goes), the node last but for the server,
         # whose calls in flight may still use the miner.
@@ -247,6 +282,12 @@ class MinerDaemon:
         if self._server is not None:
             self._server.stop(grace=1).wait()
             self._server = None
+        if self._aio_server is not None and self._grpc_loop is not None:
+            server, self._aio_server = self._aio_server, None
+            try:
+                asyncio.run_coroutine_threadsafe(server.stop(1), self._grpc_loop).result(10)
+            except (RuntimeError, TimeoutError, futures.TimeoutError) as exc:
+                log.debug("stopping the miner's gRPC: %r", exc)
         if self._server_pool is not None:
             self._server_pool.shutdown(wait=True, cancel_futures=True)
             self._server_pool = None

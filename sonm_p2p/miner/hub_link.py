@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -56,16 +57,30 @@ class HubCandidate:
 
 
 class Backoff:
-    """Exponential backoff with a cap; ``reset()`` after a success. Pure: no clock, no sleep."""
+    """Exponential backoff with a cap; ``reset()`` after a success. Pure: no clock, no sleep.
 
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
+    ``jitter`` (0..1) takes up to that share off each wait at random (``rand`` in [0, 1)), so
+    miners that lost one hub at the same moment (it restarted) do not all redial it in step.
+    """
+
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        *,
+        jitter: float = 0.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError("jitter must be between 0 and 1")
+        self.initial, self.maximum, self.jitter = initial, maximum, jitter
+        self._rand = rand
         self._next = initial
 
     def next(self) -> float:
         delay = self._next
         self._next = min(self._next * 2, self.maximum)
-        return delay
+        return delay * (1.0 - self.jitter * self._rand())
 
     def reset(self) -> None:
         self._next = self.initial
@@ -160,7 +175,7 @@ class HubLink:
         return None
 
     def _run(self, stop: threading.Event) -> None:
-        backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
+        backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, jitter=0.5)
         while not stop.is_set():
             picked = self._dial()
             session = None

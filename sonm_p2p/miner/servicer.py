@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 
 import grpc
 
@@ -20,7 +23,7 @@ from sonm_p2p._status import translate_errors
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.miner.miner import Miner
 
-__all__ = ["MinerServicer"]
+__all__ = ["AioMinerServicer", "MinerServicer"]
 
 
 @translate_errors
@@ -106,3 +109,66 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     ) -> common_pb2.MinerStatusReply:
         self.miner.saw_hub()
         return status_to_pb(self.miner.status_report())
+
+
+@translate_errors
+class AioMinerServicer(MinerServicer):
+    """:class:`MinerServicer` served by ``grpc.aio`` (the load generator's light miners: one
+    loop for all). Unary calls stay sync and run on the server's pool; the calls that must
+    learn that the hub went away are async here, because a sync handler under ``grpc.aio`` is
+    never told (its context has no ``is_active`` and its callbacks do not fire on
+    cancellation): a watch of a vanished hub would hold a pool thread forever, and after a
+    hub restart the pool ran dry and every handshake timed out. Blocking reads run on ``pool``.
+    """
+
+    def __init__(self, miner: Miner, pool: futures.Executor) -> None:
+        super().__init__(miner)
+        self._pool = pool
+
+    async def Start(
+        self, request: miner_pb2.MinerStartRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.TaskInfo:
+        if not request.task_id or not request.spec.image:
+            raise InvalidRequest("Start needs a task ID and an image")
+        start = functools.partial(
+            self.miner.start,
+            request.task_id,
+            spec_from_pb(request.spec),
+            owner=request.owner,
+            hub_id=request.hub_id,
+            record=request.record,
+            timeout=context.time_remaining(),
+            still_wanted=lambda: not context.done(),
+        )
+        task = await asyncio.get_running_loop().run_in_executor(self._pool, start)
+        return task_to_pb(task)
+
+    async def WatchTasks(
+        self, request: common_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.TaskEvent]:
+        sub = self.miner.events.subscribe()
+        context.add_done_callback(lambda _: sub.close())
+        loop = asyncio.get_running_loop()
+        try:
+            while not sub.closed and not context.done():
+                event = await loop.run_in_executor(self._pool, sub.get, 1.0)
+                if event is not None:
+                    yield event_to_pb(event)
+        finally:
+            sub.close()
+
+    async def Logs(
+        self, request: common_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.LogChunk]:
+        loop = asyncio.get_running_loop()
+        chunks = await loop.run_in_executor(self._pool, self.miner.logs, log_query_from_pb(request))
+        context.add_done_callback(lambda _: chunks.close())  # the hub went away: end a follow
+        end = object()
+        try:
+            while not context.done():
+                data = await loop.run_in_executor(self._pool, next, chunks, end)
+                if data is end:
+                    return
+                yield common_pb2.LogChunk(data=data)
+        finally:
+            chunks.close()

@@ -51,6 +51,8 @@ __all__ = ["NodeCore", "NodeOptions", "Service", "StreamHandler"]
 log = logging.getLogger("sonm_p2p.transport.node")
 
 StreamHandler = Callable[[Any], Awaitable[None]]
+#: Worker threads that run session callbacks (a hub's miner handshakes) at once, per protocol.
+SESSION_THREADS = 32
 #: ``await service(host, task_status=...)``: runs in the node's nursery (see add_service).
 Service = Callable[..., Awaitable[None]]
 
@@ -83,6 +85,9 @@ class NodeOptions:
         :meth:`P2PNode.connect_peer` are kept after its last connection closed (a stream wanted
         meanwhile redials it by them); defaults to 600. Other per-peer state goes at once.
     ladder / upgrade: the dial ladder's timeouts and when to retry hole punches.
+    max_connections: connections the host holds at once, inbound and outbound; defaults to 300
+        (py-libp2p's). A hub holds one per miner: ``sonmhub --max-connections`` raises it. It
+        sizes py-libp2p's connection manager (which prunes above it) and its resource manager.
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
@@ -99,6 +104,11 @@ class NodeOptions:
     forget_after: float = 600.0
     ladder: LadderOptions = LadderOptions()
     upgrade: UpgradePolicy = UpgradePolicy()
+    max_connections: int = 300
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
 
 
 class NodeCore:
@@ -182,11 +192,21 @@ class NodeCore:
         sec = {NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
         # One connection per peer: besides being what we want, it skips py-libp2p's 250 ms
         # happy-eyeballs wait on every connect().
+        n = self.options.max_connections
         conn_cfg = ConnectionConfig(
-            max_connections_per_peer=1, dial_timeout=self.options.dial_timeout
+            max_connections_per_peer=1,
+            dial_timeout=self.options.dial_timeout,
+            max_connections=n,
+            min_connections=min(50, n // 2),
+            low_watermark=min(100, n),
+            high_watermark=n,
         )
         return new_host(
-            key_pair=key_pair, sec_opt=sec, muxer_preference="YAMUX", connection_config=conn_cfg
+            key_pair=key_pair,
+            sec_opt=sec,
+            muxer_preference="YAMUX",
+            connection_config=conn_cfg,
+            resource_manager=_resource_manager(n),
         )
 
     async def _start(self, host: Any, nursery: trio.Nursery) -> None:
@@ -441,8 +461,17 @@ class NodeCore:
         own); each connection there opens one stream. A loopback TCP port would let any local
         process speak to the peer as this node."""
         path = private_socket_path("t")
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
+        # Bound here, not by trio's ``await sock.bind`` (which binds a Unix socket in a worker
+        # thread of trio's default limiter): a hub's session callbacks open tunnels from such
+        # threads, and 40 miners connecting at once held every token, so no tunnel could bind
+        # and every handshake hung (found by 300 light miners). A local bind does not block.
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            raw.bind(path)
+        except BaseException:
+            raw.close()
+            raise
+        sock = trio.socket.from_stdlib_socket(raw)
         sock.listen(128)
         listeners = [trio.SocketListener(sock)]
         scope = trio.CancelScope()
@@ -477,15 +506,20 @@ class NodeCore:
         """A stream handler for long-lived session streams: ``on_open(peer_id)`` and, when the
         stream ends for any reason, ``on_close(peer_id)``, each in a worker thread."""
 
+        # Threads of their own: a crowd of sessions opening at once (a hub restarted, its
+        # miners redialling) must not hold every token of trio's default limiter, which the
+        # rest of the node needs (trio binds Unix sockets and resolves names on it).
+        limiter = trio.CapacityLimiter(SESSION_THREADS)
+
         async def handler(stream: Any) -> None:
             peer = stream.muxed_conn.peer_id.to_string()
             try:
-                await trio.to_thread.run_sync(on_open, peer)
+                await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
                 await read_until_end(stream)
             finally:
                 with trio.CancelScope(shield=True):
                     await aclose_quietly(stream, reset=True)
-                    await trio.to_thread.run_sync(on_close, peer)
+                    await trio.to_thread.run_sync(on_close, peer, limiter=limiter)
 
         return handler
 
@@ -512,3 +546,20 @@ class NodeCore:
 
         self.spawn(hold)
         return session
+
+
+def _resource_manager(max_connections: int) -> Any:
+    """py-libp2p's resource manager sized for ``max_connections``. Its defaults cap a host at
+    1,000 connections and, worse, have a circuit breaker that after 5 refused admissions
+    refuses *every* connection for 60 s: a hub at its limit (or a peer hammering it) would
+    lock out all its miners. The breaker is off; the limits scale with ``max_connections``
+    (streams: a miner's session, event stream, pings and log follows at once)."""
+    from libp2p.rcmgr import new_resource_manager
+    from libp2p.rcmgr.manager import ResourceLimits
+
+    limits = ResourceLimits(
+        max_connections=max_connections,
+        max_memory_mb=max(512, max_connections // 2),
+        max_streams=max(10_000, 32 * max_connections),
+    )
+    return new_resource_manager(limits=limits, enable_circuit_breaker=False)

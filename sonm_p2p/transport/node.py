@@ -39,9 +39,114 @@ from sonm_p2p.transport.core import NodeCore, NodeOptions, Service, StreamHandle
 from sonm_p2p.transport.reachability import Reachability
 from sonm_p2p.transport.relay import RelayReservation
 
-__all__ = ["NodeOptions", "P2PNode", "Path", "Session", "Tunnel"]
+__all__ = ["NodeOptions", "P2PNode", "Path", "Session", "SharedLoop", "Tunnel"]
 
 log = logging.getLogger(__name__)
+
+
+class SharedLoop:
+    """One trio loop on one thread that many :class:`P2PNode` s run on (``P2PNode(...,
+    loop=shared)``): a process hosting hundreds of nodes (the load generator's light miners)
+    pays for one thread and one loop instead of one per node. ``start()`` and ``close()`` are
+    idempotent; close it after its nodes (it cancels any still running)."""
+
+    def __init__(self, name: str = "p2p-shared") -> None:
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._ready = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<SharedLoop {self.name} {'running' if self._token else 'stopped'}>"
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        quiet_libp2p_logs()
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), name=self.name)
+        self._thread.daemon = True
+        self._thread.start()
+        self._ready.wait()
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery, self._stop = nursery, trio.Event()
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``await fn(*args)`` on the loop (from another thread) and return its result."""
+        if self._token is None:
+            raise SonmError("the shared trio loop is not running")
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    async def start_soon_scoped(self, serve: Callable[..., Awaitable[None]]) -> _Scoped:
+        """(on the loop) ``await nursery.start(serve)`` under a scope of its own: the
+        returned handle stops that one task. A failure after start is logged, not spread to
+        the other nodes of the loop."""
+        assert self._nursery is not None
+        scoped = _Scoped(trio.CancelScope(), trio.Event())
+
+        async def body(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            started = False
+
+            def ready() -> None:
+                nonlocal started
+                started = True
+                task_status.started()
+
+            try:
+                with scoped.scope:
+                    await serve(task_status=_Started(ready))
+            except Exception:
+                if not started:
+                    raise
+                log.exception("p2p node on the shared loop failed")
+            finally:
+                scoped.done.set()
+
+        await self._nursery.start(body)
+        return scoped
+
+    @property
+    def token(self) -> trio.lowlevel.TrioToken | None:
+        return self._token
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None or self._token is None or self._stop is None:
+            return
+        try:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        except trio.RunFinishedError:
+            pass
+        thread.join(timeout=30)
+        self._token = None
+
+
+class _Scoped:
+    """One task on a :class:`SharedLoop`: cancel ``scope`` to stop it, then wait ``done``."""
+
+    def __init__(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        self.scope, self.done = scope, done
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+class _Started:
+    """A ``task_status`` that calls ``ready()`` on ``started()``."""
+
+    def __init__(self, ready: Callable[[], None]) -> None:
+        self._ready = ready
+
+    def started(self, value: object = None) -> None:
+        self._ready()
 
 
 class P2PNode:
@@ -50,15 +155,26 @@ class P2PNode:
     ``start()`` blocks until the host listens (raises SonmError if it cannot); ``close()`` stops it
     and joins the thread. Both are idempotent. Every other method may be called from any thread.
     ``core`` is the trio side, for code that runs on the node's thread.
+
+    With ``loop`` the node runs on that :class:`SharedLoop` (started if need be) instead of a
+    thread of its own; ``close()`` then stops this node only.
     """
 
-    def __init__(self, identity: Identity, options: NodeOptions | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        options: NodeOptions | None = None,
+        *,
+        loop: SharedLoop | None = None,
+    ) -> None:
         self.core = NodeCore(identity, options)
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._stop: trio.Event | None = None
+        self._shared = loop
+        self._scoped: _Scoped | None = None
 
     @property
     def identity(self) -> Identity:
@@ -76,6 +192,9 @@ class P2PNode:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._shared is not None:
+            self._start_shared(self._shared)
+            return
         if self._thread is not None:
             return
         quiet_libp2p_logs()
@@ -90,7 +209,29 @@ class P2PNode:
                 raise err
             raise SonmError(f"cannot start the libp2p host on {list(self.options.listen)}: {err}")
 
+    def _start_shared(self, shared: SharedLoop) -> None:
+        if self._scoped is not None:
+            return
+        shared.start()
+        try:
+            self._scoped = shared.run(shared.start_soon_scoped, self.core.serve)
+        except SonmError:
+            raise
+        except Exception as exc:
+            listen = list(self.options.listen)
+            raise SonmError(f"cannot start the libp2p host on {listen}: {exc}") from exc
+        self._token = shared.token
+
     def close(self) -> None:
+        if self._shared is not None:
+            scoped, self._scoped = self._scoped, None
+            if scoped is not None:
+                try:
+                    self._shared.run(scoped.stop)
+                except (trio.RunFinishedError, SonmError):
+                    pass  # the loop stopped first: it took the node with it
+            self._token = None
+            return
         thread = self._thread
         if thread is None or self._token is None:
             return
@@ -109,7 +250,7 @@ class P2PNode:
         self.close()
 
     def __repr__(self) -> str:
-        state = "running" if self._thread else "stopped"
+        state = "running" if self._token else "stopped"
         return f"<P2PNode {self.identity.node_id} {self.peer_id[:16]}… {state}>"
 
     def _thread_main(self) -> None:
@@ -137,7 +278,7 @@ class P2PNode:
         The service gets the libp2p host, signals readiness with ``task_status.started()``
         (start() waits for it), runs until the node closes and stops by cancellation.
         """
-        if self._thread is not None:
+        if self._token is not None:
             raise SonmError("services must be added before the node starts")
         self.core.add_service(service)
 

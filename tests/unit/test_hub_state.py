@@ -98,6 +98,7 @@ def test_list_miners_and_online_flags(state):
         state.set_miner_online("0xnobody", True, now=1.0)
     assert state.mark_all_offline() == 2
     assert [m.online for m in state.list_miners()] == [False, False]
+
     assert state.mark_all_offline() == 0
 
 
@@ -223,3 +224,14 @@ def test_ended_tasks_are_forgotten_after_their_retention(state):
     state.put_task(replace(running, task_id="live"))
     assert state.delete_ended(before=50.0) == 1
     assert sorted(state.task_ids()) == ["live", "new"]  # running tasks stay, whatever their age
+
+
+def test_a_ping_round_marks_every_answering_miner_seen_at_once(state):
+    state.upsert_miner(miner(M1, online=False, last_seen=50.0))
+    state.upsert_miner(miner(M2, online=False))
+    state.set_miners_seen([M1, M2, "0xnobody"], now=30.0)  # unknown IDs are skipped
+    m1, m2 = state.get_miner(M1), state.get_miner(M2)
+    assert (m1.online, m1.last_seen) == (True, 50.0)  # last_seen never moves back
+    assert (m2.online, m2.last_seen) == (True, 30.0)
+    state.set_miners_seen([], now=60.0)
+    assert state.get_miner(M2).last_seen == 30.0

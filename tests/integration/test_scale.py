@@ -1,0 +1,69 @@
+"""One real hub, 100 light miners from one `sonm-loadgen` process (the scaled-down run of the
+scale benchmark, `make bench-scale`): every miner is listed, pinged and runs a task."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent import futures
+
+from sonm_p2p.client import HubClient
+from sonm_p2p.identity import load_or_create
+from sonm_p2p.model import RunSpec
+from sonm_p2p.tasks import TaskState
+from tests.harness import BIN, Network, wait_for
+
+MINERS = 100
+
+
+def test_a_hub_lists_pings_and_runs_tasks_on_100_light_miners(net: Network) -> None:
+    t0 = time.monotonic()
+    hub = net.hub(extra=["--ping-interval", "1s", "--no-mdns"])
+    loadgen = net.spawn(
+        "loadgen",
+        [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target, "--miners", str(MINERS)]
+        + ["--home", str(net.root / "light"), "--json", "--every", "0.5"],
+    )
+    client_home = net.root / "client"
+    with HubClient(hub.grpc_target, identity=load_or_create(client_home)) as client:
+        # Listed: every light miner online, as `sonmcli list` shows them.
+        wait_for(
+            lambda: sum(m.online for m in client.list_miners()) == MINERS,
+            f"{MINERS} light miners online",
+            timeout=45,
+            every=0.5,
+        )
+        listed = {m["node_id"]: m for m in hub.cli_json("list")["miners"]}
+        assert len(listed) == MINERS and all(m["online"] for m in listed.values())
+        lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
+        assert any(x["connected"] == MINERS for x in lines if x["event"] == "progress")
+
+        # Pinged: each miner's last_seen moves on (a ping answered), none went offline.
+        seen = {m.node_id: m.last_seen for m in client.list_miners()}
+        wait_for(
+            lambda: all(m.online and m.last_seen > seen[m.node_id] for m in client.list_miners()),
+            "a ping round answered by every miner",
+            timeout=20,
+            every=0.5,
+        )
+
+        # A task on each: one through sonmcli, the rest at once through the hub's API.
+        ids = sorted(listed)
+        res = hub.cli("--json", "start", "--image", "sonm-test/web", "--miner", ids[0])
+        assert res.returncode == 0, res.stderr
+        first = json.loads(res.stdout.splitlines()[-1])["id"]
+        with futures.ThreadPoolExecutor(16) as pool:
+            started = list(
+                pool.map(
+                    lambda m: client.start_task(m, RunSpec(image="sonm-test/busybox")), ids[1:]
+                )
+            )
+        tasks = {t.task_id: t for t in client.list_tasks()}
+        assert {t.miner_id for t in tasks.values()} == set(ids)
+        assert all(tasks[s.task_id].state is TaskState.RUNNING for s in started)
+        assert tasks[first].state is TaskState.RUNNING
+        running = {m["node_id"]: m["task_ids"] for m in hub.cli_json("list")["miners"]}
+        assert all(len(running[m]) == 1 for m in ids)
+    assert loadgen.alive(), loadgen.output()[-2000:]
+    assert "missed a ping" not in hub.proc.output()
+    print(f"\n{MINERS} light miners: listed, pinged and ran a task in {time.monotonic() - t0:.1f}s")

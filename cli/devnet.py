@@ -115,6 +115,12 @@ def _shape_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "less memory for many miners. Not with --nat.",
 )
 @click.option(
+    "--chain",
+    is_flag=True,
+    help="A local Ethereum node (anvil, `make anvil`) with the hub registry: every hub is "
+    "funded and registers with a stake; miners and `env`'s sonmcli trust registered hubs only.",
+)
+@click.option(
     "--timeout",
     type=float,
     default=0.0,
@@ -129,6 +135,7 @@ def up(
     nat: bool,
     hub_behind_nat: bool,
     miners_per_process: int,
+    chain: bool,
     timeout: float,
 ) -> None:
     """Start a network in the background; return once every hub answers and every miner is
@@ -143,6 +150,7 @@ def up(
         nat=nat,
         hub_behind_nat=hub_behind_nat,
         miners_per_process=miners_per_process,
+        chain=chain,
     )
     net.up(options, progress=lambda line: click.echo(line, err=True))
     click.echo(f"network {name} up in {time.monotonic() - t0:.1f}s\n", err=True)

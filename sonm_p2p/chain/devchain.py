@@ -28,7 +28,15 @@ from sonm_p2p.chain import WEI
 from sonm_p2p.errors import ConfigError, Timeout
 from sonm_p2p.identity import Identity
 
-__all__ = ["LocalChain", "anvil_path", "local_registry"]
+__all__ = [
+    "LocalChain",
+    "anvil_argv",
+    "anvil_path",
+    "deploy_registry",
+    "listening_url",
+    "local_registry",
+    "set_balance",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"Listening on ([0-9.]+):(\d+)")
@@ -47,6 +55,50 @@ def anvil_path() -> str | None:
     return shutil.which("anvil")
 
 
+def anvil_argv(port: int = 0, block_time: float | None = None) -> list[str]:
+    """anvil on 127.0.0.1:``port`` (0: a free one), cancun (the registry's EVM version).
+
+    Raises:
+        ConfigError: there is no anvil (``make anvil``).
+    """
+    exe = anvil_path()
+    if exe is None:
+        raise ConfigError("anvil not found: run 'make anvil' (npm @foundry-rs/anvil)")
+    argv = [exe, "--host", "127.0.0.1", "--port", str(port), "--hardfork", "cancun"]
+    if block_time:
+        argv += ["--block-time", f"{block_time:g}"]
+    return argv
+
+
+def listening_url(output: bytes) -> str | None:
+    """The JSON-RPC URL anvil says it listens on in ``output`` (its log), or None yet."""
+    m = _LISTENING.search(output)
+    return f"http://{m.group(1).decode()}:{int(m.group(2))}" if m else None
+
+
+def _rpc(url: str, method: str, *params: object) -> object:
+    from sonm_p2p.chain.registry import connect
+
+    return connect(url).provider.make_request(method, list(params))  # type: ignore[arg-type]
+
+
+def set_balance(url: str, address: str, wei: int = 100 * WEI) -> None:
+    """Give ``address`` a balance of ``wei`` on the dev chain at ``url`` (anvil_setBalance)."""
+    _rpc(url, "anvil_setBalance", address, hex(wei))
+
+
+def deploy_registry(
+    url: str, *, min_stake: int = WEI, unlock_delay: int = 3600, deployer: Identity | None = None
+) -> str:
+    """Deploy a registry on the dev chain at ``url`` (from ``deployer``, funded here, or a new
+    key); its address."""
+    from sonm_p2p.chain.registry import connect, deploy
+
+    deployer = deployer or Identity.generate()
+    set_balance(url, deployer.node_id)
+    return deploy(connect(url), deployer, min_stake=min_stake, unlock_delay=unlock_delay)
+
+
 @dataclass
 class LocalChain:
     """A running anvil on 127.0.0.1 (``url``); ``close()`` stops it (by PID)."""
@@ -59,21 +111,16 @@ class LocalChain:
     @classmethod
     def start(cls, *, port: int = 0, block_time: float | None = None) -> LocalChain:
         """Start anvil (cancun, the registry's EVM version); blocks until it listens."""
-        exe = anvil_path()
-        if exe is None:
-            raise ConfigError("anvil not found: run 'make anvil' (npm @foundry-rs/anvil)")
+        argv = anvil_argv(port, block_time)
         log = Path(tempfile.mkstemp(prefix="anvil-", suffix=".log")[1])
-        argv = [exe, "--host", "127.0.0.1", "--port", str(port), "--hardfork", "cancun"]
-        if block_time:
-            argv += ["--block-time", f"{block_time:g}"]
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            m = _LISTENING.search(log.read_bytes())
-            if m:
-                return cls(proc, f"http://{m.group(1).decode()}:{int(m.group(2))}", log)
+            url = listening_url(log.read_bytes())
+            if url:
+                return cls(proc, url, log)
             if proc.poll() is not None:
                 raise ConfigError(f"anvil exited ({proc.returncode}): {log.read_text()[-400:]}")
             time.sleep(0.05)
@@ -81,13 +128,11 @@ class LocalChain:
         raise Timeout("anvil did not listen within 30s")
 
     def rpc(self, method: str, *params: object) -> object:
-        from sonm_p2p.chain.registry import connect
-
-        return connect(self.url).provider.make_request(method, list(params))  # type: ignore[arg-type]
+        return _rpc(self.url, method, *params)
 
     def fund(self, address: str, wei: int = 100 * WEI) -> None:
         """Give ``address`` a balance of ``wei`` (anvil_setBalance)."""
-        self.rpc("anvil_setBalance", address, hex(wei))
+        set_balance(self.url, address, wei)
         self.funded.append(address)
 
     def increase_time(self, seconds: int) -> None:
@@ -103,11 +148,9 @@ class LocalChain:
         deployer: Identity | None = None,
     ) -> str:
         """Deploy a registry (from ``deployer``, funded here, or a new key); its address."""
-        from sonm_p2p.chain.registry import connect, deploy
-
-        deployer = deployer or Identity.generate()
-        self.fund(deployer.node_id)
-        return deploy(connect(self.url), deployer, min_stake=min_stake, unlock_delay=unlock_delay)
+        return deploy_registry(
+            self.url, min_stake=min_stake, unlock_delay=unlock_delay, deployer=deployer
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:

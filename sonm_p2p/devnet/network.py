@@ -24,6 +24,7 @@ from typing import Any
 
 from sonm_p2p.client import HubClient
 from sonm_p2p.devnet import procs
+from sonm_p2p.devnet.chainnet import chain_flags, hub_stakes, start_chain
 from sonm_p2p.devnet.minergroup import group_spec
 from sonm_p2p.devnet.natnet import NatNetwork, check_nat_possible, hub_view_in_netns, remove_nat
 from sonm_p2p.devnet.procs import BIN_DIR
@@ -66,6 +67,9 @@ class DevnetOptions:
         defaults to False. hub_behind_nat: with ``nat``, one more hub behind a third router.
     miners_per_process: miners sharing one process (each with its own key, node and
         connection; see minergroup); defaults to 1 (each its own ``sonmminer``).
+    chain: a local Ethereum node (anvil) with the hub registry; every hub registers with a
+        stake and miners and ``env``'s sonmcli trust registered hubs only (see chainnet);
+        defaults to False.
     """
 
     hubs: int = 1
@@ -76,6 +80,7 @@ class DevnetOptions:
     nat: bool = False
     hub_behind_nat: bool = False
     miners_per_process: int = 1
+    chain: bool = False
 
     @property
     def deadline(self) -> float:
@@ -129,9 +134,12 @@ class Devnet:
         rec = self.record()
         hub_names = {h.node_id: h.name for h in rec.hubs}
         seen: dict[str, tuple[str, str, dict]] = {}  # miner -> (hub, reachability, it)
-        rows = []
+        rows = [{**self._row(n), "registry": rec.registry} for n in rec.nodes if n.role == "chain"]
+        stakes = hub_stakes(rec)
         for hub in rec.hubs:
             row = self._row(hub)
+            if rec.chain_url:
+                row["stake"] = stakes.get(hub.node_id)
             rows.append(row)
             if not row["alive"]:
                 continue
@@ -194,6 +202,8 @@ class Devnet:
                 f"--miners-per-process {options.miners_per_process}: at least 1, and 1 with "
                 "--nat (each miner has a namespace of its own there)"
             )
+        if options.chain and (options.nat or options.miners_per_process > 1):
+            raise ConfigError("--chain: not with --nat or --miners-per-process (not yet)")
         if options.nat:
             check_nat_possible()
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -238,6 +248,15 @@ class Devnet:
         miners = [self._node(rec, "miner", name) for name in miner_names]
         if options.hub_behind_nat:
             hubs[-1].behind_nat = True
+        if options.chain:
+            chain = NodeRecord(
+                name="chain", role="chain", node_id="", home="",
+                log=str(self.root / "logs" / "chain.log"),
+            )  # fmt: skip
+            rec.nodes.insert(0, chain)  # down stops it last: the hubs talk to it to the end
+            progress("starting a local chain (anvil) and deploying the hub registry ...")
+            start_chain(rec, chain, self._env(rec), [h.node_id for h in hubs], deadline)
+            chain.node_id = rec.registry
         if nat is not None:
             for node in rec.nodes:
                 nat.place(node)
@@ -250,6 +269,7 @@ class Devnet:
                 hub.ports["http"] = 0
         for i, hub in enumerate(hubs):
             argv = self._hub_argv(hub, hubs[0] if hub.behind_nat else hubs[i - 1] if i else None)
+            argv += chain_flags(rec, "hub")
             if nat is not None:
                 argv = nat.argv(hub, argv + nat.hub_extra(hub))
             self._spawn(rec, hub, argv, nat.node_env(hub) if nat else None)
@@ -263,7 +283,7 @@ class Devnet:
             self._spawn_groups(rec, miners, hubs, options)
         for i, miner in enumerate(miners if options.miners_per_process == 1 else []):
             argv = self._miner_argv(rec, miner, hubs[0], options)
-            argv += ["--hub-id", hubs[i % len(hubs)].node_id]
+            argv += ["--hub-id", hubs[i % len(hubs)].node_id, *chain_flags(rec, "miner")]
             env = None
             if nat is not None:
                 env = nat.node_env(miner)
@@ -361,7 +381,7 @@ class Devnet:
             "PYTHONUNBUFFERED": "1",
             "SONM_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
             "SONM_MDNS_INTERFACES": "127.0.0.1",
-            "SONM_MDNS_NAMESPACE": f"devnet-{rec.name}",
+            "SONM_MDNS_NAMESPACE": rec.mdns_namespace,
             "TMPDIR": rec.tmpdir,  # the nodes' private sockets: down removes them after a crash
         }
 

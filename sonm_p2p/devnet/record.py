@@ -56,7 +56,7 @@ class NodeRecord:
     that was given the same PID; ``ports`` are the hub's (grpc, p2p, stun, http)."""
 
     name: str
-    role: str  # hub | miner
+    role: str  # hub | miner | chain (anvil, with --chain; its node_id: the registry)
     node_id: str
     home: str
     log: str
@@ -81,7 +81,9 @@ class NodeRecord:
         return f"http://{self.ip}:{port}/" if port else ""
 
     def addresses(self) -> list[str]:
-        """The hub's endpoints, as a user would type them."""
+        """The hub's endpoints (the chain's JSON-RPC URL), as a user would type them."""
+        if self.role == "chain":
+            return [f"rpc http://{self.ip}:{self.ports['rpc']}"] if self.ports.get("rpc") else []
         if self.role != "hub":
             return []
         out = [f"grpc {self.grpc_target}", f"overlay /ip4/{self.ip}/tcp/{self.ports['p2p']}"]
@@ -108,6 +110,8 @@ class NetworkRecord:
     namespaces: list[str] = field(default_factory=list)  # --nat: netns names, removed by down
     machine_link: str = ""  # --nat: this machine's interface on the emulated internet
     engines: list[dict[str, Any]] = field(default_factory=list)  # --nat: {pid, start_time, root}
+    chain_url: str = ""  # --chain: anvil's JSON-RPC URL
+    registry: str = ""  # --chain: the hub registry's address on it
 
     @property
     def hubs(self) -> list[NodeRecord]:
@@ -116,6 +120,11 @@ class NetworkRecord:
     @property
     def miners(self) -> list[NodeRecord]:
         return [n for n in self.nodes if n.role == "miner"]
+
+    @property
+    def mdns_namespace(self) -> str:
+        """The network's own mDNS namespace (at most 9 characters, as every node checks)."""
+        return f"dn-{self.token[:6]}" if self.token else "devnet"
 
     @property
     def label(self) -> str:
@@ -168,9 +177,11 @@ def env_lines(record: NetworkRecord, devnet_dir: Path) -> list[str]:
         "SONM_BOOTSTRAP": " ".join(h.p2p_target for h in record.hubs),
         # sonmcli's overlay commands (hubs, forward): listen where the network is, meet it only
         "SONM_P2P_LISTEN": record.client_listen,
-        "SONM_MDNS_NAMESPACE": f"devnet-{record.name}",
+        "SONM_MDNS_NAMESPACE": record.mdns_namespace,
         "SONM_DEVNET_DIR": str(devnet_dir),
     }
+    if record.chain_url:  # sonmcli trusts the hubs of the network's registry
+        values.update(SONM_CHAIN=record.chain_url, SONM_REGISTRY=record.registry)
     out = []
     for key, value in values.items():
         if key == "PATH":  # $PATH must expand: quote only the part we add
@@ -185,9 +196,10 @@ def render_table(rows: Iterable[Mapping[str, Any]]) -> str:
     header = ("NAME", "ROLE", "NODE ID", "PID", "ALIVE", "NAT", "PATH", "TASKS", "HUB / ADDRESSES")
     lines = [header]
     for r in rows:
-        if r["role"] == "hub":
+        if r["role"] != "miner":
             nat = path = tasks = ""
-            where = "  ".join(r["addresses"])
+            stake = f"stake {r['stake']:g} ETH  " if r.get("stake") is not None else ""
+            where = stake + "  ".join(r["addresses"])
         else:
             nat, path = r.get("nat_type") or "-", r.get("path") or "-"
             tasks = str(len(r.get("tasks", [])))

@@ -218,3 +218,32 @@ def test_down_after_up_itself_was_killed_mid_start_and_logs_follow(base):
 
     ok("down", "--dir", str(base))
     assert running(str(base)) == [] and list(base.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    __import__("sonm_p2p.chain.devchain", fromlist=["anvil_path"]).anvil_path() is None,
+    reason="needs anvil: run 'make anvil' (npm @foundry-rs/anvil)",
+)
+def test_up_with_a_chain_registers_every_hub_and_down_stops_the_node(base):
+    ok("up", "--dir", str(base), "--name", "chain", "--chain", "--runtime", "memory",
+       "--hubs", "2", "--miners", "2")  # fmt: skip
+    rows = status(base, "chain")
+    assert [r["role"] for r in rows] == ["chain", "hub", "hub", "miner", "miner"]
+    chain = rows[0]
+    assert chain["alive"] and chain["registry"].startswith("0x"), chain
+    assert chain["addresses"][0].startswith("rpc http://127.0.0.1:"), chain
+    assert [r["stake"] for r in rows if r["role"] == "hub"] == [1.0, 1.0]
+    hubs = {r["node_id"] for r in rows if r["role"] == "hub"}
+    assert {r["hub"] for r in rows if r["role"] == "miner"} <= hubs  # miners joined staked hubs
+
+    # after env, plain sonmcli reads the same registry: both hubs registered, with their stake
+    env_cmd = f'eval "$({DEVNET} env --dir {base} --name chain)"'
+    res = fresh_shell(f"{env_cmd} && sonmcli chain hubs --json")
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(res.stdout)
+    assert listed["registry"] == chain["registry"], listed
+    assert {h["node_id"] for h in listed["hubs"]} == hubs, res.stdout
+
+    assert "network chain is down" in ok("down", "--dir", str(base), "--name", "chain")
+    assert running(str(base)) == []
+    wait_for(lambda: not Path(f"/proc/{chain['pid']}").exists(), "the chain node to stop")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cli._common import _raise_open_files, default_home, fail, setup_logging
+from cli._common import _raise_open_files, default_home, fail, setup_logging, version_option
 from sonm_p2p.errors import SonmError
 from sonm_p2p.loadgen import LightMiners, LoadOptions
 
@@ -35,6 +35,7 @@ def _report(as_json: bool, **fields: object) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["--help"], "show_default": True})
+@version_option()
 @click.option(
     "--hub",
     envvar="SONM_HUB_P2P",

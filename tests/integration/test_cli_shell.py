@@ -17,7 +17,7 @@ from tests.harness import BIN, wait_for
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-@pytest.mark.parametrize("prog", ["sonmcli", "sonmhub", "sonmminer", "sonm-devnet"])
+@pytest.mark.parametrize("prog", ["sonmcli", "sonmhub", "sonmminer", "sonm-devnet", "sonm-loadgen"])
 def test_version(prog):
     res = subprocess.run([str(BIN / prog), "--version"], capture_output=True, text=True, timeout=30)
     assert (res.returncode, res.stdout) == (0, f"{prog} {__version__}\n"), res.stderr

@@ -32,7 +32,15 @@ def test_close_joins_services_and_workers() -> None:
 def test_pool_is_bounded_and_queued_work_is_cancelled_at_close() -> None:
     sup = Supervisor("t-bound", workers=2)
     release = threading.Event()
-    running = [sup.submit(release.wait, 5) for _ in range(2)]
+    started = threading.Semaphore(0)
+
+    def hold() -> bool:
+        started.release()
+        return release.wait(5)
+
+    running = [sup.submit(hold) for _ in range(2)]
+    for _ in running:  # both taken by a worker, not still queued (close would cancel them)
+        assert started.acquire(timeout=5)
     queued = [sup.submit(int, "1") for _ in range(50)]
     assert len(_threads("t-bound")) == 2
     closer = threading.Thread(target=sup.close)

@@ -128,9 +128,12 @@ def test_hole_punch_between_two_endpoint_independent_nats(net):
 def test_symmetric_nat_falls_back_to_the_relay(net):
     addrs = net.reachable(net.s)
     out = net.a.call("connect_peer", peer=net.s.peer_id, addrs=addrs, upgrade_wait=10)
-    ok, seconds = out["upgrade"]
+    # None: no punch ended within upgrade_wait (a slow machine) or none was tried; either way
+    # the relayed path is the one in use
+    ok, seconds = out["upgrade"] or (False, None)
     kind = out["path"]["kind"]
-    print(f"\nEIM-SYM: punch {'worked' if ok else 'gave up'} after {seconds:.2f} s; path {kind}")
+    took = "not ended" if seconds is None else f"after {seconds:.2f} s"
+    print(f"\nEIM-SYM: punch {'worked' if ok else 'gave up'} ({took}); path {kind}")
     # A punch towards a symmetric NAT nearly always fails (`make bench`: 1 success in 60 tries
     # this session): the relayed path must then be kept, and work. When it does line up, the
     # path is a real direct one, and must work just the same.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,11 +16,19 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Network, docker_ok, wait_for  # noqa: E402
+from tests.harness import (  # noqa: E402
+    Network,
+    cli_agents,
+    docker_ok,
+    sonmcli,
+    stop_cli_agents,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -42,19 +51,41 @@ def machine() -> str:
     )
 
 
+def _seed_round(net: Network, hub: Any, miner: Any, env: dict[str, str]) -> tuple[float, float]:
+    """One `sonmcli start` + `sonmcli stop` (seconds) and one `sonmcli ping` (seconds)."""
+    home = net.root / "client"
+    t0 = time.perf_counter()
+    res = sonmcli(
+        "--hub", hub.grpc_target, "start", "--image", "sonm-test/web",
+        f"--miner={miner.node_id}", home=home, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.split()[1].rstrip(",")
+    assert sonmcli("--hub", hub.grpc_target, "stop", job, home=home, env=env).returncode == 0
+    took = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert sonmcli("--hub", hub.grpc_target, "ping", home=home, env=env).returncode == 0
+    return took, time.perf_counter() - t0
+
+
 def bench_seed_flow(net: Network, runs: int = 10) -> str:
-    """sonmcli start+stop vs docker run -d -P + docker rm -f; sonmcli ping."""
+    """sonmcli start+stop (through its agent, and in-process) vs docker run -d -P + docker rm -f;
+    sonmcli ping. The three are interleaved run by run, so load hits them alike."""
     hub = net.hub()
     miner = net.miner(hub, "m1")
     wait_for(lambda: miner.node_id in hub.online(), "miner listed")
-    ours, docker_times, pings, cli_pings = [], [], [], []
+    agent_env = {"SONM_CLI_AGENT": "on"}
+    off_env = {"SONM_CLI_AGENT": "off"}
+    sonmcli("--version", home=net.root / "client", env=agent_env)  # starts the agent
+    wait_for(lambda: cli_agents(Path(os.environ["SONM_CLI_AGENT_DIR"])), "the sonmcli agent")
+    ours, ours_off, docker_times, pings, pings_off, rpc_pings = [], [], [], [], [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        res = hub.cli("start", "--image", "sonm-test/web", f"--miner={miner.node_id}")
-        assert res.returncode == 0, res.stderr
-        job = res.stdout.split()[1].rstrip(",")
-        assert hub.cli("stop", job).returncode == 0
-        ours.append(time.perf_counter() - t0)
+        took, ping = _seed_round(net, hub, miner, agent_env)
+        ours.append(took)
+        pings.append(ping)
+        took, ping = _seed_round(net, hub, miner, off_env)
+        ours_off.append(took)
+        pings_off.append(ping)
 
         t0 = time.perf_counter()
         cid = subprocess.run(
@@ -74,34 +105,35 @@ def bench_seed_flow(net: Network, runs: int = 10) -> str:
         subprocess.run(["docker", "rm", "-f", cid.strip()], capture_output=True, check=True)
         docker_times.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        assert hub.cli("ping").returncode == 0
-        cli_pings.append(time.perf_counter() - t0)
-
     from sonm_p2p.client import HubClient
 
     with HubClient(hub.grpc_target) as client:
         for _ in range(200):
-            pings.append(client.ping())
+            rpc_pings.append(client.ping())
+    docker_median = statistics.median(docker_times)
+
+    def row(what: str, xs: list[float], ratio: bool = False) -> str:
+        tail = f" ({statistics.median(xs) / docker_median:.2f}x docker)" if ratio else ""
+        return f"| {what} | {fmt_ms(statistics.median(xs))}{tail} | {fmt_ms(pct(xs, 95))} |"
+
     return "\n".join(
         [
             "## Seed flow: start + stop, ping",
             "",
             "`sonmcli start --image sonm-test/web` then `sonmcli stop`, against "
-            f"`docker run -d -P` then `docker rm -f` of the same image, {runs} runs each "
-            "(medians; each sonmcli call is a "
-            "new process, ~0.3 s of which is Python start-up and imports).",
+            f"`docker run -d -P` then `docker rm -f` of the same image, {runs} runs each, "
+            "interleaved (medians). Each sonmcli call is a new process: through the resident "
+            "agent (the default; cli/_launch.py), and in-process (`SONM_CLI_AGENT=off`, ~0.2 s "
+            "of Python start-up and imports per process).",
             "",
             "| what | median | p95 |",
             "|---|---|---|",
-            f"| sonmcli start + stop | {fmt_ms(statistics.median(ours))} | "
-            f"{fmt_ms(pct(ours, 95))} |",
-            f"| docker run -d -P + docker rm -f | {fmt_ms(statistics.median(docker_times))} | "
-            f"{fmt_ms(pct(docker_times, 95))} |",
-            f"| `sonmcli ping` (whole process) | {fmt_ms(statistics.median(cli_pings))} | "
-            f"{fmt_ms(pct(cli_pings, 95))} |",
-            f"| Ping RPC round trip (HubClient, 200 calls) | {fmt_ms(statistics.median(pings))} | "
-            f"{fmt_ms(pct(pings, 95))} |",
+            row("sonmcli start + stop (agent)", ours, ratio=True),
+            row("sonmcli start + stop (SONM_CLI_AGENT=off)", ours_off, ratio=True),
+            row("docker run -d -P + docker rm -f", docker_times),
+            row("`sonmcli ping` (whole process, agent)", pings),
+            row("`sonmcli ping` (whole process, SONM_CLI_AGENT=off)", pings_off),
+            row("Ping RPC round trip (HubClient, 200 calls)", rpc_pings),
             "",
         ]
     )
@@ -411,6 +443,17 @@ def bench_announce_flood(attackers: int = 4, per_attacker: int = 1000) -> str:
 
 
 def main() -> None:
+    # sonmcli's agents: in a directory of the bench's, stopped by PID at its end
+    agents = Path(tempfile.mkdtemp(prefix="sonm-bench-agents-"))
+    os.environ["SONM_CLI_AGENT_DIR"] = str(agents)
+    try:
+        _main()
+    finally:
+        stop_cli_agents(agents)
+        shutil.rmtree(agents, ignore_errors=True)
+
+
+def _main() -> None:
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         net = Network(Path(tmp))

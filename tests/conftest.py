@@ -1,8 +1,27 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.harness import Network, docker_ok
+from tests.harness import Network, docker_ok, stop_cli_agents
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_agents(tmp_path_factory):
+    """Every `sonmcli` of the run hands its command to a resident agent (cli/_launch.py), as a
+    user's would: keep those agents in a directory of the run's and stop them, by PID, at its
+    end."""
+    directory = tmp_path_factory.mktemp("cli-agents")
+    directory.chmod(0o700)
+    before = os.environ.get("SONM_CLI_AGENT_DIR")
+    os.environ["SONM_CLI_AGENT_DIR"] = str(directory)
+    yield directory
+    stop_cli_agents(directory)
+    if before is None:
+        os.environ.pop("SONM_CLI_AGENT_DIR", None)
+    else:
+        os.environ["SONM_CLI_AGENT_DIR"] = before
 
 
 @pytest.fixture

@@ -32,7 +32,12 @@ def fresh_shell(script: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
         cwd="/",
-        env={"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/bin:/bin"},
+        env={
+            "HOME": os.environ.get("HOME", "/root"),
+            "PATH": "/usr/bin:/bin",
+            # where the test run keeps the sonmcli agents it stops at its end (tests/conftest.py)
+            **{k: v for k, v in os.environ.items() if k == "SONM_CLI_AGENT_DIR"},
+        },
     )
 
 

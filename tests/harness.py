@@ -6,8 +6,10 @@ tmp_path; containers carry a per-test ``sonm.test`` label and are removed at tea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -231,6 +233,42 @@ def sonmcli(
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+def cli_agents(directory: Path) -> dict[Path, int]:
+    """The `sonmcli` agents with a socket in ``directory``: socket -> PID (cli/_agent.py)."""
+    found = {}
+    for pidfile in directory.glob("*.sock.pid"):
+        try:
+            pid = int(pidfile.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            continue
+        found[pidfile.with_suffix("")] = pid
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_cli_agents(directory: Path) -> None:
+    """Stop every agent that ``directory`` names, by PID: SIGTERM, then SIGKILL."""
+    pids = list(cli_agents(directory).values())
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def remove_labelled(client: Any, label: str) -> None:

@@ -160,7 +160,9 @@ def hub_view_in_netns(hub: NodeRecord, client_home: Path) -> tuple[str, list[dic
     for command in ("info", "list"):
         argv = ["ip", "netns", "exec", hub.netns, str(BIN_DIR / "sonmcli")]
         argv += ["--home", str(client_home), "--hub", hub.grpc_target, "--json", command]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        # SONM_CLI_AGENT=off: no resident sonmcli agent left in a namespace `down` deletes
+        env = {**os.environ, "SONM_CLI_AGENT": "off"}
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         if res.returncode != 0:
             raise SonmError(f"{hub.name}: {res.stderr.strip() or res.stdout.strip()}")
         out.append(json.loads(res.stdout))

@@ -16,7 +16,8 @@ A front end that hangs up while its command runs gets its command interrupted (S
 would). Only the user who owns the agent may connect (``SO_PEERCRED``). The agent refuses a
 command (``{"stale": true}``) and leaves when a ``.py`` file of the installation changed since it
 started, so an upgrade never runs old code; it also leaves after ``SONM_CLI_AGENT_IDLE`` seconds
-(600) without a command, and when its socket file is removed or replaced.
+(600) without a command, when its socket file is removed or replaced, and on SIGTERM or
+``sonmcli agent stop`` (after the commands it runs have ended; it takes no new ones).
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ class Agent:
         self.conns: dict[int, _Conn] = {}
         self.last = time.monotonic()
         self.served = 0
+        self.started = time.time()
         self.code = fingerprint(_code_roots())
         self.checked = time.monotonic()
+        self.terminated = False  #: SIGTERM: take no more commands, finish the running ones
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.inode = 0
 
@@ -115,7 +118,7 @@ class Agent:
     def run(self) -> None:
         """Serve until there is reason to leave, then finish the commands still running."""
         while self.lock is not None or self._busy():
-            if self.lock is not None and self._should_leave():
+            if self.lock is not None and (self.terminated or self._should_leave()):
                 self.stop_listening()
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data is None:
@@ -228,7 +231,26 @@ class Agent:
             conn.sock.sendall(frame(msg))
             conn.sock.setblocking(False)
 
+    def _control(self, conn: _Conn, op: str) -> None:
+        """``sonmcli agent status|stop``: what this agent is, or stop taking commands."""
+        if op == "stop":
+            self.stop_listening()
+        self._answer(
+            conn,
+            {
+                "pid": os.getpid(),
+                "started": self.started,
+                "served": self.served,
+                "running": [c.child for c in self.conns.values() if c.child is not None],
+                "listening": self.lock is not None,
+            },
+        )
+        self._drop(conn)
+
     def _start(self, conn: _Conn, request: dict) -> None:
+        if request.get("op") in ("status", "stop") and len(conn.fds) == 0:
+            self._control(conn, request["op"])
+            return
         if (
             request.get("v") != PROTOCOL
             or request.get("root") != install_root()
@@ -343,6 +365,7 @@ def serve(path: str) -> None:
             probe.close()
     idle = float(os.environ.get("SONM_CLI_AGENT_IDLE", "600") or 600)
     agent = Agent(path, idle, lock)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "terminated", True))
     _preload()
     gc.freeze()  # what is loaded stays shared with the children: no copy-on-write by the GC
     agent.bind()

@@ -30,7 +30,7 @@ import os
 import sys
 import zlib
 
-__all__ = ["agent_dir", "agent_socket", "main", "namespaces"]
+__all__ = ["agent_dir", "agent_socket", "ask_agent", "main", "namespaces"]
 
 PROTOCOL = 1
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
@@ -169,6 +169,21 @@ class _Replies:
             self.buf += chunk
 
 
+def ask_agent(op: str, path: str | None = None) -> dict | None:
+    """``status`` or ``stop`` of the agent at ``path`` (this process's by default): what it
+    answers (its pid, start time, commands served and running), or None when none listens."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        sock.connect(path or agent_socket())
+        sock.sendall(frame({"v": PROTOCOL, "op": op}))
+        return _Replies(sock).next()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
 def _exit_as(code: int) -> None:
     """Leave with the child's status: its exit code, or the signal that ended it."""
     if code < 0:
@@ -251,5 +266,12 @@ def main() -> None:
     path = agent_socket()
     if _via_agent(path):
         return
-    _spawn_agent(path)
+    if not _asks_about_agent(sys.argv[1:]):
+        _spawn_agent(path)
     _in_process()
+
+
+def _asks_about_agent(args: list[str]) -> bool:
+    """``sonmcli [...] agent status|stop``: asking must not start one."""
+    pairs = zip(args, args[1:], strict=False)
+    return any(a == "agent" and b in ("status", "stop") for a, b in pairs)

@@ -19,6 +19,7 @@ from cli._common import (
     version_option,
 )
 from cli._context import CliContext
+from cli.cmd_agent import agent
 from cli.cmd_chain import chain, whoami
 from cli.cmd_forward import forward
 from cli.cmd_hub import hubs, info, nat, ping
@@ -141,6 +142,7 @@ for command in (
     completion,
     whoami,
     chain,
+    agent,
 ):
     main.add_command(command)
 

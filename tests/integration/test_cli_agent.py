@@ -5,6 +5,7 @@ Each test keeps its agents in a directory of its own and stops them by PID at th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -180,3 +181,21 @@ def test_off_starts_no_agent_and_closed_stdin_runs_in_process(agents):
             env={**os.environ, **_env(agents)},
         )
         assert res.returncode == 0 and res.stdout.startswith("sonmcli "), res.stderr
+
+
+def test_agent_status_and_stop(agents):
+    def agent(*args: str) -> subprocess.CompletedProcess:
+        return sonmcli("agent", *args, home=agents.parent / "client", env=_env(agents))
+
+    res = agent("status")
+    assert res.returncode == 3 and res.stdout.startswith("not running"), res
+    assert cli_agents(agents) == {}  # asking did not start one
+    assert _version(agents).returncode == 0
+    pid = _agent(agents)
+    info = json.loads(agent("status", "--json").stdout)
+    assert info["running"] and info["pid"] == pid and info["served"] >= 1, info
+    assert info["commands_running"] == 0 and info["taking_commands"], info
+    res = agent("stop")
+    assert res.returncode == 0 and res.stdout.strip() == f"agent {pid} stopped", res
+    wait_for(lambda: not pid_alive(pid), "the agent to leave")
+    assert agent("status").returncode == 3

@@ -71,11 +71,21 @@ def _code_roots() -> list[Path]:
 
 
 def _preload() -> None:
-    """Import what commands import when they run, so each forked child finds it loaded."""
+    """Import what commands import when they run, so each forked child finds it loaded (the
+    list is what `ping`, `list`, `status`, `start`, `stop`, `logs` and `info` imported in a
+    child on top of ``cli.sonmcli``), and fill the caches they fill (regular expressions)."""
+    import grpc._channel  # noqa: F401  (made on a channel's first use)
+    import grpc._simple_stubs  # noqa: F401
+    import grpc.experimental  # noqa: F401
+
+    import cli._discover  # noqa: F401  (the hub's target; libp2p only if it must be found)
     import cli.sonmcli  # noqa: F401  (click, gRPC, protobuf, the client)
     import sonm_p2p.auth  # noqa: F401
     import sonm_p2p.client  # noqa: F401
     import sonm_p2p.identity  # noqa: F401
+    from cli._common import Duration
+
+    Duration().convert("60s", None, None)
 
 
 @dataclass

@@ -160,12 +160,15 @@ def eligible(local_nat: str | None, remote_nat: str | None) -> bool:
 
 
 def worth_asking(local_nat: str | None, remote_nat: str | None) -> bool:
-    """Whether the side that drives upgrades should start the coordination: one side is known
-    to be symmetric and the other is not known to be (the peer tells its own type in it)."""
-    sides = [side_of(local_nat), side_of(remote_nat)]
-    return sides.count(Side.HARD) == 1 and (
-        eligible(local_nat, remote_nat) or None in (local_nat, remote_nat)
-    )
+    """Whether the side that drives upgrades should start the coordination: the two types call
+    for a punch, or one is known and the other not (the peer tells its own type in the
+    coordination, and refuses when they do not fit). Never when both are symmetric."""
+    local, remote = side_of(local_nat), side_of(remote_nat)
+    if eligible(local_nat, remote_nat):
+        return True
+    if remote_nat is None:
+        return local is not None
+    return local_nat is None and remote is Side.HARD
 
 
 def first_mover(*, hard_rejects: bool | None, easy_rejects: bool | None) -> Side | None:

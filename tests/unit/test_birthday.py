@@ -112,8 +112,10 @@ def test_only_an_easy_and_a_hard_side_are_eligible():
     assert not eligible("address-dependent", SYM) and not eligible("unknown", SYM)
     # the side that drives asks when it knows one side is symmetric and the other may not be
     assert worth_asking(EIM, SYM) and worth_asking(SYM, None) and worth_asking(None, SYM)
-    assert not worth_asking(SYM, SYM) and not worth_asking(EIM, None)
+    assert worth_asking(EIM, None)  # after DCUtR failed: the peer may be symmetric
+    assert not worth_asking(SYM, SYM) and not worth_asking(EIM, EIM)
     assert not worth_asking(None, None) and not worth_asking("unknown", EIM)
+    assert not worth_asking(None, EIM) and not worth_asking("unknown", None)
 
 
 @pytest.mark.parametrize(

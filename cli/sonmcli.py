@@ -15,6 +15,7 @@ from cli._common import (
     SonmGroup,
     chain_options,
     default_home,
+    no_birthday_punch_option,
     run_and_exit,
     version_option,
 )
@@ -67,6 +68,7 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
     default=None,
     help="Where this client's key lives [default: $SONM_HOME/client or ~/.sonm/client].",
 )
+@no_birthday_punch_option
 @chain_options
 @click.pass_context
 def main(
@@ -77,6 +79,7 @@ def main(
     as_json: bool,
     tls_ca: Path | None,
     home: Path | None,
+    no_birthday_punch: bool,
     chain: str | None,
     registry: str | None,
     require_registered: bool | None,
@@ -107,6 +110,7 @@ def main(
         bootstrap,
         tls_ca=tls_ca,
         chain_flags=(chain, registry, require_registered),
+        birthday_punch=not no_birthday_punch,
     )
     ctx.call_on_close(ctx.obj.stack.close)
 
@@ -119,6 +123,7 @@ main.hoisted = {
     "--bootstrap": True,
     "--tls-ca": True,
     "--home": True,
+    "--no-birthday-punch": False,
     "--chain": True,
     "--registry": True,
     "--require-registered": False,

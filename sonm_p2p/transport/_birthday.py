@@ -51,6 +51,7 @@ from sonm_p2p.transport.birthday import (
     plan,
     sample_ports,
     side_of,
+    sweepable,
 )
 
 __all__ = [
@@ -247,6 +248,7 @@ class BirthdayPunch:
         self.spawn = spawn
         self.linger = linger
         self.limit = RateLimit(options.min_interval)
+        self.ip_limit = RateLimit(options.ip_interval)
         self.rng = rng or random.Random()
         self.punched: weakref.WeakSet[Any] = weakref.WeakSet()
         self.results: dict[str, Outcome] = {}
@@ -288,8 +290,14 @@ class BirthdayPunch:
                 return self._done(peer_id, Outcome(False, False, theirs["reason"]), began)
             local, remote = self.local_nat(), theirs["nat"]
             mine = side_of(local)
+            why = ""
             if not eligible(local, remote) or mine is None:
                 why = f"NAT types {local} and {remote} do not call for it"
+            elif not sweepable(theirs["ip"]):
+                why = f"the peer's address {theirs['ip']} is not a public IPv4 address"
+            elif not self.ip_limit.allow(theirs["ip"], trio.current_time()):
+                why = f"rate-limited towards {theirs['ip']}"
+            if why:
                 await send(stream, _no_plan(why))
                 return self._done(peer_id, Outcome(False, False, why), began)
             avoid = theirs["port"] if side_of(remote) is Side.EASY else 0
@@ -339,8 +347,12 @@ class BirthdayPunch:
             refusal = ""
             if not eligible(local, remote) or mine is None:
                 refusal = f"NAT types {remote} and {local} do not call for it"
+            elif not sweepable(theirs["ip"]):
+                refusal = f"the peer's address {theirs['ip']} is not a public IPv4 address"
             elif not self.limit.allow(peer_id, trio.current_time()):
                 refusal = "rate-limited"
+            elif not self.ip_limit.allow(theirs["ip"], trio.current_time()):
+                refusal = f"rate-limited towards {theirs['ip']}"
             if refusal:
                 await send(stream, encode("refuse", reason=refusal))
                 self._done(peer_id, Outcome(False, False, refusal), began)

@@ -50,6 +50,7 @@ __all__ = [
     "sample_ports",
     "side_of",
     "success_probability",
+    "sweepable",
     "syn_packets",
     "worth_asking",
 ]
@@ -88,6 +89,9 @@ class BirthdayOptions:
         (a sweep at ``rate`` takes about 1 s).
     min_interval: seconds between two punches with one peer, either side counting; defaults to
         60.
+    ip_interval: seconds between two punches towards one public IP, whichever peers claim it
+        (peer IDs cost nothing: this bounds what a crowd of them can make us send to one
+        address); defaults to 5.
     """
 
     mappings: int = 256
@@ -96,6 +100,7 @@ class BirthdayOptions:
     rate: float = 1000.0
     deadline: float = 2.0
     min_interval: float = 60.0
+    ip_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
@@ -246,6 +251,21 @@ class RateLimit:
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+def sweepable(ip: str) -> bool:
+    """Whether a peer's claimed public IP may be punched towards: a public unicast IPv4 address.
+    The peer only *says* where it is (the relayed connection does not show it): a private,
+    loopback or other reserved address would have us scan our own network for it."""
+    import ipaddress
+
+    from sonm_p2p.transport.dial_ladder import Scope, classify
+
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return addr.version == 4 and classify(addr) is Scope.PUBLIC
 
 
 def syn_packets(lifetimes: Sequence[float]) -> int:

@@ -19,6 +19,7 @@ from sonm_p2p.transport.birthday import (
     probes_for,
     sample_ports,
     success_probability,
+    sweepable,
     syn_packets,
     worth_asking,
 )
@@ -163,3 +164,12 @@ def test_syn_packets_count_linux_retransmissions():
     assert syn_packets([2.0]) == 2  # retransmitted at 1 s
     assert syn_packets([3.5, 0.1]) == 3 + 1  # at 1 s and 3 s
     assert syn_packets([120]) == 1 + 6  # 1, 3, 7, 15, 31, 63
+
+
+def test_only_public_ipv4_addresses_are_swept():
+    # the peer only says where it is: never scan our own networks for it
+    assert sweepable("203.0.113.7") and sweepable("8.8.8.8")
+    for ip in ["10.0.0.1", "192.168.1.1", "172.16.0.9", "100.64.0.1", "127.0.0.1", "0.0.0.0"]:
+        assert not sweepable(ip), ip
+    assert not sweepable("169.254.1.1") and not sweepable("224.0.0.1")
+    assert not sweepable("2001:db8::1") and not sweepable("nonsense") and not sweepable("")

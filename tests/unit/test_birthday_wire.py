@@ -85,7 +85,7 @@ def test_probe_port_avoids_the_mapped_listen_port_and_timeout_is_bounded():
     rng = random.Random(0)
     ports = {_probe_port(rng, 40000) for _ in range(2000)}
     assert 40000 not in ports and all(33000 <= p <= 60999 for p in ports)
-    assert _probe_timeout(0.0) == 1.0 and _probe_timeout(0.5) == 1.5 and _probe_timeout(5) == 2.0
+    assert _probe_timeout(0.0) == 0.5 and _probe_timeout(0.25) == 1.0 and _probe_timeout(5) == 2.0
 
 
 def test_outcome_as_dict_is_json():

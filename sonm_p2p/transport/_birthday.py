@@ -70,6 +70,8 @@ PROTOCOL = "/sonm/birthday/1.0.0"
 MAX_LINE = 4096
 #: Seconds to wait for each coordination message (the relay may be slow under load).
 MESSAGE_TIMEOUT = 10.0
+#: Outcomes kept (``BirthdayPunch.results``), one per peer, oldest dropped first.
+MAX_RESULTS = 1024
 #: Seconds a Noise + Yamux upgrade of a punched connection may take.
 UPGRADE_TIMEOUT = 5.0
 
@@ -523,7 +525,10 @@ class BirthdayPunch:
 
     def _done(self, peer_id: str, outcome: Outcome, began: float) -> Outcome:
         outcome.seconds = time.perf_counter() - began
-        self.results[peer_id] = outcome
+        self.results.pop(peer_id, None)
+        self.results[peer_id] = outcome  # oldest first; a peer that left is dropped by PeerPaths,
+        while len(self.results) > MAX_RESULTS:  # one that left mid-punch by this bound
+            del self.results[next(iter(self.results))]
         if outcome.tried:
             log.info(
                 "birthday punch with %s: %s in %.2fs (%s side, %s first, K=%d P=%d; %d sockets, "

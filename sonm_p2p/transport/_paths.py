@@ -215,6 +215,7 @@ class PeerPaths:
             "departures": len(self.departures),
             "punch_exchanges": len(sent),
             "birthday_tried": len(self.birthday_tried),
+            "birthday_results": len(self.birthday.results) if self.birthday is not None else 0,
         }
 
     def peer_left(self, peer_id: str, now: float) -> None:

@@ -371,15 +371,28 @@ class BirthdayPunch:
             if msg["first"] is None:
                 self._done(peer_id, Outcome(False, False, msg["reason"]), began)
                 return
-            chosen = Plan(Side(msg["first"]), msg["k"], msg["p"], msg["rate"], msg["deadline"])
+            chosen = self._bounded(msg)
             outcome = await self._punch(
-                stream, lines, pid, chosen, mine, theirs["ip"], theirs["port"], msg["rtt"], False
+                stream, lines, pid, chosen, mine, theirs["ip"], theirs["port"], chosen.rtt, False
             )
             self._done(peer_id, outcome, began)
         except Exception as exc:
             self._done(peer_id, Outcome(False, False, f"coordination: {reason(exc)}"), began)
         finally:
             await _close(stream)
+
+    def _bounded(self, msg: dict[str, Any]) -> _Agreed:
+        """The initiator's plan within our own budget: a peer cannot make us send more, faster
+        or for longer than our options allow."""
+        o = self.options
+        return _Agreed(
+            Side(msg["first"]),
+            max(0, min(msg["k"], o.mappings)),
+            max(0, min(msg["p"], o.probes)),
+            max(1.0, min(msg["rate"], o.rate)),
+            max(0.0, min(msg["deadline"], o.deadline)),
+            rtt=max(0.0, min(msg["rtt"], 2.0)),
+        )
 
     # -- the punch ---------------------------------------------------------------------------
 
@@ -547,6 +560,13 @@ class BirthdayPunch:
         else:
             log.info("birthday punch with %s: not tried (%s)", peer_id, outcome.reason)
         return outcome
+
+
+@dataclass(frozen=True)
+class _Agreed(Plan):
+    """A plan as the responder runs it, with the RTT the initiator measured."""
+
+    rtt: float = 0.0
 
 
 def _no_plan(why: str) -> bytes:

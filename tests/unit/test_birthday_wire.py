@@ -10,6 +10,7 @@ import pytest
 from sonm_p2p.transport._birthday import (
     MAX_LINE,
     PROTOCOL,
+    BirthdayPunch,
     Outcome,
     _plan_message,
     _probe_port,
@@ -17,7 +18,7 @@ from sonm_p2p.transport._birthday import (
     decode,
     encode,
 )
-from sonm_p2p.transport.birthday import Plan, Side
+from sonm_p2p.transport.birthday import BirthdayOptions, Plan, Side
 
 
 def test_protocol_id_is_ours():
@@ -91,3 +92,20 @@ def test_probe_port_avoids_the_mapped_listen_port_and_timeout_is_bounded():
 def test_outcome_as_dict_is_json():
     out = Outcome(True, True, side="easy", first="hard", mappings=256, probes=986, sockets=33)
     assert json.loads(json.dumps(out.as_dict()))["sockets"] == 33
+
+
+def test_the_responder_bounds_the_initiators_plan_by_its_own_budget():
+    punch = BirthdayPunch(
+        None,
+        options=BirthdayOptions(mappings=128, max_probes=500, rate=500, deadline=1.5),
+        local_nat=lambda: "symmetric",
+        spawn=lambda *a: None,
+        linger=0,
+    )
+    greedy = decode(_plan_message(Plan(Side.HARD, 65535, 65535, 1e9, 3600.0), 999.0))
+    agreed = punch._bounded(greedy)
+    assert agreed.first is Side.HARD
+    assert (agreed.mappings, agreed.probes, agreed.rate, agreed.deadline) == (128, 500, 500, 1.5)
+    assert agreed.rtt == 2.0
+    modest = punch._bounded(decode(_plan_message(Plan(Side.EASY, 64, 100, 200.0, 1.0), 0.01)))
+    assert (modest.mappings, modest.probes, modest.rate, modest.deadline) == (64, 100, 200, 1.0)

@@ -1,6 +1,7 @@
 """``/sonm/birthday/1.0.0``: coordinating a birthday punch over the relayed connection (trio).
 
-The policy is ``birthday.py``, the packets ``_sweep.py``. One stream on the relayed connection,
+The policy is ``birthday.py``, the packets ``_sweep.py``, the message format
+``_birthday_wire.py``. One stream on the relayed connection,
 JSON lines (at most :data:`MAX_LINE` bytes each), the side that drives upgrades (the one that
 dialled) is the *initiator*:
 
@@ -26,7 +27,6 @@ the direct connection as after DCUtR (``_dcutr.retire_relayed``).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -38,6 +38,14 @@ from typing import Any
 
 import trio
 
+from sonm_p2p.transport._birthday_wire import (
+    MAX_LINE,
+    PROTOCOL,
+    decode,
+    encode,
+    no_plan,
+    plan_message,
+)
 from sonm_p2p.transport._conn import connections, is_relayed, reason
 from sonm_p2p.transport._dcutr import PROTECT_TAG, listen_sources, retire_relayed
 from sonm_p2p.transport._splice import send
@@ -65,68 +73,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "/sonm/birthday/1.0.0"
-#: Longest message line (bytes, newline included).
-MAX_LINE = 4096
 #: Seconds to wait for each coordination message (the relay may be slow under load).
 MESSAGE_TIMEOUT = 10.0
 #: Outcomes kept (``BirthdayPunch.results``), one per peer, oldest dropped first.
 MAX_RESULTS = 1024
 #: Seconds a Noise + Yamux upgrade of a punched connection may take.
 UPGRADE_TIMEOUT = 5.0
-
-_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    "hello": {"nat": (str, type(None)), "ip": (str,), "port": (int,)},
-    "refuse": {"reason": (str,)},
-    "probed": {"rejects": (bool, type(None))},
-    "plan": {
-        "first": (str, type(None)),
-        "k": (int,),
-        "p": (int,),
-        "rate": (int, float),
-        "deadline": (int, float),
-        "rtt": (int, float),
-        "reason": (str,),
-    },
-    "ready": {},
-}
-
-
-def encode(kind: str, **fields: Any) -> bytes:
-    """One message line. Raises ValueError for an unknown kind or a missing/wrong field."""
-    msg = {"type": kind, **fields}
-    _check(msg)
-    line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-    if len(line) > MAX_LINE:
-        raise ValueError(f"{kind} message too long")
-    return line
-
-
-def decode(line: bytes) -> dict[str, Any]:
-    """The message of one line (newline optional). Raises ValueError when it is not one."""
-    if len(line) > MAX_LINE:
-        raise ValueError("message too long")
-    try:
-        msg = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    _check(msg)
-    return msg
-
-
-def _check(msg: Any) -> None:
-    if not isinstance(msg, dict) or msg.get("type") not in _FIELDS:
-        raise ValueError(f"unknown message: {str(msg)[:80]}")
-    for name, types in _FIELDS[msg["type"]].items():
-        value = msg.get(name)
-        if isinstance(value, bool) and bool not in types:
-            raise ValueError(f"{msg['type']}.{name}: {value!r}")
-        if not isinstance(value, types):
-            raise ValueError(f"{msg['type']}.{name}: {value!r}")
-    if msg["type"] == "hello" and not 0 < msg["port"] < 65536:
-        raise ValueError(f"hello.port: {msg['port']}")
-    if msg["type"] == "plan" and msg["first"] not in (None, *Side):
-        raise ValueError(f"plan.first: {msg['first']!r}")
 
 
 class _Lines:
@@ -302,7 +254,7 @@ class BirthdayPunch:
             elif not self.ip_limit.allow(theirs["ip"], trio.current_time()):
                 why = f"rate-limited towards {theirs['ip']}"
             if why:
-                await send(stream, _no_plan(why))
+                await send(stream, no_plan(why))
                 return self._done(peer_id, Outcome(False, False, why), began)
             avoid = theirs["port"] if side_of(remote) is Side.EASY else 0
             port = _probe_port(self.rng, avoid)
@@ -324,7 +276,7 @@ class BirthdayPunch:
                 hard_rejects=hard_rejects,
                 easy_rejects=easy_rejects,
             )
-            await send(stream, _plan_message(chosen, rtt))
+            await send(stream, plan_message(chosen, rtt))
             if not chosen.go:
                 return self._done(peer_id, Outcome(False, False, chosen.reason), began)
             outcome = await self._punch(
@@ -567,23 +519,6 @@ class _Agreed(Plan):
     """A plan as the responder runs it, with the RTT the initiator measured."""
 
     rtt: float = 0.0
-
-
-def _no_plan(why: str) -> bytes:
-    return encode("plan", first=None, k=0, p=0, rate=0, deadline=0, rtt=0, reason=why)
-
-
-def _plan_message(chosen: Plan, rtt: float) -> bytes:
-    return encode(
-        "plan",
-        first=None if chosen.first is None else str(chosen.first),
-        k=chosen.mappings,
-        p=chosen.probes,
-        rate=chosen.rate,
-        deadline=chosen.deadline,
-        rtt=round(rtt, 6),
-        reason=chosen.reason,
-    )
 
 
 def _raw(got: trio.SocketStream, initiator: bool) -> Any:

@@ -7,17 +7,9 @@ import random
 
 import pytest
 
-from sonm_p2p.transport._birthday import (
-    MAX_LINE,
-    PROTOCOL,
-    BirthdayPunch,
-    Outcome,
-    _plan_message,
-    _probe_port,
-    _probe_timeout,
-    decode,
-    encode,
-)
+from sonm_p2p.transport._birthday import BirthdayPunch, Outcome, _probe_port, _probe_timeout
+from sonm_p2p.transport._birthday_wire import MAX_LINE, PROTOCOL, decode, encode
+from sonm_p2p.transport._birthday_wire import plan_message as _plan_message
 from sonm_p2p.transport.birthday import BirthdayOptions, Plan, Side
 
 

@@ -471,6 +471,7 @@ def _main() -> None:
     sections.append(bench_announce_flood())
     for script, title in (
         ("bench_forward.py", "Forward"),
+        ("bench_birthday.py", "Birthday punch"),
         ("bench_devnet.py", "Local network"),
         ("bench_chain.py", "Chain"),
     ):

@@ -128,6 +128,18 @@ def fail(err: SonmError, *, as_json: bool, prog: str) -> None:
     sys.exit(err.exit_code)
 
 
+def no_birthday_punch_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-birthday-punch``, the same on every executable that runs a node."""
+    return click.option(
+        "--no-birthday-punch",
+        "no_birthday_punch",
+        is_flag=True,
+        help="Never try a birthday-paradox hole punch towards or from a symmetric NAT (a SYN "
+        "sweep of ~1,000 ports, which an IDS may take for a port scan): the relayed path is "
+        "kept.",
+    )(fn)
+
+
 def hoist_options(args: list[str], commands: set[str], options: dict[str, bool]) -> list[str]:
     """``args`` with the group ``options`` found after the command moved in front of it, as
     Docker, kubectl and git users type them (``sonmcli list --json``). ``options`` maps each

@@ -32,6 +32,7 @@ class CliContext:
     bootstrap: tuple[str, ...] = ()
     tls_ca: Path | None = None  # the hub's client API serves TLS: check it against these
     chain_flags: tuple[str | None, str | None, bool | None] = (None, None, None)
+    birthday_punch: bool = True  # --no-birthday-punch: the forward keeps a relayed path
     stack: ExitStack = field(default_factory=ExitStack)  # closed when the command ends
 
     def identity(self) -> Identity:

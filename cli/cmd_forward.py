@@ -55,9 +55,11 @@ def forward(c: CliContext, job: str, ports: tuple[str, ...], local: tuple[str, .
     client may run at once (each process has a peer ID of its own on the overlay).
 
     It also asks the hub's STUN responders which NAT this machine is behind (as `sonmcli nat`
-    does; at most ~3 s, in parallel with the rest). Behind a symmetric NAT, where a hole punch
-    cannot work, it takes the relayed path at once instead of trying a punch for 3 s. The
-    output shows the NAT type ("unknown" if STUN failed) and whether the punch was skipped.
+    does; at most ~3 s, in parallel with the rest). Behind a symmetric NAT, where a DCUtR hole
+    punch cannot work, it skips that punch; when the other side is endpoint-independent it tries
+    a birthday-paradox punch instead (~1,000 SYNs, ~2 s; --no-birthday-punch keeps the relayed
+    path). The output shows the NAT type ("unknown" if STUN failed) and whether the punch was
+    skipped.
 
     \b
     Examples:
@@ -70,7 +72,11 @@ def forward(c: CliContext, job: str, ports: tuple[str, ...], local: tuple[str, .
     specs = _specs(ports, local)
     with c.client() as client:
         # STUN runs while the task is looked up and the node starts
-        forwarder = TaskForwarder(lambda: client.info().stun_endpoints, listen=client_listen())
+        forwarder = TaskForwarder(
+            lambda: client.info().stun_endpoints,
+            listen=client_listen(),
+            birthday_punch=c.birthday_punch,
+        )
         try:
             task = client.task_status(job)
             miner = next((m for m in client.list_miners() if m.node_id == task.miner_id), None)

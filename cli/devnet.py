@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from cli._common import SonmGroup, emit_json, version_option
+from cli._common import SonmGroup, emit_json, no_birthday_punch_option, version_option
 from sonm_p2p.devnet import Devnet, DevnetOptions, default_dir, env_lines, render_table
 from sonm_p2p.devnet.network import BIN_DIR
 from sonm_p2p.errors import SonmError
@@ -126,6 +126,7 @@ def _shape_options(f: Callable[..., Any]) -> Callable[..., Any]:
     default=0.0,
     help="Seconds to wait for every node [default: 60 + one per miner].",
 )
+@no_birthday_punch_option
 def up(
     name: str,
     base: Path | None,
@@ -137,6 +138,7 @@ def up(
     miners_per_process: int,
     chain: bool,
     timeout: float,
+    no_birthday_punch: bool,
 ) -> None:
     """Start a network in the background; return once every hub answers and every miner is
     listed on a hub, and print its nodes."""
@@ -151,6 +153,7 @@ def up(
         hub_behind_nat=hub_behind_nat,
         miners_per_process=miners_per_process,
         chain=chain,
+        birthday_punch=not no_birthday_punch,
     )
     net.up(options, progress=lambda line: click.echo(line, err=True))
     click.echo(f"network {name} up in {time.monotonic() - t0:.1f}s\n", err=True)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from cli._common import _raise_open_files, default_home, fail, setup_logging, version_option
+from cli._common import (
+    _raise_open_files,
+    default_home,
+    fail,
+    no_birthday_punch_option,
+    setup_logging,
+    version_option,
+)
 from sonm_p2p.errors import SonmError
 from sonm_p2p.loadgen import LightMiners, LoadOptions
 
@@ -85,6 +92,7 @@ def _report(as_json: bool, **fields: object) -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per line (progress, then summary)."
 )
+@no_birthday_punch_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str,
@@ -95,6 +103,7 @@ def main(
     pending: int,
     every: float,
     as_json: bool,
+    no_birthday_punch: bool,
     verbose: bool,
 ) -> None:
     """Run N light miners against one hub until Ctrl-C.
@@ -121,6 +130,7 @@ def main(
         listen=tuple(listen.split()),
         labels=dict(v.split("=", 1) for v in labels),
         pending=pending,
+        birthday_punch=not no_birthday_punch,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ from cli._common import (
     SonmGroup,
     chain_options,
     default_home,
+    no_birthday_punch_option,
     run_and_exit,
     version_option,
 )
@@ -68,6 +69,7 @@ from cli.cmd_tasks import logs, start, status, stop, tasks
     default=None,
     help="Where this client's key lives [default: $SONM_HOME/client or ~/.sonm/client].",
 )
+@no_birthday_punch_option
 @chain_options
 @click.pass_context
 def main(
@@ -78,6 +80,7 @@ def main(
     as_json: bool,
     tls_ca: Path | None,
     home: Path | None,
+    no_birthday_punch: bool,
     chain: str | None,
     registry: str | None,
     require_registered: bool | None,
@@ -108,6 +111,7 @@ def main(
         bootstrap,
         tls_ca=tls_ca,
         chain_flags=(chain, registry, require_registered),
+        birthday_punch=not no_birthday_punch,
     )
     ctx.call_on_close(ctx.obj.stack.close)
 
@@ -120,6 +124,7 @@ main.hoisted = {
     "--bootstrap": True,
     "--tls-ca": True,
     "--home": True,
+    "--no-birthday-punch": False,
     "--chain": True,
     "--registry": True,
     "--require-registered": False,

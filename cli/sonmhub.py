@@ -11,6 +11,7 @@ from cli._common import (
     chain_options,
     default_home,
     fail,
+    no_birthday_punch_option,
     parse_size,
     serve_until_signalled,
     setup_logging,
@@ -197,6 +198,7 @@ from sonm_p2p.transport.relay import RelayOptions
     show_default=True,
     help="Overlay connections held at once (each miner holds one; see docs/SCALING.md).",
 )
+@no_birthday_punch_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     grpc_listen: str,
@@ -230,6 +232,7 @@ def main(
     registry_poll: float,
     deregister: bool,
     max_connections: int,
+    no_birthday_punch: bool,
     verbose: bool,
 ) -> None:
     """Run a hub: miners connect to it over libp2p, clients call its gRPC API.
@@ -289,6 +292,7 @@ def main(
             stake=parse_eth(stake, "--stake") if stake is not None else 0,
             registry_poll=registry_poll,
             max_connections=max_connections,
+            birthday_punch=not no_birthday_punch,
         )
         daemon = HubDaemon(options)
     except SonmError as err:

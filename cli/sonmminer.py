@@ -11,6 +11,7 @@ from cli._common import (
     chain_options,
     default_home,
     fail,
+    no_birthday_punch_option,
     parse_size,
     serve_until_signalled,
     setup_logging,
@@ -156,6 +157,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Print what the transport sees (public address, NAT type, path to the hub, RTT) and exit.",
 )
 @click.option("--json", "as_json", is_flag=True, help="With --check: print JSON.")
+@no_birthday_punch_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
     hub: str | None,
@@ -180,6 +182,7 @@ def main(
     registry_poll: float,
     check: bool,
     as_json: bool,
+    no_birthday_punch: bool,
     verbose: bool,
 ) -> None:
     """Run a miner: connect to a hub and run its tasks as Docker containers.
@@ -227,6 +230,7 @@ def main(
         ),
         chain=chain_settings,
         registry_poll=registry_poll,
+        birthday_punch=not no_birthday_punch,
     )
     try:
         daemon = MinerDaemon(options)

@@ -70,6 +70,8 @@ class DevnetOptions:
     chain: a local Ethereum node (anvil) with the hub registry; every hub registers with a
         stake and miners and ``env``'s sonmcli trust registered hubs only (see chainnet);
         defaults to False.
+    birthday_punch: False passes ``--no-birthday-punch`` to every hub and ``sonmminer`` (not to
+        miner groups); defaults to True.
     """
 
     hubs: int = 1
@@ -81,6 +83,7 @@ class DevnetOptions:
     hub_behind_nat: bool = False
     miners_per_process: int = 1
     chain: bool = False
+    birthday_punch: bool = True
 
     @property
     def deadline(self) -> float:
@@ -270,6 +273,7 @@ class Devnet:
         for i, hub in enumerate(hubs):
             argv = self._hub_argv(hub, hubs[0] if hub.behind_nat else hubs[i - 1] if i else None)
             argv += chain_flags(rec, "hub")
+            argv += [] if options.birthday_punch else ["--no-birthday-punch"]
             if nat is not None:
                 argv = nat.argv(hub, argv + nat.hub_extra(hub))
             self._spawn(rec, hub, argv, nat.node_env(hub) if nat else None)
@@ -284,6 +288,7 @@ class Devnet:
         for i, miner in enumerate(miners if options.miners_per_process == 1 else []):
             argv = self._miner_argv(rec, miner, hubs[0], options)
             argv += ["--hub-id", hubs[i % len(hubs)].node_id, *chain_flags(rec, "miner")]
+            argv += [] if options.birthday_punch else ["--no-birthday-punch"]
             env = None
             if nat is not None:
                 env = nat.node_env(miner)

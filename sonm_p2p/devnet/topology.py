@@ -59,6 +59,7 @@ __all__ = [
     "DockerEngine",
     "Greeter",
     "Host",
+    "Inbound",
     "Link",
     "NatKind",
     "NatRouter",
@@ -134,6 +135,17 @@ class NatKind(enum.Enum):
     ENDPOINT_INDEPENDENT = "eim"
     #: ``MASQUERADE --random-fully``: a fresh random port for every new destination.
     SYMMETRIC = "symmetric"
+
+
+class Inbound(enum.Enum):
+    """What a router does with a TCP SYN from the internet that matches no mapping."""
+
+    #: The kernel's own answer, a RST (a Linux router with no rule).
+    KERNEL = "kernel"
+    #: An explicit ``REJECT --reject-with tcp-reset`` (OpenWrt's default WAN zone): a RST too.
+    REJECT = "reject"
+    #: Dropped in silence (most home routers).
+    DROP = "drop"
 
 
 @dataclass
@@ -726,8 +738,11 @@ class Topology:
         self.hosts[name] = host
         return host
 
-    def nat(self, name: str, kind: NatKind, *, hosts: int = 1) -> NatRouter:
-        """A NAT router of ``kind`` with ``hosts`` private hosts behind it (more: ``add_host``)."""
+    def nat(
+        self, name: str, kind: NatKind, *, hosts: int = 1, inbound: Inbound = Inbound.KERNEL
+    ) -> NatRouter:
+        """A NAT router of ``kind`` with ``hosts`` private hosts behind it (more: ``add_host``);
+        ``inbound`` says what it does with an unsolicited TCP SYN from the internet."""
         ns = self._namespace(name)
         wan_ip = self._attach_v4(ns, "wan", alt=False)[0]
         lan_prefix = f"10.{next(self._lans)}.0"
@@ -738,6 +753,12 @@ class Topology:
         _ip(f"netns exec {ns} sysctl -qw net.ipv4.ip_forward=1")
         random = " --random-fully" if kind is NatKind.SYMMETRIC else ""
         _ip(f"netns exec {ns} iptables -t nat -A POSTROUTING -o wan -j MASQUERADE{random}")
+        # A SYN no mapping claims is addressed to the router itself: INPUT, not FORWARD.
+        unsolicited = "-A INPUT -i wan -p tcp --syn -m conntrack --ctstate NEW"
+        if inbound is Inbound.DROP:
+            _ip(f"netns exec {ns} iptables {unsolicited} -j DROP")
+        elif inbound is Inbound.REJECT:
+            _ip(f"netns exec {ns} iptables {unsolicited} -j REJECT --reject-with tcp-reset")
         router = NatRouter(self, name, ns, kind, wan_ip, self._links[ns], lan_prefix)
         for _ in range(hosts):
             router.add_host()

@@ -77,6 +77,8 @@ class HubDaemonOptions:
         is off, hears only registered hubs); with ``stake`` (wei) > 0 it also registers itself
         and keeps its registered endpoints current (see hub/registration.py).
     max_connections: overlay connections held at once (a miner holds one); defaults to 10,000.
+    birthday_punch: take part in birthday-paradox hole punches (``--no-birthday-punch``);
+        defaults to True.
     """
 
     home: Path
@@ -101,6 +103,7 @@ class HubDaemonOptions:
     stake: int = 0
     registry_poll: float = 15.0
     max_connections: int = 10_000
+    birthday_punch: bool = True
 
 
 class HubDaemon:
@@ -120,6 +123,7 @@ class HubDaemon:
                 relay_service=options.relay,
                 autonat_service=True,
                 max_connections=options.max_connections,
+                birthday_punch=options.birthday_punch,
             ),
         )
         self.reachability = HubReachability(

@@ -60,6 +60,8 @@ class LoadOptions:
     starters: how many miners start at once (key, gRPC server, host); the rest queue.
     pending: at most this many started and not yet connected at a time (the ramp).
     link: how each holds on to the hub (backoff, silence), as ``sonmminer``.
+    birthday_punch: whether they take part in birthday-paradox hole punches, as ``sonmminer
+        --no-birthday-punch``; defaults to True.
     """
 
     hub: str
@@ -71,6 +73,7 @@ class LoadOptions:
     starters: int = 8
     pending: int = 32
     link: LinkOptions = field(default_factory=LinkOptions)
+    birthday_punch: bool = True
 
     def __post_init__(self) -> None:
         if self.miners < 1:
@@ -133,6 +136,7 @@ class LightMiners:
             labels=o.labels,
             link=o.link,
             runtime="memory",
+            birthday_punch=o.birthday_punch,
         )
         daemon = MinerDaemon(options, loop=self.loop, grpc_loop=self.grpc_loop, grpc_pool=self.pool)
         try:

@@ -70,6 +70,8 @@ class MinerOptions:
         (a miner with nothing else configured finds its hub this way), and unless
         ``require_registered`` is off the miner works only for a registered hub, and leaves one
         that deregisters.
+    birthday_punch: take part in birthday-paradox hole punches (``sonmminer
+        --no-birthday-punch`` turns them off; ``NodeOptions.birthday_punch``); defaults to True.
     """
 
     home: Path
@@ -88,6 +90,7 @@ class MinerOptions:
     allow_registries: tuple[str, ...] = ()
     chain: ChainSettings = field(default_factory=ChainSettings)
     registry_poll: float = 15.0
+    birthday_punch: bool = True
 
 
 class MinerDaemon:
@@ -121,7 +124,11 @@ class MinerDaemon:
         labels = {"sonm.miner": self.node_id, **options.labels}
         self.runtime = runtime or _make_runtime(options, labels)
         self.supervisor = Supervisor("miner")
-        self.node = P2PNode(self.identity, NodeOptions(listen=options.listen), loop=loop)
+        self.node = P2PNode(
+            self.identity,
+            NodeOptions(listen=options.listen, birthday_punch=options.birthday_punch),
+            loop=loop,
+        )
         self._nat = NatCache(self.node)
         self.miner = Miner(
             self.node_id,

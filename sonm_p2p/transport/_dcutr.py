@@ -35,11 +35,17 @@ from sonm_p2p.transport._conn import connections, is_relayed, reason
 from sonm_p2p.transport.addrs import interface_ips, split_circuit, tcp_target
 from sonm_p2p.transport.dial_ladder import Scope, _ip_of, classify
 
-__all__ = ["choose_punch_targets", "dcutr_service"]
+__all__ = [
+    "PROTECT_TAG",
+    "choose_punch_targets",
+    "dcutr_service",
+    "listen_sources",
+    "retire_relayed",
+]
 
 log = logging.getLogger(__name__)
 
-_PROTECT_TAG = "sonm-upgrade"
+PROTECT_TAG = "sonm-upgrade"
 
 
 def _punchable(addr: Any, source: tuple[str, int] | None) -> bool:
@@ -91,12 +97,12 @@ def _not_behind_nat(host: Any) -> bool:
     except Exception:
         return False
     if not observed:  # py-libp2p ignores loopback observations: a loopback node has no NAT
-        ips = [ip for ip, _ in _listen_sources(host).values()]
+        ips = [ip for ip, _ in listen_sources(host).values()]
         return bool(ips) and all(ip.startswith("127.") or ip == "::1" for ip in ips)
     return set(observed) <= set(interface_ips())
 
 
-def _listen_sources(host: Any) -> dict[int, tuple[str, int]]:
+def listen_sources(host: Any) -> dict[int, tuple[str, int]]:
     """Our TCP listen (ip, port) per IP version: hole-punch SYNs leave from it, so the NAT maps
     them where the relay saw us (port-preserving NATs)."""
     sources: dict[int, tuple[str, int]] = {}
@@ -214,6 +220,34 @@ class _SentAddrs:
         return str(peer) in self._sent
 
 
+async def retire_relayed(host: Any, peer_id: Any, linger: float) -> None:
+    """Close the relayed connections to ``peer_id`` once a direct one exists and they carry no
+    stream (all of them after ``linger`` seconds); then lift the protection (``PROTECT_TAG``)
+    that kept both legs alive through py-libp2p's per-peer trimming. Shared by DCUtR and the
+    birthday punch (``_birthday.py``)."""
+    network = host.get_network()
+    deadline = trio.current_time() + linger
+    try:
+        while True:
+            relayed = [c for c in connections(host, peer_id) if is_relayed(c)]
+            direct = [c for c in connections(host, peer_id) if not is_relayed(c)]
+            if not relayed or not direct:
+                return
+            idle = [c for c in relayed if not c.get_streams()]
+            if trio.current_time() >= deadline:
+                idle = relayed
+            for conn in idle:
+                log.debug("closing the relayed leg to %s", peer_id)
+                await conn.close()
+            if len(idle) == len(relayed):
+                return
+            await trio.sleep(1.0)
+    except Exception as exc:
+        log.debug("retiring the relayed leg to %s: %r", peer_id, exc)
+    finally:
+        network.unprotect(peer_id, PROTECT_TAG)
+
+
 def _dcutr_class() -> type:
     import multiaddr
     from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
@@ -298,7 +332,7 @@ def _dcutr_class() -> type:
         ) -> bool:
             # One round (py-libp2p runs three of up to 7 s each): every usable address at once,
             # each a tight connect loop for ``dial_timeout`` seconds; the first to connect wins.
-            sources = _listen_sources(self.host)
+            sources = listen_sources(self.host)
             superseded = self.sent.exchange(peer_id, addrs)
             targets = _punch_targets(self.host, peer_id, addrs, sources, superseded)
             if as_responder and _not_behind_nat(self.host):
@@ -311,7 +345,7 @@ def _dcutr_class() -> type:
                 return False
             network = self.host.get_network()
             # Both legs must survive py-libp2p's per-peer trimming until the relayed one is idle.
-            network.protect(peer_id, _PROTECT_TAG)
+            network.protect(peer_id, PROTECT_TAG)
             ok = False
             try:
                 async with trio.open_nursery() as race:
@@ -334,7 +368,7 @@ def _dcutr_class() -> type:
                 return ok
             finally:
                 if not ok:
-                    network.unprotect(peer_id, _PROTECT_TAG)
+                    network.unprotect(peer_id, PROTECT_TAG)
 
         def _schedule_relay_close(self, peer_id: Any) -> None:
             for conn in connections(self.host, peer_id):
@@ -344,27 +378,7 @@ def _dcutr_class() -> type:
                 self._nursery.start_soon(self._retire_relayed, peer_id)
 
         async def _retire_relayed(self, peer_id: Any) -> None:
-            network = self.host.get_network()
-            deadline = trio.current_time() + self.linger
-            try:
-                while True:
-                    relayed = [c for c in connections(self.host, peer_id) if is_relayed(c)]
-                    direct = [c for c in connections(self.host, peer_id) if not is_relayed(c)]
-                    if not relayed or not direct:
-                        return
-                    idle = [c for c in relayed if not c.get_streams()]
-                    if trio.current_time() >= deadline:
-                        idle = relayed
-                    for conn in idle:
-                        log.debug("closing the relayed leg to %s", peer_id)
-                        await conn.close()
-                    if len(idle) == len(relayed):
-                        return
-                    await trio.sleep(1.0)
-            except Exception as exc:
-                log.debug("retiring the relayed leg to %s: %r", peer_id, exc)
-            finally:
-                network.unprotect(peer_id, _PROTECT_TAG)
+            await retire_relayed(self.host, peer_id, self.linger)
 
     return _DCUtR
 

@@ -21,6 +21,7 @@ from sonm_p2p.errors import DialError
 from sonm_p2p.transport._conn import connections, dial, is_relayed, peer_address, reason
 from sonm_p2p.transport._splice import send
 from sonm_p2p.transport.addrs import is_circuit, split_circuit, tcp_multiaddr
+from sonm_p2p.transport.birthday import worth_asking
 from sonm_p2p.transport.dial_ladder import (
     AttemptKind,
     LadderOptions,
@@ -179,9 +180,14 @@ class PeerPaths:
         policy: UpgradePolicy,
         local_ips: Callable[[], list[str]],
         forget_after: float = 600.0,
+        birthday: Any | None = None,
     ) -> None:
         self.host = host
         self.dcutr = dcutr
+        #: The birthday punch (``_birthday.BirthdayPunch``), None when turned off.
+        self.birthday = birthday
+        #: Peers whose relayed connection had its birthday punch (one per connection).
+        self.birthday_tried: set[str] = set()
         self.ladder = ladder
         self.policy = policy
         self.nat_type: str | None = None
@@ -208,6 +214,8 @@ class PeerPaths:
             "driving": len(self._driving),
             "departures": len(self.departures),
             "punch_exchanges": len(sent),
+            "birthday_tried": len(self.birthday_tried),
+            "birthday_results": len(self.birthday.results) if self.birthday is not None else 0,
         }
 
     def peer_left(self, peer_id: str, now: float) -> None:
@@ -217,6 +225,9 @@ class PeerPaths:
             return
         self.upgrades.pop(peer_id, None)
         self.last_upgrade.pop(peer_id, None)
+        self.birthday_tried.discard(peer_id)
+        if self.birthday is not None:
+            self.birthday.results.pop(peer_id, None)
         lock = self._locks.get(peer_id)
         if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
             del self._locks[peer_id]
@@ -269,7 +280,12 @@ class PeerPaths:
         return _Watch()
 
     def _punched(self) -> weakref.WeakSet[Any]:
-        return self.dcutr.punched if self.dcutr is not None else weakref.WeakSet()
+        punched: weakref.WeakSet[Any] = weakref.WeakSet()
+        if self.dcutr is not None:
+            punched |= self.dcutr.punched
+        if self.birthday is not None:
+            punched |= self.birthday.punched
+        return punched
 
     def path(self, peer_id: str) -> Path | None:
         from libp2p.peer.id import ID
@@ -325,6 +341,9 @@ class PeerPaths:
         path = describe(conn, peer_id, self._punched())
         if path.kind is PathKind.RELAYED:
             done = self._drive_upgrades(peer_id)
+            if self._birthday_due(peer_id) and upgrade_wait > 0:
+                # its coordination takes a few round trips over the relay before the sweep
+                upgrade_wait += self.birthday.options.deadline
             if done is not None and upgrade_wait > 0:
                 with trio.move_on_after(upgrade_wait):
                     await done.wait()
@@ -367,18 +386,28 @@ class PeerPaths:
             log.debug("ladder to %s: %s", peer_id, failures[-1])
         raise DialError(f"cannot reach {peer_id[:16]}…: " + "; ".join(failures))
 
-    def _drive_upgrades(self, peer_id: str) -> trio.Event | None:
-        """Start upgrading a relayed path (once per peer); the event is set after an attempt."""
+    def _birthday_due(self, peer_id: str) -> bool:
+        """Whether a birthday punch is the next step for a relayed path: turned on, not tried on
+        this connection yet, and one side known symmetric while the other is not."""
+        return (
+            self.birthday is not None
+            and peer_id not in self.birthday_tried
+            and worth_asking(self.nat_type, self.remote_nat.get(peer_id))
+        )
+
+    def _dcutr_next(self, peer_id: str) -> float | None:
         if self.dcutr is None:
             return None
-        state = self.upgrades.get(peer_id, UpgradeState())
-        nat = self.remote_nat.get(peer_id)
-        if (
-            self.policy.next_attempt(
-                state, path=PathKind.RELAYED, local_nat=self.nat_type, remote_nat=nat
-            )
-            is None
-        ):
+        return self.policy.next_attempt(
+            self.upgrades.get(peer_id, UpgradeState()),
+            path=PathKind.RELAYED,
+            local_nat=self.nat_type,
+            remote_nat=self.remote_nat.get(peer_id),
+        )
+
+    def _drive_upgrades(self, peer_id: str) -> trio.Event | None:
+        """Start upgrading a relayed path (once per peer); the event is set after an attempt."""
+        if self._dcutr_next(peer_id) is None and not self._birthday_due(peer_id):
             return None
         event = self._driving.get(peer_id)
         if event is None:
@@ -395,15 +424,15 @@ class PeerPaths:
                 conn = best_connection(self.host, pid)
                 if conn is None or not is_relayed(conn):
                     self.upgrades.pop(peer_id, None)  # a new relayed connection starts afresh
+                    self.birthday_tried.discard(peer_id)
                     return
                 state = self.upgrades.get(peer_id, UpgradeState())
-                at = self.policy.next_attempt(
-                    state,
-                    path=PathKind.RELAYED,
-                    local_nat=self.nat_type,
-                    remote_nat=self.remote_nat.get(peer_id),
-                )
+                at = self._dcutr_next(peer_id)
                 if at is None:
+                    # DCUtR is out (a symmetric NAT, or its attempts spent): the birthday punch
+                    # is the last step before settling on the relay.
+                    if self._birthday_due(peer_id):
+                        await self.birthday_once(peer_id)
                     return
                 now = trio.current_time()
                 if at > now:
@@ -411,6 +440,10 @@ class PeerPaths:
                     continue
                 ok = await self.upgrade_once(peer_id)
                 self.upgrades[peer_id] = self.policy.record(state, now, succeeded=ok)
+                if not ok and self.remote_nat.get(peer_id) is None and self._birthday_due(peer_id):
+                    # The peer's NAT type is not known: the coordination asks it, and punches
+                    # when one side is symmetric (DCUtR then cannot work whatever its retries).
+                    ok = await self.birthday_once(peer_id)
                 event.set()
                 if ok:
                     return
@@ -438,6 +471,19 @@ class PeerPaths:
             self.last_upgrade[peer_id] = (ok, took)
         log.info("hole punch to %s: %s in %.2fs", peer_id, "ok" if ok else "failed", took)
         return ok
+
+    async def birthday_once(self, peer_id: str) -> bool:
+        """One birthday punch to a peer we reach through a relay; True on a direct path."""
+        if self.birthday is None:
+            return False
+        self.birthday_tried.add(peer_id)
+        path = self.path(peer_id)
+        if path is not None and path.relay_id:
+            await self._wait_identified(path.relay_id)
+        outcome = await self.birthday.initiate(peer_id)
+        if _safe_connected(self.host, peer_id) and outcome.tried:
+            self.last_upgrade[peer_id] = (outcome.ok, outcome.seconds)
+        return outcome.ok
 
     async def _wait_identified(self, relay_id: str, timeout: float = 2.0) -> None:
         # DCUtR tells the peer our address as the relay observed it (identify); right after

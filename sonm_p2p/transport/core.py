@@ -30,6 +30,8 @@ from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.transport import addrs as _addrs
+from sonm_p2p.transport._birthday import PROTOCOL as BIRTHDAY
+from sonm_p2p.transport._birthday import BirthdayPunch
 from sonm_p2p.transport._conn import (
     aclose_quietly,
     dial,
@@ -42,6 +44,7 @@ from sonm_p2p.transport._dcutr import dcutr_service
 from sonm_p2p.transport._handles import Session, Tunnel
 from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
+from sonm_p2p.transport.birthday import BirthdayOptions
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
 from sonm_p2p.transport.reachability import Reachability, check_reachability, serve_autonat
 from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
@@ -84,6 +87,10 @@ class NodeOptions:
     forget_after: seconds the addresses and NAT type learned for a peer by
         :meth:`P2PNode.connect_peer` are kept after its last connection closed (a stream wanted
         meanwhile redials it by them); defaults to 600. Other per-peer state goes at once.
+    birthday_punch: after DCUtR, between an endpoint-independent NAT and a symmetric one, try a
+        birthday-paradox punch (``birthday.py``; ``--no-birthday-punch`` turns it off); defaults
+        to True. Serving the other side of one is part of it.
+    birthday: its budget, rate and per-peer rate limit.
     ladder / upgrade: the dial ladder's timeouts and when to retry hole punches.
     max_connections: connections the host holds at once, inbound and outbound; defaults to 300
         (py-libp2p's). A hub holds one per miner: ``sonmhub --max-connections`` raises it. It
@@ -102,6 +109,8 @@ class NodeOptions:
     keepalive_interval: float = 10.0
     keepalive_timeout: float = 10.0
     forget_after: float = 600.0
+    birthday_punch: bool = True
+    birthday: BirthdayOptions = BirthdayOptions()
     ladder: LadderOptions = LadderOptions()
     upgrade: UpgradePolicy = UpgradePolicy()
     max_connections: int = 300
@@ -223,6 +232,16 @@ class NodeCore:
                     dcutr_service, host, dial_timeout=o.punch_dial_timeout, linger=o.relay_linger
                 )
             )
+        birthday = None
+        if o.birthday_punch:
+            birthday = BirthdayPunch(
+                host,
+                options=o.birthday,
+                local_nat=lambda: self.paths.nat_type if self.paths is not None else None,
+                spawn=nursery.start_soon,
+                linger=o.relay_linger,
+            )
+            host.set_stream_handler(BIRTHDAY, birthday.handle)
         self.paths = PeerPaths(
             host,
             nursery,
@@ -231,6 +250,7 @@ class NodeCore:
             policy=o.upgrade,
             local_ips=self.local_ips,
             forget_after=o.forget_after,
+            birthday=birthday,
         )
         host.get_network().register_notifee(self.paths.watch())
         if o.keepalive_interval > 0:

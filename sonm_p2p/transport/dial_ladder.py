@@ -20,6 +20,8 @@ public: the network-namespace tests use them as their internet.
 A relayed path is upgraded by a DCUtR hole punch (:class:`UpgradePolicy`): at once, then after a
 doubling back-off, a bounded number of times; never when either side is known to sit behind a
 symmetric NAT (a hole punch between port-preserving mappings cannot line up with a random one).
+Then, before settling on the relay, a birthday-paradox punch when one side is endpoint-independent
+and the other symmetric (``birthday.py``: its own policy; ``_paths.py`` runs it).
 """
 
 from __future__ import annotations

@@ -200,7 +200,8 @@ class _State:
         kw: dict[str, Any] = {"listen": tuple(options.get("listen", ["/ip4/0.0.0.0/tcp/0"]))}
         if options.get("relay"):
             kw["relay_service"] = RelayOptions()
-        for key in ("keepalive_interval", "keepalive_timeout", "hole_punch", "upgrade_wait"):
+        keys = ("keepalive_interval", "keepalive_timeout", "hole_punch", "upgrade_wait")
+        for key in (*keys, "birthday_punch"):
             if key in options:
                 kw[key] = options[key]
         if "upgrade_attempts" in options:
@@ -209,6 +210,8 @@ class _State:
             kw["upgrade"] = UpgradePolicy(max_attempts=options["upgrade_attempts"])
         node = P2PNode(Identity.generate(), NodeOptions(**kw))
         node.start()
+        if options.get("nat_type"):
+            node.nat_type = options["nat_type"]  # what STUN would have told (no hub here)
         return node
 
     def restart(self) -> dict[str, Any]:
@@ -255,6 +258,12 @@ class _State:
         began = time.perf_counter()
         ok = self.node.upgrade(peer)
         return {"ok": ok, "seconds": time.perf_counter() - began}
+
+    def birthday(self, peer: str) -> Any:
+        """The last birthday punch with ``peer`` as this node saw it (None: none)."""
+        punch = self.node.core.paths.birthday if self.node.core.paths else None
+        outcome = punch.results.get(peer) if punch is not None else None
+        return None if outcome is None else outcome.as_dict()
 
     def disconnect(self, peer: str) -> None:
         self.node.disconnect(peer)

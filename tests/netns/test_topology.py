@@ -113,6 +113,35 @@ def test_private_hosts_are_unreachable_from_the_internet(topo):
         assert not web.reachable((nat.hosts[0].ip, 8000), timeout=0.3)
 
 
+def test_routers_drop_or_reject_unsolicited_syns_as_told(topo):
+    """What the birthday punch's first-mover rule depends on: a RST back, or silence."""
+    from sonm_p2p.devnet.topology import Inbound
+
+    outside = topo.public_host("probe")
+    routers = {
+        inbound: topo.nat(f"in{inbound.value[0]}", NatKind.ENDPOINT_INDEPENDENT, inbound=inbound)
+        for inbound in Inbound
+    }
+    for inbound, router in routers.items():
+        began = time.monotonic()
+        try:
+            outside.connect((router.wan_ip, 40000), timeout=1.0).close()
+            got = "connected"
+        except ConnectionRefusedError:
+            got = "reset"
+        except TimeoutError:
+            got = "silence"
+        want = "silence" if inbound is Inbound.DROP else "reset"
+        assert got == want, (inbound, got, time.monotonic() - began)
+    # a host behind a dropping router still gets its answers (only new inbound SYNs drop)
+    srv = _listener(outside, 7007)
+    try:
+        inside = routers[Inbound.DROP].hosts[0]
+        inside.connect((outside.ip, 7007), timeout=5).close()
+    finally:
+        srv.close()
+
+
 def test_cut_link_breaks_connectivity_and_restoring_it_heals(topo):
     web = topo.public_host("web")
     nat = topo.nat("home", EIM)

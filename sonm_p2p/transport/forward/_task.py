@@ -25,7 +25,9 @@ class TaskForward:
 
     nat_type / nat_error: this machine's NAT as STUN saw it ("unknown" and why when it failed).
     miner_nat_type: the miner's, as its hub lists it ("unknown" when not known).
-    punch_skipped: the path is relayed and no hole punch was tried (a symmetric NAT).
+    punch_skipped: the path is relayed and no hole punch was tried: not DCUtR (a symmetric NAT),
+        nor a birthday punch (turned off, both NATs symmetric, or both answering stray SYNs
+        with a RST).
     peer: the forwarding process's own peer ID (see :class:`TaskForwarder`).
     """
 
@@ -69,7 +71,8 @@ class TaskForwarder:
     (``stun_endpoints()``, e.g. the hub's Info RPC; at most ~3 s) while the caller goes on
     looking the task up; :meth:`release` waits until ``stun_endpoints`` is done (the caller's
     client may then close). :meth:`open` then starts a node, reaches the miner (behind a
-    symmetric NAT here or there: relayed at once, no hopeless punch) and opens a listener per
+    symmetric NAT here or there: no hopeless DCUtR punch, but a birthday punch when the other
+    side is endpoint-independent, unless ``birthday_punch`` is off) and opens a listener per
     port, all over one connection. :meth:`close` ends the forwards and the node (idempotent).
 
     The node's peer ID is its own, made for this forwarder, not the client's key: libp2p keeps
@@ -80,10 +83,15 @@ class TaskForwarder:
     """
 
     def __init__(
-        self, stun_endpoints: Callable[[], Sequence[str]], *, listen: Sequence[str]
+        self,
+        stun_endpoints: Callable[[], Sequence[str]],
+        *,
+        listen: Sequence[str],
+        birthday_punch: bool = True,
     ) -> None:
         self._nat = NatProbe(stun_endpoints)
         self._listen = tuple(listen)
+        self._birthday_punch = birthday_punch
         self._node: P2PNode | None = None
         self._forwards: list[Forward] = []
 
@@ -105,7 +113,10 @@ class TaskForwarder:
         MinerUnavailable when the miner's connection is lost at once, and what
         ``P2PNode.connect_peer`` and ``open_forward`` raise (DialError, TaskNotFound...); the
         forwards opened before a failure are closed by :meth:`close`."""
-        node = self._node = P2PNode(Identity.generate(), NodeOptions(listen=self._listen))
+        node = self._node = P2PNode(
+            Identity.generate(),
+            NodeOptions(listen=self._listen, birthday_punch=self._birthday_punch),
+        )
         node.start()
         stun = self._nat.report()
         nat_type = str(stun.get("nat_type") or "unknown")
@@ -113,12 +124,14 @@ class TaskForwarder:
             node.nat_type = nat_type  # a symmetric NAT: no hole punch, relayed at once
         miner_nat = miner_nat_type if miner_nat_type not in ("", "unknown") else None
         connected = node.connect_peer(peer_id, list(multiaddrs), remote_nat=miner_nat)
+        paths = node.core.paths
         punch_skipped = (
             connected.kind is PathKind.RELAYED
             and node.options.upgrade.next_attempt(
                 UpgradeState(), path=PathKind.RELAYED, local_nat=node.nat_type, remote_nat=miner_nat
             )
             is None
+            and not _birthday_swept(paths, peer_id)
         )
         path = node.path(peer_id)  # the path new streams take, its RTT measured by a ping
         if path is None:
@@ -155,3 +168,10 @@ class TaskForwarder:
 
     def __repr__(self) -> str:
         return f"<TaskForwarder {self._forwards!r}>"
+
+
+def _birthday_swept(paths: Any, peer_id: str) -> bool:
+    """Whether a birthday punch towards ``peer_id`` sent its SYNs (it may have failed)."""
+    punch = getattr(paths, "birthday", None)
+    outcome = punch.results.get(peer_id) if punch is not None else None
+    return bool(outcome is not None and outcome.tried)

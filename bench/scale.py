@@ -57,6 +57,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
 
 
+def children(pid: int) -> list[int]:
+    """``pid`` and its child processes (a `sonm-loadgen --procs` and its workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + [int(p) for p in path.read_text().split()] if path.exists() else [pid]
+
+
 def cpu_share(pid: int, seconds: float) -> float:
     """Share of one core ``pid`` used over the next ``seconds``."""
     c0, t0 = cpu_seconds(pid), time.monotonic()
@@ -107,7 +113,13 @@ def timed(fn: object, *args: object) -> float:
     return time.perf_counter() - t0
 
 
-def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
+def loadgen_procs(n: int) -> int:
+    """Worker processes for ``n`` light miners: one per 250 (one trio loop carries ~250 well
+    on this machine kind; see docs/SCALING.md)."""
+    return max(1, -(-n // 250))
+
+
+def bench_hub(n: int, steady: float, starts: int = 100, settle: float = 40.0) -> dict[str, object]:
     """The figures for one hub with ``n`` light miners (see the section's text)."""
     from sonm_p2p.client import HubClient
     from sonm_p2p.identity import load_or_create
@@ -123,16 +135,24 @@ def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
             r["idle"] = proc_status(hub_pid)
             argv = [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target, "--miners", str(n)]
             argv += ["--home", str(net.root / "light"), "--json"]
+            r["procs"] = loadgen_procs(n)
+            argv += ["--procs", str(r["procs"])]
             ident = load_or_create(net.root / "client")
             with HubClient(hub.grpc_target, identity=ident, timeout=60) as client:
                 t0 = time.monotonic()
                 loadgen = net.spawn("loadgen", argv)
                 r["listed"], r["listed_after"] = wait_listed(client, n, t0)
-                r["loadgen_cpu"] = cpu_seconds(loadgen.pid)
-                time.sleep(5)  # the handshakes' work done: what is left is pings
+                r["load_listed"] = load_average()
+                # The joins' work done (a relay reservation's stream lingers 30 s at the hub):
+                # what is left is pings.
+                time.sleep(settle)
                 b0 = lo_bytes()
+                workers = children(loadgen.pid)
+                g0 = sum(cpu_seconds(p) for p in workers)
                 r["steady_cpu"] = cpu_share(hub_pid, steady)
+                r["loadgen_steady_cpu"] = (sum(cpu_seconds(p) for p in workers) - g0) / steady
                 r["steady"] = proc_status(hub_pid)
+                r["online_steady"] = online(client)
                 if ISOLATED:  # every byte on this namespace's loopback is hub <-> miners
                     r["steady_bytes_per_s"] = (lo_bytes() - b0) / steady
 
@@ -294,6 +314,15 @@ def hub_table(results: list[dict]) -> list[str]:
         ("hub CPU, steady state (pings only)", [
             f"{r['steady_cpu'] * 100:.1f} % of a core" for r in results
         ]),
+        ("… per miner per 10 s ping interval", [
+            f"{r['steady_cpu'] * 10 / r.get('online_steady', r['miners']) * 1000:.2f} ms"
+            for r in results
+        ]),
+        ("load generator: processes, CPU at steady state", [
+            f"{r.get('procs', 1)}, {r['loadgen_steady_cpu'] * 100:.0f} % of a core"
+            if "loadgen_steady_cpu" in r else "1, n/a"
+            for r in results
+        ]),
         ("`ListMiners` p50 / p95 (50 calls)", [
             f"{fmt_ms(statistics.median(r['list_rpc']))} / {fmt_ms(pct(r['list_rpc'], 95))}"
             for r in results
@@ -314,8 +343,9 @@ def hub_table(results: list[dict]) -> list[str]:
         ]),
         ("… tasks still RUNNING", [f"{r['tasks_kept']}/{r['tasks_started']}" for r in results]),
         ("missed pings (hub log)", [str(r["missed_pings"]) for r in results]),
-        ("load average before → after", [
-            f"{r['load_before']} → {r['load_after']}" for r in results
+        ("load average before → all listed → after", [
+            f"{r['load_before']} → {r.get('load_listed', '?')} → {r['load_after']}"
+            for r in results
         ]),
     ]  # fmt: skip
     out = ["| miners | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]

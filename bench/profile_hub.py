@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scale import cpu_seconds, load_average, online, proc_status  # noqa: E402
+from bench.scale import cpu_seconds, lo_bytes, load_average, online, proc_status  # noqa: E402
 from tests.harness import BIN, Network, wait_for  # noqa: E402
 
 
@@ -51,11 +51,20 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=1, help="sonm-loadgen worker processes")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of steady state measured")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds after all are listed")
+    ap.add_argument("--idle", type=float, default=20.0, help="seconds of the idle hub measured")
     ap.add_argument("--ping-interval", default="10s")
     ap.add_argument("--py-spy", type=Path, help="write a py-spy profile of the hub here")
     ap.add_argument("--strace", type=float, default=0, help="seconds of strace -c after")
     ap.add_argument("--py-spy-format", default="raw", help="py-spy record --format")
+    ap.add_argument(
+        "--netns", action="store_true", help="run in a network namespace of its own (root)"
+    )
     args = ap.parse_args()
+    if args.netns and os.environ.get("SONM_PROFILE_NETNS") != "1":
+        os.environ["SONM_PROFILE_NETNS"] = "1"
+        argv = [sys.executable, __file__, *sys.argv[1:]]
+        shell = 'ip link set lo up && exec "$@"'
+        os.execvp("unshare", ["unshare", "--net", "sh", "-c", shell, "sh", *argv])
 
     from sonm_p2p.client import HubClient
     from sonm_p2p.identity import load_or_create
@@ -67,6 +76,11 @@ def main() -> None:
             hub = net.hub(extra=["--no-mdns", "--ping-interval", args.ping_interval])
             pid = hub.proc.pid
             out["idle"] = proc_status(pid)
+            # The hub's own cost with no miner (announcements, its STUN and reachability
+            # loops): the per-miner figure is net of it.
+            i0, t_idle = cpu_seconds(pid), time.monotonic()
+            time.sleep(args.idle)
+            idle_share = (cpu_seconds(pid) - i0) / (time.monotonic() - t_idle)
             argv = [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target]
             argv += ["--miners", str(args.miners), "--home", str(net.root / "light"), "--json"]
             if args.procs > 1:
@@ -89,10 +103,11 @@ def main() -> None:
                     spy_argv += ["--threads", "--nonblocking", "--rate", "100"]
                     spy_argv += ["--format", args.py_spy_format, "--output", str(args.py_spy)]
                     spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL)
-                c0, w0 = cpu_seconds(pid), time.monotonic()
+                c0, w0, b0 = cpu_seconds(pid), time.monotonic(), lo_bytes()
                 l0 = cpu_seconds(loadgen.pid)
                 time.sleep(args.window)
                 cpu, wall = cpu_seconds(pid) - c0, time.monotonic() - w0
+                sent = lo_bytes() - b0
                 out["loadgen_cpu_share"] = round((cpu_seconds(loadgen.pid) - l0) / wall, 3)
                 if spy is not None:
                     spy.wait(timeout=args.window + 60)
@@ -110,7 +125,13 @@ def main() -> None:
                 online_at_end=still,
                 steady=proc_status(pid),
                 hub_cpu_share=round(cpu / wall, 4),
+                idle_hub_cpu_share=round(idle_share, 4),
                 ms_per_miner_per_interval=round(cpu / wall * interval / args.miners * 1000, 3),
+                net_ms_per_miner_per_interval=round(
+                    (cpu / wall - idle_share) * interval / args.miners * 1000, 3
+                ),
+                # Only the benchmark's when it has a network namespace of its own (--netns).
+                lo_bytes_per_miner_per_s=round(sent / wall / args.miners, 1),
                 missed_pings=hub.proc.output().count("missed a ping"),
                 load_after=load_average(),
             )

@@ -258,6 +258,7 @@ def hub_table(results: list[dict]) -> list[str]:
         ]),
         ("… one start p50 / p95", [
             f"{fmt_ms(statistics.median(r['starts']))} / {fmt_ms(pct(r['starts'], 95))}"
+            if r["starts"] else "none started"
             for r in results
         ]),
         ("hub `kill -9` + restart: all listed again after", [
@@ -295,7 +296,10 @@ def overlay_lines(o: dict) -> list[str]:
         "",
         "| what | figure |",
         "|---|---|",
-        f"| until every hub knows every other (from the first start) | {o['setup']:.1f} s |",
+        f"| until every hub knows every other (from the first start) | {o['setup']:.1f} s |"
+        if o.get("knew_all", o["hubs"]) == o["hubs"]
+        else f"| hubs that knew every other at once, after {o['setup']:.0f} s | "
+        f"{o['knew_all']} of {o['hubs']} (the fewest known: {o['known_min']}) |",
         f"| arrival at one hub, p50 / p95 / max | {fmt_ms(statistics.median(lat))} / "
         f"{fmt_ms(pct(lat, 95))} / {fmt_ms(max(lat))} |",
         f"| propagation to all {o['hubs'] - 1} others (the last arrival), p50 / p95 | "
@@ -363,10 +367,12 @@ def main() -> None:
     if results:
         lines += [
             "One `sonmhub` process (pings every 10 s, the default) and one `sonm-loadgen` "
-            "process running the light miners (real miners on the memory runtime: own key, "
-            "libp2p connection, Noise, session, ping answers), on 127.0.0.1. Listed: "
+            "running the light miners in one worker process per 250 (`--procs`; real miners on "
+            "the memory runtime: own key, libp2p connection, Noise, session, ping answers), on "
+            "127.0.0.1, in a network namespace of the benchmark's own. Listed: "
             "`ListMiners` shows them all online, timed from starting `sonm-loadgen`. Steady "
-            f"state: hub CPU over {args.steady:.0f} s once all are listed (pings only). Starts: "
+            f"state: hub CPU over {args.steady:.0f} s, 40 s after all are listed (pings only; "
+            "per miner: its own CPU time, which load distorts least). Starts: "
             "100 clients at once, each `StartTask` on its own miner (memory runtime), until "
             "RUNNING. Restart: `kill -9` of the hub, a new `sonmhub` on the same home, until "
             "`ListMiners` shows every miner online again and the 100 tasks RUNNING.",

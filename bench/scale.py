@@ -277,7 +277,7 @@ def hub_table(results: list[dict]) -> list[str]:
 
 
 def overlay_lines(o: dict) -> list[str]:
-    lat, to_all = o["lat"], o["to_all"] or [float("nan")]
+    lat, to_all = o["lat"] or [float("nan")], o["to_all"]
     where = (
         "in a network namespace of its own (so every byte on its loopback is the overlay's)"
         if o["isolated"]
@@ -303,7 +303,11 @@ def overlay_lines(o: dict) -> list[str]:
         f"| arrival at one hub, p50 / p95 / max | {fmt_ms(statistics.median(lat))} / "
         f"{fmt_ms(pct(lat, 95))} / {fmt_ms(max(lat))} |",
         f"| propagation to all {o['hubs'] - 1} others (the last arrival), p50 / p95 | "
-        f"{fmt_ms(statistics.median(to_all))} / {fmt_ms(pct(to_all, 95))} |",
+        + (
+            f"{fmt_ms(statistics.median(to_all))} / {fmt_ms(pct(to_all, 95))} |"
+            if o["to_all"]
+            else "not reached: no announcement reached every hub |"
+        ),
         f"| announcements that missed a hub | {o['missing']} of "
         f"{(len(o['to_all']) + o['incomplete_rounds']) * (o['hubs'] - 1)} |",
         f"| gossip bytes sent per hub per second | {o['tx_per_hub']:.0f} B/s |",
@@ -337,7 +341,9 @@ def main() -> None:
     ap.add_argument("--no-overlay", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--results", type=Path, help="JSON lines of earlier hub runs to include")
-    ap.add_argument("--overlay-results", type=Path, help="an earlier overlay run's JSON line")
+    ap.add_argument(
+        "--overlay-results", type=Path, nargs="*", help="earlier overlay runs' output to include"
+    )
     ap.add_argument("--overlay-procs", type=int, default=5, help="processes the hubs run in")
     ap.add_argument("--announce", type=float, default=3.0, help="hubs' announce interval, s")
     args = ap.parse_args()
@@ -381,8 +387,9 @@ def main() -> None:
             "",
         ]
     if args.overlay_results:
-        overlay = json.loads(args.overlay_results.read_text().strip().splitlines()[-1])
-        lines += overlay_lines(overlay)
+        for path in args.overlay_results:
+            found = [x for x in path.read_text().splitlines() if x.startswith('{"hubs"')]
+            lines += overlay_lines(json.loads(found[-1]))
     elif not args.no_overlay:
         from bench.scale_overlay import bench_overlay
 

@@ -76,7 +76,9 @@ def worker(
         i = first + k
         node = P2PNode(ident, NodeOptions(listen=("/ip4/127.0.0.1/tcp/0",)), loop=loop)
         boot = tuple(addrs[j] for j in sorted({(i - 1) // 2, max(0, i - 2)}) if i > 0)
-        announcer = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}")
+        # An announcement lives for three intervals (10 s at the default 3 s), as in sonmhub.
+        ttl = max(10.0, announce * 10 / 3)
+        announcer = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}", ttl=ttl)
         options = GossipOptions(bootstrap=boot, announce_interval=announce)
         gossip = HubGossip(node, options, announce=announcer if i else None)
         node.start()

@@ -5,9 +5,10 @@ hubs; writes the "Scale" section of BENCHMARKS.md (replacing the previous one).
     python bench/scale.py --miners 100 --no-overlay --no-write
 
 Each hub figure comes from a real `sonmhub` process and one `sonm-loadgen` process on
-127.0.0.1; the overlay runs its hubs (libp2p host + discovery gossip, as in `sonmhub`) on one
-shared trio loop in one process, in a network namespace of its own when root, so the bytes on
-its loopback are the overlay's only.
+127.0.0.1 (the miners in one `sonm-loadgen` worker process per 250); the overlay runs its hubs
+(libp2p host + discovery gossip, as in `sonmhub`) in several processes (bench/scale_overlay.py).
+Everything runs in a network namespace of its own when root, so the bytes on its loopback are
+the benchmark's only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import fmt_ms, machine, pct  # noqa: E402
-from tests.harness import BIN, Network, wait_for  # noqa: E402
+from tests.harness import BIN, Network  # noqa: E402
 
 START = "<!-- scale: written by `make bench-scale` (bench/scale.py) -->"
 END = "<!-- /scale -->"
@@ -57,6 +57,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
 
 
+def children(pid: int) -> list[int]:
+    """``pid`` and its child processes (a `sonm-loadgen --procs` and its workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + [int(p) for p in path.read_text().split()] if path.exists() else [pid]
+
+
 def cpu_share(pid: int, seconds: float) -> float:
     """Share of one core ``pid`` used over the next ``seconds``."""
     c0, t0 = cpu_seconds(pid), time.monotonic()
@@ -70,7 +76,14 @@ ISOLATED = os.environ.get("SONM_SCALE_NETNS") == "1"
 
 
 def lo_bytes() -> int:
-    return int(Path("/sys/class/net/lo/statistics/tx_bytes").read_text())
+    """Bytes sent on this network namespace's loopback (/proc/net/dev is the caller's
+    namespace; /sys/class/net is the namespace /sys was mounted in, which an ``unshare --net``
+    does not change)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, fields = line.partition(":")
+        if name.strip() == "lo":
+            return int(fields.split()[8])
+    return 0
 
 
 def load_average() -> str:
@@ -107,7 +120,13 @@ def timed(fn: object, *args: object) -> float:
     return time.perf_counter() - t0
 
 
-def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
+def loadgen_procs(n: int) -> int:
+    """Worker processes for ``n`` light miners: one per 250 (one trio loop carries ~250 well
+    on this machine kind; see docs/SCALING.md)."""
+    return max(1, -(-n // 250))
+
+
+def bench_hub(n: int, steady: float, starts: int = 100, settle: float = 40.0) -> dict[str, object]:
     """The figures for one hub with ``n`` light miners (see the section's text)."""
     from sonm_p2p.client import HubClient
     from sonm_p2p.identity import load_or_create
@@ -123,16 +142,24 @@ def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
             r["idle"] = proc_status(hub_pid)
             argv = [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target, "--miners", str(n)]
             argv += ["--home", str(net.root / "light"), "--json"]
+            r["procs"] = loadgen_procs(n)
+            argv += ["--procs", str(r["procs"])]
             ident = load_or_create(net.root / "client")
             with HubClient(hub.grpc_target, identity=ident, timeout=60) as client:
                 t0 = time.monotonic()
                 loadgen = net.spawn("loadgen", argv)
                 r["listed"], r["listed_after"] = wait_listed(client, n, t0)
-                r["loadgen_cpu"] = cpu_seconds(loadgen.pid)
-                time.sleep(5)  # the handshakes' work done: what is left is pings
+                r["load_listed"] = load_average()
+                # The joins' work done (a relay reservation's stream lingers 30 s at the hub):
+                # what is left is pings.
+                time.sleep(settle)
                 b0 = lo_bytes()
+                workers = children(loadgen.pid)
+                g0 = sum(cpu_seconds(p) for p in workers)
                 r["steady_cpu"] = cpu_share(hub_pid, steady)
+                r["loadgen_steady_cpu"] = (sum(cpu_seconds(p) for p in workers) - g0) / steady
                 r["steady"] = proc_status(hub_pid)
+                r["online_steady"] = online(client)
                 if ISOLATED:  # every byte on this namespace's loopback is hub <-> miners
                     r["steady_bytes_per_s"] = (lo_bytes() - b0) / steady
 
@@ -179,91 +206,6 @@ def bench_hub(n: int, steady: float, starts: int = 100) -> dict[str, object]:
     return r
 
 
-# -- 100 hubs ---------------------------------------------------------------------------------
-
-
-def overlay_worker(hubs: int, rounds: int, window: float) -> dict[str, object]:
-    """(in its own network namespace when root) ``hubs`` announcing hubs on one trio loop."""
-    from sonm_p2p.discovery import GossipOptions, HubAnnouncement, HubGossip, hub_announcer
-    from sonm_p2p.identity import Identity
-    from sonm_p2p.transport.node import NodeOptions, P2PNode, SharedLoop
-
-    loop = SharedLoop("overlay")
-    listen = ("/ip4/127.0.0.1/tcp/0",)
-    nodes: list[P2PNode] = []
-    gossips: list[HubGossip] = []
-    idents = [Identity.generate() for _ in range(hubs)]
-    t_setup = time.monotonic()
-    for i, ident in enumerate(idents):
-        node = P2PNode(ident, NodeOptions(listen=listen), loop=loop)
-        boot = tuple(nodes[j].addrs[0] for j in {(i - 1) // 2, max(0, i - 2)} if i > 0)
-        # Hub 0 publishes only the timed announcements (its own periodic ones would replace
-        # them in the directories before they are seen); the others announce every 3 s.
-        announce = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}")
-        gossip = HubGossip(node, GossipOptions(bootstrap=boot), announce=announce if i else None)
-        node.start()
-        nodes.append(node)
-        gossips.append(gossip)
-    try:
-        wait_for(lambda: all(len(g.hubs()) >= hubs - 1 for g in gossips), "all know all", 300, 0.5)
-        setup = time.monotonic() - t_setup
-        lo = Path("/sys/class/net/lo/statistics/tx_bytes")
-        b0, t0 = int(lo.read_text()), time.monotonic()
-        c0 = time.process_time()
-        time.sleep(window)
-        tx = (int(lo.read_text()) - b0) / (time.monotonic() - t0)
-        cpu = (time.process_time() - c0) / window
-        lat: list[float] = []
-        pub = gossips[0]
-        for r in range(rounds):
-            ann = HubAnnouncement.create(
-                idents[0],
-                peer_id=nodes[0].peer_id,
-                now=time.time(),
-                multiaddrs=nodes[0].addrs,
-                grpc_endpoint=f"bench:{r}",
-            )
-            t = time.perf_counter()
-            pub.publish(ann)
-            pending = set(range(1, hubs))
-            deadline = time.perf_counter() + 30
-            while pending and time.perf_counter() < deadline:
-                for i in list(pending):
-                    mine = [h for h in gossips[i].hubs() if h.node_id == idents[0].node_id]
-                    if mine and mine[0].grpc_endpoint == f"bench:{r}":
-                        lat.append(time.perf_counter() - t)
-                        pending.discard(i)
-                time.sleep(0.002)
-            if pending:
-                raise RuntimeError(f"{len(pending)} hubs never got round {r}")
-            time.sleep(1.5)  # the validator's per-origin rate limit refills
-    finally:
-        for node in nodes:
-            node.close()
-        loop.close()
-    return {
-        "hubs": hubs,
-        "setup": setup,
-        "lat": lat,
-        "tx_per_hub": tx / hubs,
-        "cpu": cpu,
-    }
-
-
-def bench_overlay(hubs: int, rounds: int, window: float) -> dict[str, object]:
-    cmd = [sys.executable, __file__, "--overlay-worker", str(hubs), "--rounds", str(rounds)]
-    cmd += ["--window", str(window)]
-    isolated = os.geteuid() == 0 and shutil.which("unshare") is not None
-    if isolated:  # a namespace of its own: its loopback carries the overlay's bytes only
-        cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if res.returncode != 0:
-        raise RuntimeError(f"overlay worker failed:\n{res.stderr[-3000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    out["isolated"] = isolated
-    return out
-
-
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -294,6 +236,15 @@ def hub_table(results: list[dict]) -> list[str]:
         ("hub CPU, steady state (pings only)", [
             f"{r['steady_cpu'] * 100:.1f} % of a core" for r in results
         ]),
+        ("… per miner per 10 s ping interval", [
+            f"{r['steady_cpu'] * 10 / r.get('online_steady', r['miners']) * 1000:.2f} ms"
+            for r in results
+        ]),
+        ("load generator: processes, CPU at steady state", [
+            f"{r.get('procs', 1)}, {r['loadgen_steady_cpu'] * 100:.0f} % of a core"
+            if "loadgen_steady_cpu" in r else "1, n/a"
+            for r in results
+        ]),
         ("`ListMiners` p50 / p95 (50 calls)", [
             f"{fmt_ms(statistics.median(r['list_rpc']))} / {fmt_ms(pct(r['list_rpc'], 95))}"
             for r in results
@@ -307,6 +258,7 @@ def hub_table(results: list[dict]) -> list[str]:
         ]),
         ("… one start p50 / p95", [
             f"{fmt_ms(statistics.median(r['starts']))} / {fmt_ms(pct(r['starts'], 95))}"
+            if r["starts"] else "none started"
             for r in results
         ]),
         ("hub `kill -9` + restart: all listed again after", [
@@ -314,8 +266,9 @@ def hub_table(results: list[dict]) -> list[str]:
         ]),
         ("… tasks still RUNNING", [f"{r['tasks_kept']}/{r['tasks_started']}" for r in results]),
         ("missed pings (hub log)", [str(r["missed_pings"]) for r in results]),
-        ("load average before → after", [
-            f"{r['load_before']} → {r['load_after']}" for r in results
+        ("load average before → all listed → after", [
+            f"{r['load_before']} → {r.get('load_listed', '?')} → {r['load_after']}"
+            for r in results
         ]),
     ]  # fmt: skip
     out = ["| miners | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -324,29 +277,44 @@ def hub_table(results: list[dict]) -> list[str]:
 
 
 def overlay_lines(o: dict) -> list[str]:
-    lat = o["lat"]
+    lat, to_all = o["lat"] or [float("nan")], o["to_all"]
     where = (
         "in a network namespace of its own (so every byte on its loopback is the overlay's)"
         if o["isolated"]
         else "on the shared loopback (not root: the byte count includes other traffic)"
     )
     return [
-        f"### Overlay: {o['hubs']} hubs",
+        f"### Overlay: {o['hubs']} hubs (announcing every {o['announce']:g} s)",
         "",
         f"{o['hubs']} hubs (libp2p host + discovery gossip as in `sonmhub`, each announcing "
-        "every 3 s) on one shared trio loop in one process, " + where + "; each bootstrapped to "
-        "one or two earlier hubs (a sparse overlay). Hub 0 then publishes "
-        f"{len(lat) // (o['hubs'] - 1)} extra announcements; each one's arrival in every other "
-        "hub's directory (validated, verified) is timed.",
+        f"every {o['announce']:g} s) in {o['procs']} processes (`bench/scale_overlay.py`), "
+        "each running its share on one shared trio loop, " + where + "; each hub bootstrapped "
+        "to one or two earlier hubs (a sparse overlay). Hub 0 then publishes "
+        f"{len(o['to_all']) + o['incomplete_rounds']} timed announcements, 2 s apart; each "
+        "one's arrival in every other hub's directory (validated, signature verified) is timed "
+        "on the machine's one clock.",
         "",
         "| what | figure |",
         "|---|---|",
-        f"| until every hub knows every other | {o['setup']:.1f} s |",
-        f"| propagation to all, p50 / p95 / max | {fmt_ms(statistics.median(lat))} / "
+        f"| until every hub knows every other (from the first start) | {o['setup']:.1f} s |"
+        if o.get("knew_all", o["hubs"]) == o["hubs"]
+        else f"| hubs that knew every other at once, after {o['setup']:.0f} s | "
+        f"{o['knew_all']} of {o['hubs']} (the fewest known: {o['known_min']}) |",
+        f"| arrival at one hub, p50 / p95 / max | {fmt_ms(statistics.median(lat))} / "
         f"{fmt_ms(pct(lat, 95))} / {fmt_ms(max(lat))} |",
+        f"| propagation to all {o['hubs'] - 1} others (the last arrival), p50 / p95 | "
+        + (
+            f"{fmt_ms(statistics.median(to_all))} / {fmt_ms(pct(to_all, 95))} |"
+            if o["to_all"]
+            else "not reached: no announcement reached every hub |"
+        ),
+        f"| announcements that missed a hub | {o['missing']} of "
+        f"{(len(o['to_all']) + o['incomplete_rounds']) * (o['hubs'] - 1)} |",
         f"| gossip bytes sent per hub per second | {o['tx_per_hub']:.0f} B/s |",
-        f"| CPU of the whole overlay process | {o['cpu'] * 100:.0f} % of a core "
+        f"| CPU of all overlay processes | {o['cpu'] * 100:.0f} % of a core "
         f"({o['cpu'] * 1000 / o['hubs']:.1f} ms/s per hub) |",
+        f"| load average before → ready → after | {o['load_before']} → {o['load_ready']} → "
+        f"{o['load_after']} |",
         "",
     ]
 
@@ -373,19 +341,20 @@ def main() -> None:
     ap.add_argument("--no-overlay", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--results", type=Path, help="JSON lines of earlier hub runs to include")
-    ap.add_argument("--overlay-worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--overlay-results", type=Path, nargs="*", help="earlier overlay runs' output to include"
+    )
+    ap.add_argument("--overlay-procs", type=int, default=5, help="processes the hubs run in")
+    ap.add_argument("--announce", type=float, default=3.0, help="hubs' announce interval, s")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started, then exit
-    if not ISOLATED and os.geteuid() == 0 and shutil.which("unshare") and not args.overlay_worker:
+    if not ISOLATED and os.geteuid() == 0 and shutil.which("unshare"):
         # Again in a network namespace of its own: the hub's bytes per miner can be read off
         # its loopback, and nothing else on the machine shares it.
         os.environ["SONM_SCALE_NETNS"] = "1"
         argv = [sys.executable, __file__, *sys.argv[1:]]
         shell = 'ip link set lo up && exec "$@"'
         os.execvp("unshare", ["unshare", "--net", "sh", "-c", shell, "sh", *argv])
-    if args.overlay_worker:
-        print(json.dumps(overlay_worker(args.overlay_worker, args.rounds, args.window)))
-        return
     results = []
     if args.results:
         lines_in = args.results.read_text().splitlines()
@@ -404,10 +373,12 @@ def main() -> None:
     if results:
         lines += [
             "One `sonmhub` process (pings every 10 s, the default) and one `sonm-loadgen` "
-            "process running the light miners (real miners on the memory runtime: own key, "
-            "libp2p connection, Noise, session, ping answers), on 127.0.0.1. Listed: "
+            "running the light miners in one worker process per 250 (`--procs`; real miners on "
+            "the memory runtime: own key, libp2p connection, Noise, session, ping answers), on "
+            "127.0.0.1, in a network namespace of the benchmark's own. Listed: "
             "`ListMiners` shows them all online, timed from starting `sonm-loadgen`. Steady "
-            f"state: hub CPU over {args.steady:.0f} s once all are listed (pings only). Starts: "
+            f"state: hub CPU over {args.steady:.0f} s, 40 s after all are listed (pings only; "
+            "per miner: its own CPU time, which load distorts least). Starts: "
             "100 clients at once, each `StartTask` on its own miner (memory runtime), until "
             "RUNNING. Restart: `kill -9` of the hub, a new `sonmhub` on the same home, until "
             "`ListMiners` shows every miner online again and the 100 tasks RUNNING.",
@@ -415,9 +386,18 @@ def main() -> None:
             *hub_table(results),
             "",
         ]
-    if not args.no_overlay:
+    if args.overlay_results:
+        for path in args.overlay_results:
+            found = [x for x in path.read_text().splitlines() if x.startswith('{"hubs"')]
+            lines += overlay_lines(json.loads(found[-1]))
+    elif not args.no_overlay:
+        from bench.scale_overlay import bench_overlay
+
         print(f"== overlay of {args.hubs} hubs", flush=True)
-        overlay = bench_overlay(args.hubs, args.rounds, args.window)
+        overlay = bench_overlay(
+            args.hubs, args.overlay_procs, args.rounds, args.window, args.announce
+        )
+        overlay["isolated"] = ISOLATED
         print(json.dumps(overlay), flush=True)
         lines += overlay_lines(overlay)
     text = "\n".join(lines)

@@ -20,7 +20,7 @@ from cli._common import (
 from sonm_p2p.chain import ChainSettings, format_eth, parse_eth
 from sonm_p2p.config import bootstrap_list, load_config, mdns_namespace
 from sonm_p2p.errors import ConfigError, SonmError
-from sonm_p2p.hub.daemon import HubDaemon, HubDaemonOptions
+from sonm_p2p.hub.daemon import HUB_RESERVATIONS, HubDaemon, HubDaemonOptions
 from sonm_p2p.hub.hub import HubOptions
 from sonm_p2p.hub.limits import StreamLimits
 from sonm_p2p.transport.relay import RelayOptions
@@ -98,9 +98,9 @@ from sonm_p2p.transport.relay import RelayOptions
 @click.option(
     "--relay-reservations",
     type=int,
-    default=128,
+    default=HUB_RESERVATIONS,
     show_default=True,
-    help="Peers that may hold a relay reservation at once.",
+    help="Peers that may hold a relay reservation at once (every miner of the hub holds one).",
 )
 @click.option(
     "--relay-circuits",

@@ -47,6 +47,10 @@ _PEER_STUN_EVERY = 5.0  # seconds between looks for hubs whose STUN endpoint is 
 
 log = logging.getLogger(__name__)
 
+#: Relay reservations a hub grants by default: one for each miner of a full hub (as many as
+#: ``max_connections``' default).
+HUB_RESERVATIONS = 10_000
+
 T = TypeVar("T")
 
 
@@ -66,7 +70,10 @@ class HubDaemonOptions:
         ``ip:port`` (other IP and port) for RFC 5780's CHANGE-REQUEST and OTHER-ADDRESS (then
         the responder takes the four combinations, no next port); defaults to none. Clients
         and miners are also given other hubs' STUN endpoints (``StunPeers``).
-    relay: circuit relay v2 limits (every hub relays for its miners); None turns it off.
+    relay: circuit relay v2 limits (every hub relays for its miners); None turns it off. A
+        reservation for each miner it may hold (``HUB_RESERVATIONS``), not a public relay's
+        128: every miner reserves on its hub, and one refused retries every 30 s, a new
+        stream each time (at 400 miners that doubled the hub's steady CPU per miner).
     tls_cert, tls_key: PEM files: the client API on ``grpc_listen`` serves TLS (overlay clients
         are unaffected: their path is Noise-encrypted already); defaults to plain gRPC.
     streams: bounds on open WatchTask/TaskLogs streams (see StreamLimits).
@@ -90,7 +97,9 @@ class HubDaemonOptions:
     mdns_namespace: str = "hub"
     stun_listen: str = "0.0.0.0:3478"
     stun_alternate: str = ""
-    relay: RelayOptions | None = field(default_factory=RelayOptions)
+    relay: RelayOptions | None = field(
+        default_factory=lambda: RelayOptions(max_reservations=HUB_RESERVATIONS)
+    )
     reachability: str = "auto"
     relay_via: tuple[str, ...] = ()
     recheck_interval: float = 300.0

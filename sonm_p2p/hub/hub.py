@@ -8,6 +8,7 @@ coroutines on the hub's loop; table work runs on the bounded pool (``blocking``)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -48,6 +49,11 @@ T = TypeVar("T")
 
 _STATUS_TTL = 1.0  # seconds a miner's live status is shared by every caller
 _PAGE_DEFAULT, _PAGE_MAX = 500, 1000  # tasks per ListTasks page
+
+
+def _pinger_ended(done: concurrent.futures.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("the pinger failed: %r", done.exception(), exc_info=done.exception())
 
 
 def _parse_page_token(token: str) -> tuple[float, str]:
@@ -100,8 +106,9 @@ class Hub(MinerSessions):
     """Brokers tasks to connected miners: the shell that feeds :class:`HubCore` what happens
     (sessions, pings, reports) and carries out what it decides (store, publish, disconnect).
 
-    Thread-safe. Its pings and the miners' event streams run on one asyncio loop and short work
-    on a bounded pool, both owned by ``supervisor``; :meth:`close` ends the sessions.
+    Thread-safe. Its pings (spread over the ping interval) and the miners' event streams run on
+    one asyncio loop and short work on a bounded pool, both owned by ``supervisor``;
+    :meth:`close` ends the sessions.
     ``stun_for_miners()`` names the STUN responders (host:port) miners classify their NAT against.
     """
 
@@ -147,7 +154,8 @@ class Hub(MinerSessions):
         """Start the loop and pinging (once); sessions are accepted from then on."""
         if self._loop is None:
             self._loop = self._sup.asyncio_loop("miners")
-            self._sup.every("pinger", self.options.ping_interval, self._ping_round)
+            pinger = asyncio.run_coroutine_threadsafe(self._pinger(), self._loop)
+            pinger.add_done_callback(_pinger_ended)
             if self.options.task_retention:
                 sweep = min(3600.0, max(1.0, self.options.task_retention / 2))
                 self._sup.every("retention", sweep, self._forget_ended)

@@ -16,6 +16,7 @@ from sonm_p2p._convert import (
     status_from_pb,
     task_from_pb,
 )
+from sonm_p2p._grpc_options import MINER_LINK_CLIENT_OPTIONS
 from sonm_p2p._pb.sonm.v1 import common_pb2, miner_pb2, miner_pb2_grpc
 from sonm_p2p._status import from_rpc_error
 from sonm_p2p.errors import MinerUnavailable
@@ -84,7 +85,10 @@ class MinerClient:
     """Calls one miner. Every method raises domain errors; a broken path is MinerUnavailable.
 
     With ``loop`` (an asyncio loop running in another thread) the ``a*`` methods run there on
-    ``grpc.aio``, so a hub pings and follows every miner without a thread per miner.
+    ``grpc.aio``, so a hub pings and follows every miner without a thread per miner, and
+    :meth:`handshake` too: the miner is then called over one HTTP/2 connection (one bridge
+    socket, one libp2p stream), not two. The channel has no HTTP/2 keepalive: the hub's pings
+    are its liveness check (see ``_grpc_options``).
     """
 
     def __init__(
@@ -96,8 +100,8 @@ class MinerClient:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.miner_id = miner_id
-        self._chan = PeerChannel(node, peer_id, GRPC_MINER)
-        self._stub = miner_pb2_grpc.MinerStub(self._chan.channel)
+        self._chan = PeerChannel(node, peer_id, GRPC_MINER, options=MINER_LINK_CLIENT_OPTIONS)
+        self._stub: miner_pb2_grpc.MinerStub | None = None  # sync, without a loop only
         self._loop = loop
         self._aio: grpc.aio.Channel | None = None
         self._astub: miner_pb2_grpc.MinerStub | None = None
@@ -189,6 +193,16 @@ class MinerClient:
             call.cancel()
 
     def _call(self, method: str, request: object, timeout: float | None) -> object:
+        """A unary call from a thread that is not the loop's: on the loop when there is one."""
+        if self._loop is not None:
+            call = self._aunary(method, request, timeout)
+            try:
+                return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+            except RuntimeError as exc:  # the loop is closing
+                call.close()
+                raise MinerUnavailable(f"miner {self.miner_id}: {exc}") from None
+        if self._stub is None:
+            self._stub = miner_pb2_grpc.MinerStub(self._chan.channel)
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:

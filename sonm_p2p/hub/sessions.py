@@ -248,32 +248,82 @@ class MinerSessions:
             if task is not None:
                 self._apply(self.core.report(link, task, seen, time.time()))
 
-    def _ping_round(self) -> None:
-        """Ping every live miner at once (on the loop); the core says who went offline."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        if not sessions or self._loop is None:
-            return
-        timeout = self.options.ping_timeout
+    async def _pinger(self) -> None:
+        """Ping every live miner once a ``ping_interval``, the pings spread evenly over it (on
+        the loop, until it closes); the core says who went offline.
 
-        async def ping_all() -> list[BaseException | None]:
-            return await asyncio.gather(
-                *(s.client.aping(timeout) for s in sessions), return_exceptions=True
-            )
-
+        Spread, not a burst: a hub of 1,000 miners would otherwise start 1,000 calls in one
+        instant every interval, and everything else the hub does (its clients' calls, joins)
+        would queue behind them on its one libp2p thread. A miner whose last ping is still
+        unanswered is not pinged again (each ping ends within ``ping_timeout``). Results are
+        applied in batches (:meth:`_flush_pings`): one SQLite commit a batch, not one a miner.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self.options.ping_interval
+        in_flight: set[MinerSession] = set()
+        done: list[tuple[MinerLink, str | None]] = []
+        ready = asyncio.Event()
+        flusher = loop.create_task(self._flush_pings(done, ready))
         try:
-            results = asyncio.run_coroutine_threadsafe(ping_all(), self._loop).result(timeout + 5)
-        except (RuntimeError, concurrent.futures.CancelledError, TimeoutError):
-            return  # closing
+            start = loop.time() + interval
+            while True:
+                await asyncio.sleep(max(0.0, start - loop.time()))
+                sessions = list(self._sessions.values())
+                step = interval / max(1, len(sessions))
+                for i, session in enumerate(sessions):
+                    await asyncio.sleep(max(0.0, start + i * step - loop.time()))
+                    if session in in_flight or session.gone:
+                        continue
+                    in_flight.add(session)
+                    loop.create_task(self._ping_one(session, in_flight, done, ready))
+                start = max(start + interval, loop.time())
+        finally:
+            flusher.cancel()
+
+    async def _ping_one(
+        self,
+        session: MinerSession,
+        in_flight: set[MinerSession],
+        done: list[tuple[MinerLink, str | None]],
+        ready: asyncio.Event,
+    ) -> None:
+        try:
+            await session.client.aping(self.options.ping_timeout)
+            error = None
+        except Exception as exc:  # SonmError mostly; any failure is a missed ping
+            error = str(exc) or type(exc).__name__
+        finally:
+            in_flight.discard(session)
+        done.append((session.link, error))
+        ready.set()
+
+    async def _flush_pings(
+        self, done: list[tuple[MinerLink, str | None]], ready: asyncio.Event
+    ) -> None:
+        """Apply ping results as they come, at most one batch every ``flush`` seconds, in
+        order (one batch at a time, on the pool)."""
+        flush = max(0.2, min(2.0, self.options.ping_interval / 5))
+        while True:
+            await ready.wait()
+            await asyncio.sleep(flush)
+            ready.clear()
+            batch = done[:]
+            del done[: len(batch)]
+            try:
+                await self.blocking(self._ping_results, batch)
+            except RuntimeError:  # the pool is closing
+                return
+
+    def _ping_results(self, batch: list[tuple[MinerLink, str | None]]) -> None:
         now = time.time()
         with self._lock:
             events: list[Event] = []
-            for session, result in zip(sessions, results, strict=True):
-                error = "" if result is None else str(result)
-                events += self.core.on_ping_result(session.link, result is None, now, error)
-            # Every answer of the round in one commit: one fsync a round, not one a miner.
+            for link, error in batch:
+                events += self.core.on_ping_result(link, error is None, now, error or "")
+            # Every answer of the batch in one commit: one fsync a batch, not one a miner.
             seen = [e.node_id for e in events if isinstance(e, MinerSeen)]
-            self.state.set_miners_seen(seen, now)
+            if seen:
+                self.state.set_miners_seen(seen, now)
             self._apply([e for e in events if not isinstance(e, MinerSeen)])
 
     def miner_nat(self, node_id: str) -> str:

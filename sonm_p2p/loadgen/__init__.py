@@ -54,6 +54,8 @@ class LoadOptions:
     hub: the hub's overlay address (``host:port`` or a multiaddr), as ``sonmminer --hub``.
     miners: how many light miners.
     home: where their keys live (``home/m0000`` …): the same home gives the same miners again.
+    first: the number of the first miner (its key ``home/m<first>``): several processes
+        sharing one home each run their own range (``sonm-loadgen --procs``).
     listen: each miner's libp2p listen multiaddr (an ephemeral port each).
     publish_ip: where the memory runtime says task ports are published.
     labels: extra labels on every task (as ``sonmminer --label``).
@@ -67,6 +69,7 @@ class LoadOptions:
     hub: str
     miners: int
     home: Path
+    first: int = 0
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     publish_ip: str = "127.0.0.1"
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -78,6 +81,8 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.miners < 1:
             raise ValueError("miners must be at least 1")
+        if self.first < 0:
+            raise ValueError("first must not be negative")
         if not self.hub:
             raise ValueError("a hub address is needed")
 
@@ -128,7 +133,7 @@ class LightMiners:
             raise SonmError("closed while starting")
         o = self.options
         options = MinerOptions(
-            home=o.home / f"m{i:04d}",
+            home=o.home / f"m{o.first + i:04d}",
             hub=self._hub,
             mdns=False,
             listen=o.listen,

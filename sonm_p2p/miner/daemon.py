@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from sonm_p2p._grpc_options import SERVER_OPTIONS
+from sonm_p2p._grpc_options import MINER_LINK_SERVER_OPTIONS
 from sonm_p2p._pb.sonm.v1 import miner_pb2_grpc
 from sonm_p2p._status import add_servicer
 from sonm_p2p.chain import ChainSettings
@@ -249,7 +249,7 @@ class MinerDaemon:
             serve = self._serve_aio(sock, pool)
             self._aio_server = asyncio.run_coroutine_threadsafe(serve, self._grpc_loop).result()
         else:
-            self._server = grpc.server(pool, options=SERVER_OPTIONS)
+            self._server = grpc.server(pool, options=MINER_LINK_SERVER_OPTIONS)
             add_servicer(
                 miner_pb2_grpc.add_MinerServicer_to_server, MinerServicer(self.miner), self._server
             )
@@ -271,7 +271,7 @@ class MinerDaemon:
         log.info("miner %s (peer %s) started; hub %s", self.node_id, self.node.peer_id, hub)
 
     async def _serve_aio(self, sock: str, pool: futures.Executor) -> grpc.aio.Server:
-        server = grpc.aio.server(migration_thread_pool=pool, options=SERVER_OPTIONS)
+        server = grpc.aio.server(migration_thread_pool=pool, options=MINER_LINK_SERVER_OPTIONS)
         servicer = AioMinerServicer(self.miner, pool)
         add_servicer(miner_pb2_grpc.add_MinerServicer_to_server, servicer, server)
         if not server.add_insecure_port(f"unix:{sock}"):

@@ -112,7 +112,23 @@ def reason(exc: BaseException) -> str:
     return text
 
 
+#: Seconds between py-libp2p's Yamux RTT probes on each connection (its default is 30): see
+#: :func:`quiet_libp2p_logs`.
+YAMUX_RTT_INTERVAL = 300
+
+
 def quiet_libp2p_logs() -> None:
+    """Quiet py-libp2p's logs, and tune its Yamux for many mostly idle connections.
+
+    Called before any host runs. The tuning (docs/SCALING.md has the figures): Yamux sends a
+    window update when half a stream's window is used up, as go-yamux does, not one after every
+    read (py-libp2p's default, ``PY_YAMUX_RELEASE_ON_READ=1``: a frame back, encrypted, for
+    every frame received); and measures a connection's RTT every 5 minutes, not every 30 s (a
+    ping and a pong each way, which for a hub's idle miners were a third of their frames; the
+    RTT only sizes receive windows). Both can be overridden: the env variable, and
+    :data:`YAMUX_RTT_INTERVAL`.
+    """
+    _tune_yamux()
     # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
     # they are not errors for us. SONM_DEBUG=1 (see sonm_p2p.config) brings them back.
     # Importing libp2p configures its logger (level WARNING, no propagation): adjust after it.
@@ -124,3 +140,10 @@ def quiet_libp2p_logs() -> None:
         lg.propagate = True
     else:
         lg.setLevel(logging.CRITICAL)
+
+
+def _tune_yamux() -> None:
+    from libp2p.stream_muxer.yamux import yamux
+
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    yamux.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL

@@ -9,7 +9,8 @@ dialled its hub), which is why a miner behind NAT needs no inbound port.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -45,20 +46,46 @@ def serve_grpc(
 
 
 class PeerChannel:
-    """A gRPC channel to a peer's service over the overlay. Close it when done (idempotent)."""
+    """gRPC channels to a peer's service over the overlay. Close it when done (idempotent).
 
-    def __init__(self, node: P2PNode, peer_id: str, protocol: str) -> None:
+    ``channel`` (a sync channel) is made on first use, and :meth:`aio_channel` makes a
+    ``grpc.aio`` one: each is an HTTP/2 connection of its own (a stream of its own on the libp2p
+    connection), so a caller that needs only one should use only one. ``options``: the
+    channels' gRPC options (by default HTTP/2 keepalive as on any other link; the hub's channels
+    to its miners rely on its pings instead: see ``_grpc_options``).
+    """
+
+    def __init__(
+        self,
+        node: P2PNode,
+        peer_id: str,
+        protocol: str,
+        *,
+        options: Sequence[tuple[str, int]] = _CHANNEL_OPTIONS,
+    ) -> None:
         self.peer_id = peer_id
+        self._options = list(options)
         self._tunnel: Tunnel = node.open_tunnel(peer_id, protocol)
-        self.channel = grpc.insecure_channel(self._tunnel.target, options=_CHANNEL_OPTIONS)
+        self._channel: grpc.Channel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        with self._lock:
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(self._tunnel.target, options=self._options)
+            return self._channel
 
     def aio_channel(self) -> grpc.aio.Channel:
         """A ``grpc.aio`` channel over the same tunnel (call it on the loop that will use it;
         close it there before :meth:`close`)."""
-        return grpc.aio.insecure_channel(self._tunnel.target, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(self._tunnel.target, options=self._options)
 
     def close(self) -> None:
-        self.channel.close()
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
         self._tunnel.close()
 
     def __repr__(self) -> str:

@@ -573,8 +573,12 @@ def _resource_manager(max_connections: int) -> Any:
     1,000 connections and, worse, have a circuit breaker that after 5 refused admissions
     refuses *every* connection for 60 s: a hub at its limit (or a peer hammering it) would
     lock out all its miners. The breaker is off; the limits scale with ``max_connections``
-    (streams: a miner's session, event stream, pings and log follows at once)."""
+    (streams: a miner's session, event stream, pings and log follows at once), and so do its
+    per-direction connection limits, whose defaults held a hub at 256 inbound connections, so
+    at 256 miners whatever ``max_connections`` said (issue 14). Handshakes under way stay at
+    py-libp2p's 64 (a herd of redialling miners is admitted 64 at a time)."""
     from libp2p.rcmgr import new_resource_manager
+    from libp2p.rcmgr.connection_limits import ConnectionLimits
     from libp2p.rcmgr.manager import ResourceLimits
 
     limits = ResourceLimits(
@@ -582,4 +586,14 @@ def _resource_manager(max_connections: int) -> Any:
         max_memory_mb=max(512, max_connections // 2),
         max_streams=max(10_000, 32 * max_connections),
     )
-    return new_resource_manager(limits=limits, enable_circuit_breaker=False)
+    connections = ConnectionLimits(
+        max_pending_inbound=64,
+        max_pending_outbound=64,
+        max_established_inbound=max_connections,
+        max_established_outbound=max_connections,
+        max_established_per_peer=8,
+        max_established_total=max_connections,
+    )
+    return new_resource_manager(
+        limits=limits, connection_limits=connections, enable_circuit_breaker=False
+    )

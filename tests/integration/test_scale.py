@@ -1,11 +1,14 @@
 """One real hub, 100 light miners from one `sonm-loadgen` process (the scaled-down run of the
-scale benchmark, `make bench-scale`): every miner is listed, pinged and runs a task."""
+scale benchmark, `make bench-scale`): every miner is listed, pinged and runs a task; and
+`sonm-loadgen --procs 2`, the miners split over two worker processes."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent import futures
+from pathlib import Path
 
 from sonm_p2p.client import HubClient
 from sonm_p2p.identity import load_or_create
@@ -67,3 +70,54 @@ def test_a_hub_lists_pings_and_runs_tasks_on_100_light_miners(net: Network) -> N
     assert loadgen.alive(), loadgen.output()[-2000:]
     assert "missed a ping" not in hub.proc.output()
     print(f"\n{MINERS} light miners: listed, pinged and ran a task in {time.monotonic() - t0:.1f}s")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_loadgen_procs_splits_the_miners_over_worker_processes(net: Network) -> None:
+    n = 20
+    hub = net.hub(extra=["--ping-interval", "1s", "--no-mdns"])
+    home = net.root / "light"
+    loadgen = net.spawn(
+        "loadgen",
+        [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target, "--miners", str(n), "--procs", "2"]
+        + ["--home", str(home), "--json", "--every", "0.5"],
+    )
+    with HubClient(hub.grpc_target, identity=load_or_create(net.root / "client")) as client:
+        wait_for(
+            lambda: sum(m.online for m in client.list_miners()) == n,
+            f"{n} light miners online",
+            timeout=60,
+            every=0.5,
+        )
+        # Two workers, each with its own range of keys: together exactly m0000..m0019, and
+        # the hub lists exactly those miners.
+        workers = _children(loadgen.pid)
+        assert len(workers) == 2, workers
+        firsts = sorted(int(_cmdline(w)[_cmdline(w).index("--first") + 1]) for w in workers)
+        assert firsts == [0, n // 2]
+        keys = {load_or_create(home / f"m{i:04d}").node_id for i in range(n)}
+        assert {m.node_id for m in client.list_miners()} == keys
+        # Every miner runs a task, whichever process it lives in.
+        ids = sorted(keys)
+        with futures.ThreadPoolExecutor(8) as pool:
+            started = list(
+                pool.map(lambda m: client.start_task(m, RunSpec(image="sonm-test/busybox")), ids)
+            )
+        assert {t.miner_id for t in started} == keys
+        assert all(t.state is TaskState.RUNNING for t in client.list_tasks())
+    lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
+    assert any(x["connected"] == n for x in lines if x["event"] == "progress")
+    # Stopping the parent stops its workers.
+    assert loadgen.stop() == 0, loadgen.output()[-2000:]
+    for w in workers:
+        wait_for(lambda w=w: not Path(f"/proc/{w}").exists(), f"worker {w} to end", timeout=15)
+    summary = [x for x in (json.loads(y) for y in loadgen.output().splitlines() if y[:1] == "{")]
+    assert summary[-1]["event"] == "summary" and summary[-1]["connected"] == n
+    assert os.path.isdir(home / f"m{n - 1:04d}") and not (home / f"m{n:04d}").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from tests.harness import (  # noqa: E402
     Network,
     cli_agents,
     docker_ok,
+    private_cli_agents,
     sonmcli,
-    stop_cli_agents,
     wait_for,
 )
 
@@ -443,14 +442,8 @@ def bench_announce_flood(attackers: int = 4, per_attacker: int = 1000) -> str:
 
 
 def main() -> None:
-    # sonmcli's agents: in a directory of the bench's, stopped by PID at its end
-    agents = Path(tempfile.mkdtemp(prefix="sonm-bench-agents-"))
-    os.environ["SONM_CLI_AGENT_DIR"] = str(agents)
-    try:
+    with private_cli_agents():  # sonmcli's agents: the bench's own, stopped at its end
         _main()
-    finally:
-        stop_cli_agents(agents)
-        shutil.rmtree(agents, ignore_errors=True)
 
 
 def _main() -> None:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import fmt_ms, machine, pct  # noqa: E402
-from tests.harness import BIN, Network  # noqa: E402
+from tests.harness import BIN, Network, private_cli_agents  # noqa: E402
 
 START = "<!-- scale: written by `make bench-scale` (bench/scale.py) -->"
 END = "<!-- /scale -->"
@@ -407,4 +407,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with private_cli_agents():  # the `sonmcli list` runs' agents, stopped at the end
+        main()

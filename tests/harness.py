@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -269,6 +271,24 @@ def stop_cli_agents(directory: Path) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def private_cli_agents() -> Iterator[Path]:
+    """Within: every `sonmcli` started keeps its agent in a temporary directory, and those
+    agents are stopped (by PID) and the directory removed on the way out (benchmarks)."""
+    directory = Path(tempfile.mkdtemp(prefix="sonm-cli-agents-"))
+    before = os.environ.get("SONM_CLI_AGENT_DIR")
+    os.environ["SONM_CLI_AGENT_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        stop_cli_agents(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        if before is None:
+            os.environ.pop("SONM_CLI_AGENT_DIR", None)
+        else:
+            os.environ["SONM_CLI_AGENT_DIR"] = before
 
 
 def remove_labelled(client: Any, label: str) -> None:

@@ -259,9 +259,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def _processes_naming(text: str) -> list[int]:
+    """PIDs of this machine's processes whose command line contains ``text``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def stop_cli_agents(directory: Path) -> None:
-    """Stop every agent that ``directory`` names, by PID: SIGTERM, then SIGKILL."""
-    pids = list(cli_agents(directory).values())
+    """Stop every agent of ``directory``, by PID: those its pid files name, and any still
+    starting up (its socket's path is on the command line): SIGTERM, then SIGKILL."""
+    pids = set(cli_agents(directory).values()) | set(_processes_naming(str(directory) + "/"))
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)

@@ -181,6 +181,7 @@ def test_off_starts_no_agent_and_closed_stdin_runs_in_process(agents):
             env={**os.environ, **_env(agents)},
         )
         assert res.returncode == 0 and res.stdout.startswith("sonmcli "), res.stderr
+    _agent(agents)  # the first one started it, in the background
 
 
 def test_agent_status_and_stop(agents):

@@ -38,8 +38,12 @@ def test_a_hub_lists_pings_and_runs_tasks_on_100_light_miners(net: Network) -> N
         )
         listed = {m["node_id"]: m for m in hub.cli_json("list")["miners"]}
         assert len(listed) == MINERS and all(m["online"] for m in listed.values())
-        lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
-        assert any(x["connected"] == MINERS for x in lines if x["event"] == "progress")
+
+        def reported_all() -> bool:  # the load generator's own count, printed every 0.5 s
+            lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
+            return any(x["connected"] == MINERS for x in lines if x["event"] == "progress")
+
+        wait_for(reported_all, f"sonm-loadgen to report {MINERS} connected", timeout=10)
 
         # Pinged: each miner's last_seen moves on (a ping answered), none went offline.
         seen = {m.node_id: m.last_seen for m in client.list_miners()}
@@ -112,8 +116,12 @@ def test_loadgen_procs_splits_the_miners_over_worker_processes(net: Network) -> 
             )
         assert {t.miner_id for t in started} == keys
         assert all(t.state is TaskState.RUNNING for t in client.list_tasks())
-    lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
-    assert any(x["connected"] == n for x in lines if x["event"] == "progress")
+
+    def reported_all() -> bool:  # the parent's sum of its workers' counts
+        lines = [json.loads(x) for x in loadgen.output().splitlines() if x.startswith("{")]
+        return any(x["connected"] == n for x in lines if x["event"] == "progress")
+
+    wait_for(reported_all, f"sonm-loadgen to report {n} connected", timeout=10)
     # Stopping the parent stops its workers.
     assert loadgen.stop() == 0, loadgen.output()[-2000:]
     for w in workers:

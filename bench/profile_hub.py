@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--strace", type=float, default=0, help="seconds of strace -c after")
     ap.add_argument("--py-spy-format", default="raw", help="py-spy record --format")
     ap.add_argument(
+        "--py-spy-of", choices=("hub", "loadgen"), default="hub", help="whose profile --py-spy takes"
+    )
+    ap.add_argument(
         "--netns", action="store_true", help="run in a network namespace of its own (root)"
     )
     args = ap.parse_args()
@@ -99,7 +102,8 @@ def main() -> None:
                 spy = None
                 if args.py_spy:
                     spy_argv = [shutil.which("py-spy") or str(BIN / "py-spy"), "record"]
-                    spy_argv += ["--pid", str(pid), "--duration", str(int(args.window))]
+                    spied = pid if args.py_spy_of == "hub" else loadgen.pid
+                    spy_argv += ["--pid", str(spied), "--duration", str(int(args.window))]
                     spy_argv += ["--threads", "--nonblocking", "--rate", "100"]
                     spy_argv += ["--format", args.py_spy_format, "--output", str(args.py_spy)]
                     spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL)
@@ -115,11 +119,8 @@ def main() -> None:
                 if args.strace and shutil.which("strace"):
                     calls = strace_counts(pid, args.strace)
                     per = args.strace / float(args.ping_interval.rstrip("s")) * args.miners
-                    keep = ("sendto", "recvfrom", "sendmsg", "recvmsg", "write", "read")
-                    keep += ("epoll_wait", "futex")
-                    out["syscalls_per_miner_per_interval"] = {
-                        k: round(v / per, 1) for k, v in calls.items() if k in keep
-                    }
+                    top = sorted(calls.items(), key=lambda kv: -kv[1])[:12]
+                    out["syscalls_per_miner_per_interval"] = {k: round(v / per, 1) for k, v in top}
             interval = float(args.ping_interval.rstrip("s"))
             out.update(
                 online_at_end=still,

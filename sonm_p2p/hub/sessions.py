@@ -2,11 +2,14 @@
 pure :class:`~sonm_p2p.hub.core.HubCore` what happens on the wire (sessions, pings, reports) and
 carries out what it decides (store, publish, disconnect).
 
-Miners dial the hub and hold a session stream open (``/sonm/session/1.0.0``). On each new session
-the hub opens a gRPC channel back to the miner over that same connection, handshakes (learning its
-resources and the tasks it runs) and pings it every ``ping_interval``. Pings, each miner's event
-stream and every other call to a miner run on the hub's asyncio loop; SQLite work on the bounded
-pool (:meth:`MinerSessions.blocking`).
+Miners dial the hub and hold a session stream open (``/sonm/session/2.0.0``, or ``1.0.0`` from
+miners before heartbeats). On each new session the hub opens a gRPC channel back to the miner over
+that same connection, handshakes (learning its resources and the tasks it runs) and pings it every
+``ping_interval``: with one byte on the session stream itself (the transport's heartbeats, on the
+libp2p thread; results come back in batches to :meth:`MinerSessions.beat_results`), or, for a
+``1.0.0`` session, with a gRPC ``Ping``. Those pings, each miner's event stream and every other call
+to a miner run on the hub's asyncio loop; SQLite work on the bounded pool
+(:meth:`MinerSessions.blocking`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.model import MinerStatus
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.tasks import Task, resolve_prefix
+from sonm_p2p.transport.heartbeat import BeatResult
 from sonm_p2p.transport.node import P2PNode
 
 if TYPE_CHECKING:
@@ -61,6 +65,7 @@ class MinerSession:
         self.watch: concurrent.futures.Future[None] | None = None  # its WatchTasks, on the loop
         self.streams: set[AioStream] = set()  # log follows, ended when the session ends
         self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
+        self.beats = False  # pinged on its session stream, not over gRPC (transport/heartbeat)
 
     @property
     def node_id(self) -> str:
@@ -148,8 +153,14 @@ class MinerSessions:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def miner_opened(self, peer_id: str) -> None:
-        """A miner opened its session: handshake, record it online, reconcile its tasks."""
+    def miner_opened_beating(self, peer_id: str) -> None:
+        """A miner opened a beat session (:data:`~sonm_p2p.transport.heartbeat.SESSION_BEAT`):
+        as :meth:`miner_opened`, and the transport pings it (results: :meth:`beat_results`)."""
+        self.miner_opened(peer_id, beats=True)
+
+    def miner_opened(self, peer_id: str, *, beats: bool = False) -> None:
+        """A miner opened its session: handshake, record it online, reconcile its tasks. Unless
+        it ``beats``, the hub's pinger pings it over gRPC."""
         node_id = node_id_from_peer_id(peer_id)
         if node_id is None:
             log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
@@ -182,6 +193,7 @@ class MinerSessions:
                 nat_type=hs.nat_type,
             )
             session = MinerSession(link, client)
+            session.beats = beats
             old = self._sessions.get(node_id)
             self._sessions[node_id] = session
             try:
@@ -268,7 +280,8 @@ class MinerSessions:
             start = loop.time() + interval
             while True:
                 await asyncio.sleep(max(0.0, start - loop.time()))
-                sessions = list(self._sessions.values())
+                # Beat sessions are pinged by the transport (see miner_opened_beating).
+                sessions = [s for s in self._sessions.values() if not s.beats]
                 step = interval / max(1, len(sessions))
                 for i, session in enumerate(sessions):
                     await asyncio.sleep(max(0.0, start + i * step - loop.time()))
@@ -313,6 +326,15 @@ class MinerSessions:
                 await self.blocking(self._ping_results, batch)
             except RuntimeError:  # the pool is closing
                 return
+
+    def beat_results(self, batch: list[BeatResult]) -> None:
+        """A batch of heartbeat results from the transport (a worker thread): applied as
+        the gRPC pinger's are, to each peer's current session."""
+        with self._lock:
+            links = {s.link.peer_id: s.link for s in self._sessions.values() if s.beats}
+        known = [(links[p], None if ok else why) for p, ok, why in batch if p in links]
+        if known:
+            self._ping_results(known)
 
     def _ping_results(self, batch: list[tuple[MinerLink, str | None]]) -> None:
         now = time.time()

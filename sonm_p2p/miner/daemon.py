@@ -153,6 +153,7 @@ class MinerDaemon:
             allow_hub=self._allow_hub,
             connected_in=self._connected_in,
             before_session=self._reserve_for_hub,
+            on_beat=self.miner.saw_hub,
             supervisor=self.supervisor,
         )
         self._server: grpc.Server | None = None

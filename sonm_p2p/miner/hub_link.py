@@ -13,11 +13,20 @@ from sonm_p2p.errors import SonmError
 from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.bridge import SESSION
+from sonm_p2p.transport.heartbeat import SESSION_BEAT
 from sonm_p2p.transport.node import P2PNode
 
 __all__ = ["Backoff", "HubCandidate", "HubLink", "LinkOptions"]
 
 log = logging.getLogger(__name__)
+
+#: The session protocols a miner offers, best first: a hub that pings on the session stream
+#: itself, else an older hub (which pings over gRPC).
+SESSIONS = (SESSION_BEAT, SESSION)
+
+#: Longest wait between two checks of a held session's hub (its silence, whether it is still
+#: allowed); the session's end is noticed at once.
+HOLD_CHECK = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +122,7 @@ class HubLink:
         allow_hub: Callable[[str], bool] = lambda node_id: True,
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
         before_session: Callable[[str, HubCandidate], None] = lambda peer_id, candidate: None,
+        on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.node = node
         self._supervisor = supervisor
@@ -122,9 +132,11 @@ class HubLink:
         self._allow_hub = allow_hub
         self._connected_in = connected_in
         self._before_session = before_session
+        self._on_beat = on_beat
         self.hub_peer = ""
         self.hub_id = ""
         self.target = ""
+        self.protocol = ""  # the session's protocol while connected (SESSIONS says which)
         self.connected = threading.Event()
         self._started = False
         self._avoid: dict[str, float] = {}  # hub node ID -> when we lost it (monotonic)
@@ -188,7 +200,7 @@ class HubLink:
                 except SonmError as exc:
                     log.warning("hub %s: %s", node_id, exc)
                 try:
-                    session = self.node.open_session(peer, SESSION)
+                    session = self.node.open_session(peer, SESSIONS, self._on_beat)
                 except SonmError as exc:
                     log.warning("hub %s: %s", target, exc)
             if session is None:
@@ -197,6 +209,7 @@ class HubLink:
                 log.info("retrying in %.1fs", delay)
                 stop.wait(delay)
                 continue
+            self.protocol = session.protocol
             log.info("connected to hub %s at %s (peer %s)", node_id, target, peer)
             self.connected.set()
             opened = time.monotonic()
@@ -214,9 +227,13 @@ class HubLink:
                 stop.wait(delay)
 
     def _hold(self, session: object, opened: float, stop: threading.Event) -> None:
+        # Wakes when the hub could first be overdue (or every HOLD_CHECK s), not every second:
+        # a loadgen process holds 1,000 of these threads.
         silence = self.options.hub_silence
+        heard = opened
         while not stop.is_set():
-            if session.closed.wait(timeout=min(1.0, silence)):  # type: ignore[attr-defined]
+            wait = min(HOLD_CHECK, max(0.05, heard + silence - time.monotonic()))
+            if session.closed.wait(timeout=wait):  # type: ignore[attr-defined]
                 return
             if not self._allow_hub(self.hub_id):
                 log.warning("hub %s is no longer allowed (left the registry): leaving it",

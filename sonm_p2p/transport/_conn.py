@@ -126,7 +126,8 @@ def quiet_libp2p_logs() -> None:
     every frame received); and measures a connection's RTT every 5 minutes, not every 30 s (a
     ping and a pong each way, which for a hub's idle miners were a third of their frames; the
     RTT only sizes receive windows). Both can be overridden: the env variable, and
-    :data:`YAMUX_RTT_INTERVAL`.
+    :data:`YAMUX_RTT_INTERVAL`. Every Yamux connection is a ``_yamux.KeepaliveYamux``, whose
+    pings are also the hub's heartbeats (``heartbeat.py``).
     """
     _tune_yamux()
     # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
@@ -145,5 +146,8 @@ def quiet_libp2p_logs() -> None:
 def _tune_yamux() -> None:
     from libp2p.stream_muxer.yamux import yamux
 
+    from sonm_p2p.transport import _yamux
+
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     yamux.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL
+    _yamux.install()

@@ -48,9 +48,12 @@ class Tunnel:
 class Session:
     """One long-lived stream to a peer; :attr:`closed` is set when it ends (either side)."""
 
-    def __init__(self, call_soon: CallSoon, peer_id: str, scope: trio.CancelScope) -> None:
+    def __init__(
+        self, call_soon: CallSoon, peer_id: str, scope: trio.CancelScope, protocol: str = ""
+    ) -> None:
         self._call_soon = call_soon
         self.peer_id = peer_id
+        self.protocol = protocol  # the one of those offered that the peer speaks
         self.closed = threading.Event()
         self._scope: trio.CancelScope | None = scope
 

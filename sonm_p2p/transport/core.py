@@ -46,6 +46,7 @@ from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.birthday import BirthdayOptions
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
+from sonm_p2p.transport.heartbeat import SESSION_BEAT, Heartbeat, Heartbeats
 from sonm_p2p.transport.reachability import Reachability, check_reachability, serve_autonat
 from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
 
@@ -191,6 +192,10 @@ class NodeCore:
 
     def _new_host(self) -> Any:
         from libp2p import new_host
+
+        from sonm_p2p.transport import _yamux
+
+        _yamux.install()  # its pings are the hub's heartbeats (heartbeat.py)
         from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
         from libp2p.network.config import ConnectionConfig
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
@@ -519,23 +524,35 @@ class NodeCore:
         self.spawn(serve)
         return tunnel
 
-    @staticmethod
     def session_acceptor(
-        on_open: Callable[[str], None], on_close: Callable[[str], None]
+        self,
+        on_open: Callable[[str], None],
+        on_close: Callable[[str], None],
+        heartbeat: Heartbeat | None = None,
     ) -> StreamHandler:
         """A stream handler for long-lived session streams: ``on_open(peer_id)`` and, when the
-        stream ends for any reason, ``on_close(peer_id)``, each in a worker thread."""
+        stream ends for any reason, ``on_close(peer_id)``, each in a worker thread. With
+        ``heartbeat``, every session is pinged once it is open (:mod:`.heartbeat`)."""
 
         # Threads of their own: a crowd of sessions opening at once (a hub restarted, its
         # miners redialling) must not hold every token of trio's default limiter, which the
         # rest of the node needs (trio binds Unix sockets and resolves names on it).
         limiter = trio.CapacityLimiter(SESSION_THREADS)
+        beats = Heartbeats(heartbeat) if heartbeat is not None else None
+        running = False
 
         async def handler(stream: Any) -> None:
+            nonlocal running
             peer = stream.muxed_conn.peer_id.to_string()
+            if beats is not None and not running:  # the pinger starts with the first session
+                running = True
+                self.spawn(beats.run)
             try:
                 await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
-                await read_until_end(stream)
+                if beats is not None:
+                    await beats.serve(peer, stream)  # pings its connection till it ends
+                else:
+                    await read_until_end(stream)
             finally:
                 with trio.CancelScope(shield=True):
                     await aclose_quietly(stream, reset=True)
@@ -543,23 +560,38 @@ class NodeCore:
 
         return handler
 
-    async def open_session(self, peer_id: str, protocol: str) -> Session:
-        """Open a session stream to a connected peer. Raises DialError if it cannot."""
+    async def open_session(
+        self,
+        peer_id: str,
+        protocols: Sequence[str],
+        on_beat: Callable[[], None] | None = None,
+    ) -> Session:
+        """Open a session stream to a connected peer on the first of ``protocols`` it speaks.
+        On a beat session (:data:`.heartbeat.SESSION_BEAT`) each Yamux ping of the peer on this
+        connection calls ``on_beat()`` (on the trio thread: it must not block). Raises
+        DialError if it cannot."""
         from libp2p.peer.id import ID
 
         try:
             with trio.fail_after(self.options.dial_timeout):
-                stream = await self.host.new_stream(ID.from_base58(peer_id), [protocol])
+                stream = await self.host.new_stream(ID.from_base58(peer_id), list(protocols))
         except Exception as exc:
-            raise DialError(f"cannot open {protocol} to {peer_id}: {reason(exc)}") from None
+            wanted = " or ".join(protocols)
+            raise DialError(f"cannot open {wanted} to {peer_id}: {reason(exc)}") from None
+        protocol = str(stream.get_protocol() or protocols[0])
         scope = trio.CancelScope()
-        session = Session(self.call_soon, peer_id, scope)
+        session = Session(self.call_soon, peer_id, scope, protocol)
 
         async def hold() -> None:
             try:
                 with scope:
+                    if protocol == SESSION_BEAT and on_beat is not None:
+                        # The peer's Yamux pings on this connection are its beats.
+                        stream.muxed_conn.on_pinged = on_beat
                     await read_until_end(stream)
             finally:
+                if getattr(stream.muxed_conn, "on_pinged", None) is on_beat:
+                    stream.muxed_conn.on_pinged = None
                 with trio.CancelScope(shield=True):
                     await aclose_quietly(stream, reset=True)
                 session.closed.set()

@@ -36,6 +36,7 @@ from sonm_p2p.transport._conn import quiet_libp2p_logs
 from sonm_p2p.transport._handles import Session, Tunnel
 from sonm_p2p.transport._paths import Path
 from sonm_p2p.transport.core import NodeCore, NodeOptions, Service, StreamHandler
+from sonm_p2p.transport.heartbeat import Heartbeat
 from sonm_p2p.transport.reachability import Reachability
 from sonm_p2p.transport.relay import RelayReservation
 
@@ -471,14 +472,26 @@ class P2PNode:
         protocol: str,
         on_open: Callable[[str], None],
         on_close: Callable[[str], None],
+        *,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         """Accept long-lived session streams of ``protocol``.
 
         ``on_open(peer_id)`` and then, when the stream ends for any reason, ``on_close(peer_id)``
-        are called in a worker thread (they may block).
+        are called in a worker thread (they may block). With ``heartbeat``, each session is
+        pinged once ``on_open`` has returned (a beat session: see :mod:`.heartbeat`).
         """
-        self.core.handle(protocol, self.core.session_acceptor(on_open, on_close))
+        self.core.handle(protocol, self.core.session_acceptor(on_open, on_close, heartbeat))
 
-    def open_session(self, peer_id: str, protocol: str) -> Session:
-        """Open a session stream to a connected peer. Raises DialError if it cannot."""
-        return self.run(self.core.open_session, peer_id, protocol)
+    def open_session(
+        self,
+        peer_id: str,
+        protocols: str | Sequence[str],
+        on_beat: Callable[[], None] | None = None,
+    ) -> Session:
+        """Open a session stream to a connected peer on the first of ``protocols`` it speaks
+        (``Session.protocol`` says which); on a beat session each of the peer's Yamux pings
+        calls ``on_beat()`` (on the node's thread: it must not block). Raises
+        DialError if it cannot."""
+        offered = [protocols] if isinstance(protocols, str) else list(protocols)
+        return self.run(self.core.open_session, peer_id, offered, on_beat)

@@ -1,0 +1,83 @@
+"""py-libp2p's Yamux with keepalive pings the rest of the node can use (see heartbeat.py).
+
+:meth:`KeepaliveYamux.keepalive` sends a Yamux PING and waits for its ACK (py-libp2p only sends
+them from its RTT loop, which this class runs through the same method, so the two never wait on
+each other's answer). :attr:`KeepaliveYamux.on_pinged` is called each time the peer's PING is
+answered: a miner counts those as its hub's contact. Frames are written without py-libp2p's
+per-frame debug formatting (a ``struct.unpack`` and an f-string built for every frame sent,
+logging off or not).
+
+Every host of the process uses this class for ``/yamux/1.0.0`` (:func:`install`, from
+``_conn.quiet_libp2p_logs`` before any host runs); on the wire it is plain Yamux.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import trio
+from libp2p.stream_muxer.yamux import yamux as _y
+
+__all__ = ["KeepaliveYamux", "install"]
+
+
+class KeepaliveYamux(_y.Yamux):
+    """Yamux whose PINGs are a liveness check as well as an RTT probe."""
+
+    on_pinged: Callable[[], None] | None = None
+    _waiting: trio.Event | None = None  # the ping out, until answered or timed out
+
+    async def keepalive(self, timeout: float) -> bool:
+        """Ping the peer; whether its answer came within ``timeout`` seconds. A ping already
+        out is waited for, not doubled (the RTT loop and a heartbeat may ask at once)."""
+        event = self._waiting
+        if event is None or event.is_set():
+            event = self._waiting = self._ping_event = trio.Event()
+            self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+            header = struct.pack(_y.YAMUX_HEADER_FORMAT, 0, _y.TYPE_PING, _y.FLAG_SYN, 0,
+                                 self._ping_id)  # fmt: skip
+            try:
+                await self._write_frame(header)
+            except Exception:
+                self._waiting = None
+                return False
+            self._ping_sent_time = trio.current_time()  # the ACK's handler takes the RTT
+        with trio.move_on_after(timeout):
+            await event.wait()
+        if event.is_set():
+            return True
+        if self._waiting is event:  # timed out: the next ping is a new one
+            self._waiting = None
+        return False
+
+    async def _measure_rtt_loop(self) -> None:
+        await trio.sleep(0.5)
+        while not self.event_shutting_down.is_set():
+            if not await self.keepalive(10.0) and self.event_shutting_down.is_set():
+                break
+            with trio.move_on_after(_y.RTT_MEASURE_INTERVAL):
+                await self.event_shutting_down.wait()
+
+    async def _write_frame(self, data: bytes) -> None:
+        if (
+            self.on_pinged is not None
+            and data[1] == _y.TYPE_PING
+            and int.from_bytes(data[2:4], "big") & _y.FLAG_ACK
+        ):
+            try:
+                self.on_pinged()  # our answer to the peer's ping: it is alive and reaches us
+            except Exception:  # the owner's fault: the answer still goes out
+                pass
+        async with self._write_lock:
+            await self.secured_conn.write(data)
+        await trio.lowlevel.checkpoint()
+
+
+def install() -> None:
+    """Make every Yamux connection of this process a :class:`KeepaliveYamux`. py-libp2p
+    0.8.1 builds its Yamux by name in ``muxer_multistream`` whatever class ``new_host`` is
+    given for it, so the name is rebound there (before any host runs; idempotent)."""
+    from libp2p.stream_muxer import muxer_multistream
+
+    muxer_multistream.Yamux = KeepaliveYamux  # type: ignore[misc]

@@ -89,7 +89,7 @@ def main() -> None:
             if args.procs > 1:
                 argv += ["--procs", str(args.procs)]
             with HubClient(hub.grpc_target, identity=load_or_create(net.root / "c")) as client:
-                t0 = time.monotonic()
+                t0, j0 = time.monotonic(), cpu_seconds(pid)
                 loadgen = net.spawn("loadgen", argv)
                 wait_for(
                     lambda: online(client) >= args.miners,
@@ -98,6 +98,15 @@ def main() -> None:
                     every=1.0,
                 )
                 out["listed_after"] = round(time.monotonic() - t0, 1)
+                # What joining cost each: the hub's CPU from the first dial to the last listed
+                # (with the idle hub's share taken out), and the load generator's, per miner.
+                joined = time.monotonic() - t0
+                out["join_hub_ms_per_miner"] = round(
+                    (cpu_seconds(pid) - j0 - idle_share * joined) * 1000 / args.miners, 1
+                )
+                out["join_loadgen_ms_per_miner"] = round(
+                    cpu_seconds(loadgen.pid) * 1000 / args.miners, 1
+                )
                 time.sleep(args.settle)  # the joins' work done: what is left is steady state
                 spy = None
                 if args.py_spy:

@@ -21,6 +21,7 @@ __all__ = [
     "quiet_libp2p_logs",
     "read_until_end",
     "reason",
+    "resource_manager",
 ]
 
 log = logging.getLogger("sonm_p2p.transport.node")
@@ -151,3 +152,34 @@ def _tune_yamux() -> None:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     yamux.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL
     _yamux.install()
+
+
+def resource_manager(max_connections: int) -> Any:
+    """py-libp2p's resource manager sized for ``max_connections``. Its defaults cap a host at
+    1,000 connections and, worse, have a circuit breaker that after 5 refused admissions
+    refuses *every* connection for 60 s: a hub at its limit (or a peer hammering it) would
+    lock out all its miners. The breaker is off; the limits scale with ``max_connections``
+    (streams: a miner's session, event stream, pings and log follows at once), and so do its
+    per-direction connection limits, whose defaults held a hub at 256 inbound connections, so
+    at 256 miners whatever ``max_connections`` said (issue 14). Handshakes under way stay at
+    py-libp2p's 64 (a herd of redialling miners is admitted 64 at a time)."""
+    from libp2p.rcmgr import new_resource_manager
+    from libp2p.rcmgr.connection_limits import ConnectionLimits
+    from libp2p.rcmgr.manager import ResourceLimits
+
+    limits = ResourceLimits(
+        max_connections=max_connections,
+        max_memory_mb=max(512, max_connections // 2),
+        max_streams=max(10_000, 32 * max_connections),
+    )
+    connections = ConnectionLimits(
+        max_pending_inbound=64,
+        max_pending_outbound=64,
+        max_established_inbound=max_connections,
+        max_established_outbound=max_connections,
+        max_established_per_peer=8,
+        max_established_total=max_connections,
+    )
+    return new_resource_manager(
+        limits=limits, connection_limits=connections, enable_circuit_breaker=False
+    )

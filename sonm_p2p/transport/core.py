@@ -39,6 +39,7 @@ from sonm_p2p.transport._conn import (
     peer_address,
     read_until_end,
     reason,
+    resource_manager,
 )
 from sonm_p2p.transport._dcutr import dcutr_service
 from sonm_p2p.transport._handles import Session, Tunnel
@@ -220,7 +221,7 @@ class NodeCore:
             sec_opt=sec,
             muxer_preference="YAMUX",
             connection_config=conn_cfg,
-            resource_manager=_resource_manager(n),
+            resource_manager=resource_manager(n),
         )
 
     async def _start(self, host: Any, nursery: trio.Nursery) -> None:
@@ -530,9 +531,8 @@ class NodeCore:
         on_close: Callable[[str], None],
         heartbeat: Heartbeat | None = None,
     ) -> StreamHandler:
-        """A stream handler for long-lived session streams: ``on_open(peer_id)`` and, when the
-        stream ends for any reason, ``on_close(peer_id)``, each in a worker thread. With
-        ``heartbeat``, every session is pinged once it is open (:mod:`.heartbeat`)."""
+        """A handler for long-lived session streams: ``on_open(peer_id)`` and, when the stream
+        ends, ``on_close(peer_id)``, each in a worker thread; ``heartbeat``: pinged once open."""
 
         # Threads of their own: a crowd of sessions opening at once (a hub restarted, its
         # miners redialling) must not hold every token of trio's default limiter, which the
@@ -598,34 +598,3 @@ class NodeCore:
 
         self.spawn(hold)
         return session
-
-
-def _resource_manager(max_connections: int) -> Any:
-    """py-libp2p's resource manager sized for ``max_connections``. Its defaults cap a host at
-    1,000 connections and, worse, have a circuit breaker that after 5 refused admissions
-    refuses *every* connection for 60 s: a hub at its limit (or a peer hammering it) would
-    lock out all its miners. The breaker is off; the limits scale with ``max_connections``
-    (streams: a miner's session, event stream, pings and log follows at once), and so do its
-    per-direction connection limits, whose defaults held a hub at 256 inbound connections, so
-    at 256 miners whatever ``max_connections`` said (issue 14). Handshakes under way stay at
-    py-libp2p's 64 (a herd of redialling miners is admitted 64 at a time)."""
-    from libp2p.rcmgr import new_resource_manager
-    from libp2p.rcmgr.connection_limits import ConnectionLimits
-    from libp2p.rcmgr.manager import ResourceLimits
-
-    limits = ResourceLimits(
-        max_connections=max_connections,
-        max_memory_mb=max(512, max_connections // 2),
-        max_streams=max(10_000, 32 * max_connections),
-    )
-    connections = ConnectionLimits(
-        max_pending_inbound=64,
-        max_pending_outbound=64,
-        max_established_inbound=max_connections,
-        max_established_outbound=max_connections,
-        max_established_per_peer=8,
-        max_established_total=max_connections,
-    )
-    return new_resource_manager(
-        limits=limits, connection_limits=connections, enable_circuit_breaker=False
-    )

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from sonm_p2p.transport.core import _resource_manager
+from sonm_p2p.transport._conn import resource_manager
 
 
 @pytest.mark.parametrize("n", [300, 1000, 10_000])
 def test_a_host_admits_max_connections_inbound(n: int) -> None:
-    manager = _resource_manager(n)
+    manager = resource_manager(n)
     limits = manager.connection_limits
     assert limits.max_established_inbound == n
     assert limits.max_established_total == n

@@ -57,7 +57,12 @@ def main() -> None:
     ap.add_argument("--strace", type=float, default=0, help="seconds of strace -c after")
     ap.add_argument("--py-spy-format", default="raw", help="py-spy record --format")
     ap.add_argument(
-        "--py-spy-of", choices=("hub", "loadgen"), default="hub", help="whose profile --py-spy takes"
+        "--py-spy-join",
+        type=Path,
+        help="write a py-spy profile of the hub's first 20 s of joins here",
+    )
+    ap.add_argument(
+        "--py-spy-of", choices=("hub", "loadgen"), default="hub", help="whose --py-spy profile"
     )
     ap.add_argument(
         "--netns", action="store_true", help="run in a network namespace of its own (root)"
@@ -89,6 +94,15 @@ def main() -> None:
             if args.procs > 1:
                 argv += ["--procs", str(args.procs)]
             with HubClient(hub.grpc_target, identity=load_or_create(net.root / "c")) as client:
+                join_spy = None
+                if args.py_spy_join:
+                    join_spy = subprocess.Popen(
+                        [shutil.which("py-spy") or str(BIN / "py-spy"), "record", "--pid",
+                         str(pid), "--duration", "20", "--threads", "--nonblocking", "--rate",
+                         "100", "--format", args.py_spy_format, "--output",
+                         str(args.py_spy_join)],
+                        stdout=subprocess.DEVNULL,
+                    )  # fmt: skip
                 t0, j0 = time.monotonic(), cpu_seconds(pid)
                 loadgen = net.spawn("loadgen", argv)
                 wait_for(
@@ -107,6 +121,8 @@ def main() -> None:
                 out["join_loadgen_ms_per_miner"] = round(
                     cpu_seconds(loadgen.pid) * 1000 / args.miners, 1
                 )
+                if join_spy is not None:
+                    join_spy.wait(timeout=120)
                 time.sleep(args.settle)  # the joins' work done: what is left is steady state
                 spy = None
                 if args.py_spy:

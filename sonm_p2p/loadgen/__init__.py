@@ -9,9 +9,11 @@ costs a thread per miner and is invisible on the wire: every libp2p host runs on
 (``grpc.aio``: one poller for all; a sync server polls on a thread of its own, which for 300
 miners took two thirds of this process's CPU) and every servicer call on one thread pool.
 
-A miner still has two threads of its own (its hub link, and the pool worker that serves the
-hub's open ``WatchTasks`` stream), so 1,000 light miners are ~2,000 mostly idle threads in this
-process, none in the hub.
+A miner still has one thread of its own, its hub link (asleep but for a check every 5 s), so
+1,000 light miners are ~1,000 mostly idle threads in this process, none in the hub. The hub's
+open ``WatchTasks`` stream holds no thread (the aio servicer is woken by each event), the relay
+reservation's keeper wakes when its refresh is due or its connection closes, and the hub's
+pings are Yamux pings answered by Yamux itself.
 
 Use as a library (``sonm-devnet`` may)::
 
@@ -43,7 +45,7 @@ __all__ = ["LightMiners", "LoadOptions", "start_light_miners"]
 
 log = logging.getLogger(__name__)
 
-#: gRPC workers beyond one per miner (its open WatchTasks stream holds one for the session).
+#: gRPC workers beyond one per miner (threads are made as calls need them).
 SPARE_WORKERS = 64
 
 

@@ -146,14 +146,21 @@ class AioMinerServicer(MinerServicer):
     async def WatchTasks(
         self, request: common_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.TaskEvent]:
-        sub = self.miner.events.subscribe()
-        context.add_done_callback(lambda _: sub.close())
+        # Woken by each event (no thread held, no poll: a load generator serves 1,000 of these).
         loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        sub = self.miner.events.subscribe(wake=lambda: loop.call_soon_threadsafe(wake.set))
+        context.add_done_callback(lambda _: sub.close())
         try:
-            while not sub.closed and not context.done():
-                event = await loop.run_in_executor(self._pool, sub.get, 1.0)
+            while not context.done():
+                wake.clear()
+                event = sub.get(timeout=0)
                 if event is not None:
                     yield event_to_pb(event)
+                elif sub.closed:
+                    return
+                else:
+                    await wake.wait()
         finally:
             sub.close()
 

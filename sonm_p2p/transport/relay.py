@@ -441,8 +441,12 @@ class RelayReservation:
                 self.granted.set()
                 backoff = 0.5
                 refresh_at = time.time() + max(1.0, (expire - time.time()) / 2)
+                # Until the refresh is due or the relay's connection goes (woken by its
+                # closing, not by polling: a load generator keeps 1,000 of these).
                 while time.time() < refresh_at and _connected(host, relay):
-                    await trio.sleep(min(1.0, max(refresh_at - time.time(), 0.01)))
+                    closing = _closing(host, relay)
+                    with trio.move_on_after(max(refresh_at - time.time(), 0.01)):
+                        await (closing.wait() if closing is not None else trio.sleep(1.0))
                 continue
             except trio.Cancelled:
                 raise
@@ -456,6 +460,15 @@ class RelayReservation:
 
 def _connected(host: Any, peer: Any) -> bool:
     return bool(connections(host, peer))
+
+
+def _closing(host: Any, peer: Any) -> trio.Event | None:
+    """An event set when a connection to ``peer`` starts closing (its Yamux's), if any."""
+    for conn in connections(host, peer):
+        event = getattr(getattr(conn, "muxed_conn", None), "event_shutting_down", None)
+        if isinstance(event, trio.Event):
+            return event
+    return None
 
 
 def _remote_tcp_addr(host: Any, peer: Any) -> str | None:

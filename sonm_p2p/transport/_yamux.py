@@ -1,10 +1,10 @@
 """py-libp2p's Yamux with keepalive pings the rest of the node can use (see heartbeat.py), and
 window updates at half a window.
 
-:meth:`KeepaliveYamux.keepalive` sends a Yamux PING and waits for its ACK (py-libp2p only sends
-them from its RTT loop, which this class runs through the same method, so the two never wait on
-each other's answer). :attr:`KeepaliveYamux.on_pinged` is called each time the peer's PING is
-answered: a miner counts those as its hub's contact. Frames are written without py-libp2p's
+:meth:`KeepaliveYamux.ping` sends a Yamux PING and has its ACK call back, with no task waiting
+for it (py-libp2p only sends PINGs from its RTT loop, which this class runs through the same
+method, so the two never miss each other's answer). :attr:`KeepaliveYamux.on_pinged` is
+called each time the peer's PING is answered: a miner counts those as its hub's contact. Frames are written without py-libp2p's
 per-frame debug formatting (a ``struct.unpack`` and an f-string built for every frame sent,
 logging off or not).
 
@@ -41,34 +41,63 @@ class HalfWindowStream(_y.YamuxStream):
             await self.send_window_update(total, skip_lock=True)
 
 
+class _Answers:
+    """Stands in for py-libp2p's ``Yamux._ping_event``, whose ``set()`` its read loop calls for
+    every PING ACK: each ACK answers every ping still out (py-libp2p does not match the ACK's
+    value to the ping's, and any answer shows the peer alive)."""
+
+    MAX_WAITING = 16  # a peer that never answers is dropped long before this many pings
+
+    def __init__(self) -> None:
+        self._waiting: list[Callable[[], None]] = []
+
+    def add(self, on_answer: Callable[[], None]) -> None:
+        if len(self._waiting) >= self.MAX_WAITING:
+            del self._waiting[0]
+        self._waiting.append(on_answer)
+
+    def set(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for on_answer in waiting:
+            try:
+                on_answer()
+            except Exception:  # the owner's fault: the read loop must go on
+                pass
+
+    def is_set(self) -> bool:
+        return False
+
+
 class KeepaliveYamux(_y.Yamux):
     """Yamux whose PINGs are a liveness check as well as an RTT probe."""
 
     on_pinged: Callable[[], None] | None = None
-    _waiting: trio.Event | None = None  # the ping out, until answered or timed out
+    _answers: _Answers | None = None
+
+    async def ping(self, on_answer: Callable[[], None]) -> None:
+        """Send a PING; ``on_answer()`` is called (on the read loop) when an answer comes,
+        never if none does: the caller keeps its own deadline. No task waits for it."""
+        answers = self._answers
+        if answers is None:
+            answers = self._answers = _Answers()
+            self._ping_event = answers  # type: ignore[assignment]
+        answers.add(on_answer)
+        self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+        header = struct.pack(_y.YAMUX_HEADER_FORMAT, 0, _y.TYPE_PING, _y.FLAG_SYN, 0,
+                             self._ping_id)  # fmt: skip
+        await self._write_frame(header)
+        self._ping_sent_time = trio.current_time()  # the ACK's handler takes the RTT
 
     async def keepalive(self, timeout: float) -> bool:
-        """Ping the peer; whether its answer came within ``timeout`` seconds. A ping already
-        out is waited for, not doubled (the RTT loop and a heartbeat may ask at once)."""
-        event = self._waiting
-        if event is None or event.is_set():
-            event = self._waiting = self._ping_event = trio.Event()
-            self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
-            header = struct.pack(_y.YAMUX_HEADER_FORMAT, 0, _y.TYPE_PING, _y.FLAG_SYN, 0,
-                                 self._ping_id)  # fmt: skip
-            try:
-                await self._write_frame(header)
-            except Exception:
-                self._waiting = None
-                return False
-            self._ping_sent_time = trio.current_time()  # the ACK's handler takes the RTT
+        """Ping the peer; whether an answer came within ``timeout`` seconds."""
+        answered = trio.Event()
+        try:
+            await self.ping(answered.set)
+        except Exception:
+            return False
         with trio.move_on_after(timeout):
-            await event.wait()
-        if event.is_set():
-            return True
-        if self._waiting is event:  # timed out: the next ping is a new one
-            self._waiting = None
-        return False
+            await answered.wait()
+        return answered.is_set()
 
     async def _measure_rtt_loop(self) -> None:
         await trio.sleep(0.5)

@@ -11,18 +11,20 @@ frame through Noise out and one back, on its libp2p thread, and no stream: no gR
 Unix-socket hop through the bridge, no splice, no asyncio wake-up (a gRPC ping was ~2.8 ms of
 the hub's CPU per miner per 10 s: see docs/SCALING.md).
 
-:class:`BeatBook` is the bookkeeping, pure: which sessions there are, which has a ping out (a
-session is never pinged twice at once), the results not yet reported. :class:`Heartbeats` runs
-it on the node's trio loop for every beat session of one protocol: pings spread over the
-interval (a hub of 1,000 miners sends one every 10 ms, not 1,000 at once), and results handed
-to the owner in batches (``report``, in a worker thread: the hub applies a batch with one
-SQLite commit).
+:class:`BeatBook` is the bookkeeping, pure: which sessions there are, which has a ping out and
+until when (a session is never pinged twice at once), the results not yet reported.
+:class:`Heartbeats` runs it on the node's trio loop for every beat session of one protocol:
+pings spread over the interval (a hub of 1,000 miners sends one every 10 ms, not 1,000 at once),
+each answer a callback from the connection's read loop (no task waits for it), one deadline
+sweep every fraction of the timeout, and results handed to the owner in batches (``report``, in
+a worker thread: the hub applies a batch with one SQLite commit).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +69,17 @@ class Heartbeat:
 
 
 class BeatBook:
-    """Beat sessions by key (an int per session, so two sessions of one peer never mix), which
-    has a ping out, and the results not yet taken. Pure: no clock, no I/O."""
+    """Beat sessions by key (an int per session, so two sessions of one peer never mix), the
+    ping each has out (its sequence number and deadline), and the results not yet taken. Pure:
+    the caller gives the time."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self._peers: dict[int, str] = {}
-        self._out: set[int] = set()
+        self._out: dict[int, int] = {}  # key -> sequence number of its ping out
+        self._seq = 0
+        # (deadline, key, seq) in sending order: with one timeout for all, deadlines are too.
+        self._deadlines: deque[tuple[float, int, int]] = deque()
         self._results: list[BeatResult] = []
 
     def __len__(self) -> int:
@@ -85,24 +92,45 @@ class BeatBook:
         self._peers[key] = peer_id
 
     def remove(self, key: int) -> None:
-        """The session ended: a result still to come for it is dropped (its end is reported
-        apart, by the session's close)."""
+        """The session ended: its ping out, if any, is forgotten (its end is reported apart,
+        by the session's close)."""
         self._peers.pop(key, None)
-        self._out.discard(key)
+        self._out.pop(key, None)
 
-    def start(self, key: int) -> bool:
-        """Whether to ping ``key`` now: not when it is gone or its last ping is still out."""
+    def start(self, key: int, now: float) -> int | None:
+        """The sequence number of a ping to send to ``key`` now, or None: gone, or its last
+        ping is still out (a session is never pinged twice at once)."""
         if key not in self._peers or key in self._out:
-            return False
-        self._out.add(key)
-        return True
+            return None
+        self._seq += 1
+        self._out[key] = self._seq
+        self._deadlines.append((now + self.timeout, key, self._seq))
+        return self._seq
 
-    def done(self, key: int, answered: bool, why: str = "") -> None:
-        """The ping of ``key`` ended: answered in time, or not (``why``)."""
-        if key not in self._out:
+    def answered(self, key: int, seq: int) -> None:
+        """The ping ``seq`` of ``key`` was answered; a late or stray answer is ignored."""
+        if self._out.get(key) != seq:
             return
-        self._out.discard(key)
-        self._results.append((self._peers[key], answered, "" if answered else why))
+        del self._out[key]
+        self._results.append((self._peers[key], True, ""))
+
+    def failed(self, key: int, seq: int, why: str) -> None:
+        """The ping ``seq`` of ``key`` could not be sent."""
+        if self._out.get(key) != seq:
+            return
+        del self._out[key]
+        self._results.append((self._peers[key], False, why))
+
+    def expire(self, now: float) -> int:
+        """Count every ping out past its deadline as missed; returns how many."""
+        missed = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, key, seq = self._deadlines.popleft()
+            if self._out.get(key) == seq:
+                del self._out[key]
+                self._results.append((self._peers[key], False, f"no answer in {self.timeout:g}s"))
+                missed += 1
+        return missed
 
     def take(self) -> list[BeatResult]:
         """The results since the last call, in order."""
@@ -112,19 +140,20 @@ class BeatBook:
 
 class Heartbeats:
     """Pings every beat session of one protocol (on the node's trio loop): :meth:`run` once in
-    the node's nursery, :meth:`serve` from each session's handler for as long as it lasts."""
+    the node's nursery, :meth:`serve` from each session's handler for as long as it lasts.
+    A ping is one frame written in turn by the pinger; its answer is a callback from the
+    connection's read loop, and a sweep counts those that did not come: no task per ping."""
 
     def __init__(self, options: Heartbeat) -> None:
         self.options = options
-        self.book = BeatBook()
+        self.book = BeatBook(options.timeout)
         self._conns: dict[int, Any] = {}
         self._serials = itertools.count(1)
-        self._nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
-        """Ping and report, until cancelled."""
+        """Ping, sweep deadlines and report, until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            nursery.start_soon(self._sweep)
             nursery.start_soon(self._flush)
             await self._ping_rounds()
 
@@ -132,7 +161,7 @@ class Heartbeats:
         """Ping the connection of ``stream`` (a session after its ``on_open``) until the
         stream ends."""
         conn = stream.muxed_conn
-        if not hasattr(conn, "keepalive"):  # not our Yamux (a test's host): nothing to ping
+        if not hasattr(conn, "ping"):  # not our Yamux (a test's host): nothing to ping
             log.warning("session of %s: its connection cannot be pinged (%r)", peer_id, conn)
         key = next(self._serials)
         self._conns[key] = conn
@@ -155,18 +184,30 @@ class Heartbeats:
                 if slot > trio.current_time() + 0.005:  # pings due within 5 ms go together
                     await trio.sleep_until(slot)
                 conn = self._conns.get(key)
-                if conn is not None and self._nursery is not None and self.book.start(key):
-                    self._nursery.start_soon(self._ping, key, conn)
+                if conn is not None:
+                    await self._ping(key, conn)
             start = max(start + interval, trio.current_time())
 
     async def _ping(self, key: int, conn: Any) -> None:
-        timeout = self.options.timeout
-        try:
-            answered = await conn.keepalive(timeout)
-        except Exception as exc:
-            log.debug("keepalive ping: %r", exc)
-            answered = False
-        self.book.done(key, answered, f"no answer in {timeout:g}s")
+        seq = self.book.start(key, trio.current_time())
+        if seq is None:
+            return
+        book = self.book
+        # A write that hangs (a dead peer's full send buffer) must not hold up the round.
+        with trio.move_on_after(min(1.0, self.options.timeout)):
+            try:
+                await conn.ping(lambda: book.answered(key, seq))
+                return
+            except Exception as exc:
+                book.failed(key, seq, f"cannot ping: {exc!r}")
+                return
+        book.failed(key, seq, "cannot ping: its connection is stuck")
+
+    async def _sweep(self) -> None:
+        every = min(0.5, self.options.timeout / 4)
+        while True:
+            await trio.sleep(every)
+            self.book.expire(trio.current_time())
 
     async def _flush(self) -> None:
         every = self.options.flush_every

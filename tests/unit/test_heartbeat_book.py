@@ -1,6 +1,6 @@
 """The heartbeat bookkeeping (transport/heartbeat.py): a session is never pinged twice at once,
-results are reported in order and only for sessions still held, two sessions of one peer never
-mix."""
+a ping unanswered by its deadline is a miss, late or stray answers are ignored, results are
+reported in order and only for sessions still held, two sessions of one peer never mix."""
 
 from __future__ import annotations
 
@@ -8,49 +8,75 @@ import pytest
 
 from sonm_p2p.transport.heartbeat import BeatBook, Heartbeat
 
+TIMEOUT = 5.0
 
-def test_a_session_with_a_ping_out_is_not_pinged_again_until_it_ends() -> None:
-    book = BeatBook()
+
+def test_a_session_with_a_ping_out_is_not_pinged_again_until_it_is_answered() -> None:
+    book = BeatBook(TIMEOUT)
     book.add(1, "peerA")
-    assert book.start(1)
-    assert not book.start(1)  # still out
-    book.done(1, True)
-    assert book.start(1)
-    book.done(1, False, "no answer in 5s")
-    assert book.take() == [("peerA", True, ""), ("peerA", False, "no answer in 5s")]
+    seq = book.start(1, now=0.0)
+    assert seq is not None
+    assert book.start(1, now=1.0) is None  # still out
+    book.answered(1, seq)
+    assert book.start(1, now=2.0) is not None
+    assert book.take() == [("peerA", True, "")]
     assert book.take() == []
 
 
-def test_a_session_that_ended_gets_no_result_and_no_ping() -> None:
-    book = BeatBook()
+def test_a_ping_unanswered_by_its_deadline_is_a_miss_and_its_late_answer_is_ignored() -> None:
+    book = BeatBook(TIMEOUT)
     book.add(1, "peerA")
     book.add(2, "peerB")
-    assert book.start(1) and book.start(2)
+    a = book.start(1, now=0.0)
+    b = book.start(2, now=1.0)
+    assert a is not None and b is not None
+    assert book.expire(now=TIMEOUT - 0.01) == 0
+    assert book.expire(now=TIMEOUT) == 1  # peerA's, not yet peerB's
+    book.answered(1, a)  # too late
+    book.answered(2, b)
+    assert book.expire(now=TIMEOUT + 2) == 0  # answered in time
+    assert book.take() == [("peerA", False, "no answer in 5s"), ("peerB", True, "")]
+    # After a miss the session is pinged again, and an answer to the old ping does not count.
+    c = book.start(1, now=10.0)
+    assert c is not None and c != a
+    book.answered(1, a)
+    assert book.take() == []
+
+
+def test_a_ping_that_could_not_be_sent_is_a_miss_at_once() -> None:
+    book = BeatBook(TIMEOUT)
+    book.add(1, "peerA")
+    seq = book.start(1, now=0.0)
+    assert seq is not None
+    book.failed(1, seq, "cannot ping: closed")
+    assert book.expire(now=TIMEOUT) == 0  # counted once
+    assert book.take() == [("peerA", False, "cannot ping: closed")]
+
+
+def test_a_session_that_ended_gets_no_result_and_no_ping() -> None:
+    book = BeatBook(TIMEOUT)
+    book.add(1, "peerA")
+    book.add(2, "peerB")
+    a, b = book.start(1, now=0.0), book.start(2, now=0.0)
+    assert a is not None and b is not None
     book.remove(1)
-    book.done(1, False, "late")  # the ping of a session gone: dropped
-    book.done(2, True)
-    assert book.take() == [("peerB", True, "")]
-    assert not book.start(1)
+    assert book.expire(now=TIMEOUT) == 1  # peerB's; the ended session's is forgotten
+    assert book.take() == [("peerB", False, "no answer in 5s")]
+    assert book.start(1, now=6.0) is None
     assert book.keys() == [2] and len(book) == 1
 
 
 def test_two_sessions_of_one_peer_are_kept_apart() -> None:
-    book = BeatBook()
+    book = BeatBook(TIMEOUT)
     book.add(1, "peerA")
-    assert book.start(1)
+    old = book.start(1, now=0.0)
     book.add(2, "peerA")  # the miner reconnected; its old session is not yet closed
-    assert book.start(2)  # the new one is pinged although the old one's ping is out
+    new = book.start(2, now=0.0)  # pinged although the old session's ping is out
+    assert old is not None and new is not None
     book.remove(1)
-    book.done(1, False, "old")
-    book.done(2, True)
+    book.answered(1, old)
+    book.answered(2, new)
     assert book.take() == [("peerA", True, "")]
-
-
-def test_a_result_without_a_ping_out_is_ignored() -> None:
-    book = BeatBook()
-    book.add(1, "peerA")
-    book.done(1, True)
-    assert book.take() == []
 
 
 def test_heartbeat_options_are_checked_and_batches_sized_by_the_interval() -> None:

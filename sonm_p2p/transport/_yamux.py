@@ -4,9 +4,9 @@ window updates at half a window.
 :meth:`KeepaliveYamux.ping` sends a Yamux PING and has its ACK call back, with no task waiting
 for it (py-libp2p only sends PINGs from its RTT loop, which this class runs through the same
 method, so the two never miss each other's answer). :attr:`KeepaliveYamux.on_pinged` is
-called each time the peer's PING is answered: a miner counts those as its hub's contact. Frames are written without py-libp2p's
-per-frame debug formatting (a ``struct.unpack`` and an f-string built for every frame sent,
-logging off or not).
+called each time the peer's PING is answered: a miner counts those as its hub's contact.
+Frames are written without py-libp2p's per-frame debug formatting (a ``struct.unpack`` and an
+f-string built for every frame sent, logging off or not).
 
 Every host of the process uses this class for ``/yamux/1.0.0`` (:func:`install`, from
 ``_conn.quiet_libp2p_logs`` before any host runs); on the wire it is plain Yamux.

@@ -193,8 +193,9 @@ class Heartbeats:
         if seq is None:
             return
         book = self.book
-        # A write that hangs (a dead peer's full send buffer) must not hold up the round.
-        with trio.move_on_after(min(1.0, self.options.timeout)):
+        # A write that hangs (a dead peer's full send buffer) must not hold up the round for
+        # longer than a ping may take (a busy hub's writes wait their turn: not a miss).
+        with trio.move_on_after(self.options.timeout):
             try:
                 await conn.ping(lambda: book.answered(key, seq))
                 return

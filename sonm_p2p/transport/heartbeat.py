@@ -141,8 +141,8 @@ class BeatBook:
 class Heartbeats:
     """Pings every beat session of one protocol (on the node's trio loop): :meth:`run` once in
     the node's nursery, :meth:`serve` from each session's handler for as long as it lasts.
-    A ping is one frame written in turn by the pinger; its answer is a callback from the
-    connection's read loop, and a sweep counts those that did not come: no task per ping."""
+    A ping is one frame written by a short task; its answer is a callback from the connection's
+    read loop, and a sweep counts those that did not come: no task waits for an answer."""
 
     def __init__(self, options: Heartbeat) -> None:
         self.options = options
@@ -155,7 +155,7 @@ class Heartbeats:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep)
             nursery.start_soon(self._flush)
-            await self._ping_rounds()
+            await self._ping_rounds(nursery)
 
     async def serve(self, peer_id: str, stream: Any) -> None:
         """Ping the connection of ``stream`` (a session after its ``on_open``) until the
@@ -172,7 +172,7 @@ class Heartbeats:
             self.book.remove(key)
             self._conns.pop(key, None)
 
-    async def _ping_rounds(self) -> None:
+    async def _ping_rounds(self, nursery: trio.Nursery) -> None:
         interval = self.options.interval
         start = trio.current_time() + interval
         while True:
@@ -184,24 +184,21 @@ class Heartbeats:
                 if slot > trio.current_time() + 0.005:  # pings due within 5 ms go together
                     await trio.sleep_until(slot)
                 conn = self._conns.get(key)
-                if conn is not None:
-                    await self._ping(key, conn)
+                seq = self.book.start(key, trio.current_time()) if conn is not None else None
+                if seq is not None:
+                    # Written by a task of its own: a connection whose writes wait (its peer's
+                    # window, a busy lock) must not hold up the round for the others.
+                    nursery.start_soon(self._send, key, seq, conn)
             start = max(start + interval, trio.current_time())
 
-    async def _ping(self, key: int, conn: Any) -> None:
-        seq = self.book.start(key, trio.current_time())
-        if seq is None:
-            return
+    async def _send(self, key: int, seq: int, conn: Any) -> None:
         book = self.book
-        # A write that hangs (a dead peer's full send buffer) must not hold up the round for
-        # longer than a ping may take (a busy hub's writes wait their turn: not a miss).
         with trio.move_on_after(self.options.timeout):
             try:
                 await conn.ping(lambda: book.answered(key, seq))
-                return
             except Exception as exc:
                 book.failed(key, seq, f"cannot ping: {exc!r}")
-                return
+            return
         book.failed(key, seq, "cannot ping: its connection is stuck")
 
     async def _sweep(self) -> None:

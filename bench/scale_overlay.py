@@ -38,7 +38,13 @@ def _say(**fields: object) -> None:
 
 
 def worker(
-    first: int, count: int, total: int, rounds: int, announce: float, settle_max: float = 180.0
+    first: int,
+    count: int,
+    total: int,
+    rounds: int,
+    announce: float,
+    settle_max: float = 180.0,
+    tuning: dict[str, Any] | None = None,
 ) -> None:
     """Hubs ``first`` .. ``first + count - 1`` of ``total``; talks JSON lines to the
     coordinator (stdin: earlier hubs' addresses, then "go"; stdout: see below)."""
@@ -79,7 +85,7 @@ def worker(
         # An announcement lives for three intervals (10 s at the default 3 s), as in sonmhub.
         ttl = max(10.0, announce * 10 / 3)
         announcer = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}", ttl=ttl)
-        options = GossipOptions(bootstrap=boot, announce_interval=announce)
+        options = GossipOptions(bootstrap=boot, announce_interval=announce, **(tuning or {}))
         gossip = HubGossip(node, options, announce=announcer if i else None)
         node.start()
         nodes.append(node)
@@ -147,7 +153,7 @@ def _wait(lines: list[dict], cond: threading.Condition, event: str, timeout: flo
 
 
 def bench_overlay(
-    hubs: int, procs: int, rounds: int, window: float, announce: float = 3.0
+    hubs: int, procs: int, rounds: int, window: float, announce: float = 3.0, gossip: str = "{}"
 ) -> dict[str, object]:
     """Run the overlay (see the module's text); the figures as a dict."""
     shares = [hubs // procs + (1 if k < hubs % procs else 0) for k in range(procs)]
@@ -161,7 +167,7 @@ def bench_overlay(
         first = 0
         for share in shares:
             argv = [sys.executable, __file__, "--worker", str(first), str(share), str(hubs)]
-            argv += ["--rounds", str(rounds), "--announce", str(announce)]
+            argv += ["--rounds", str(rounds), "--announce", str(announce), "--gossip", gossip]
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ
             )
@@ -234,12 +240,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--announce", type=float, default=3.0, help="announce interval, seconds")
+    ap.add_argument("--gossip", default="{}", help="GossipOptions fields, JSON (experiments)")
     ap.add_argument("--worker", type=int, nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(*args.worker, rounds=args.rounds, announce=args.announce)
+        worker(
+            *args.worker, rounds=args.rounds, announce=args.announce, tuning=json.loads(args.gossip)
+        )
         return
-    result = bench_overlay(args.hubs, args.procs, args.rounds, args.window, args.announce)
+    result = bench_overlay(
+        args.hubs, args.procs, args.rounds, args.window, args.announce, args.gossip
+    )
     print(json.dumps(result))
 
 

@@ -68,6 +68,13 @@ class GossipOptions:
         "hub". Tests pass a random one so that parallel tests do not see each other.
     announce_interval: seconds between a hub's announcements; defaults to 3.
     heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
+    degree, degree_low, degree_high: GossipSub's mesh degree D (peers each message is pushed
+        to), and the bounds past which the heartbeat grafts or prunes (D_lo, D_hi); D is also
+        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 4
+        (py-libp2p's and the spec's are 6, 4 and 12): every copy of a message costs its sender
+        and its receiver a Noise frame in Python, and a hub takes each announcement in about
+        D - 1 times; 20 hubs in one process took 68 % of a core with 6/4/12, 49 % with 3/2/4,
+        and 2/1/3 took a minute to spread every hub to every other (docs/SCALING.md).
     redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
         (attempts start at 0.25 s apart and double).
     validator: limits of the topic validator; see ValidatorOptions.
@@ -85,6 +92,9 @@ class GossipOptions:
     mdns_namespace: str = DEFAULT_NAMESPACE
     announce_interval: float = 3.0
     heartbeat_interval: float = 1.0
+    degree: int = 3
+    degree_low: int = 2
+    degree_high: int = 4
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
     drop_report_interval: float = 10.0
@@ -258,9 +268,9 @@ class HubGossip:
         o = self.options
         router = GossipSub(
             protocols=[PROTOCOL_ID_V11],
-            degree=6,
-            degree_low=4,
-            degree_high=12,
+            degree=o.degree,
+            degree_low=o.degree_low,
+            degree_high=o.degree_high,
             heartbeat_interval=o.heartbeat_interval,  # type: ignore[arg-type]  # float works
             adaptive_gossip_enabled=False,
             spam_protection_enabled=False,

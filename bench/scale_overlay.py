@@ -42,7 +42,7 @@ def worker(
     count: int,
     total: int,
     rounds: int,
-    announce: float,
+    announce: float | None,
     settle_max: float = 180.0,
     tuning: dict[str, Any] | None = None,
 ) -> None:
@@ -82,9 +82,8 @@ def worker(
         i = first + k
         node = P2PNode(ident, NodeOptions(listen=("/ip4/127.0.0.1/tcp/0",)), loop=loop)
         boot = tuple(addrs[j] for j in sorted({(i - 1) // 2, max(0, i - 2)}) if i > 0)
-        # An announcement lives for three intervals (10 s at the default 3 s), as in sonmhub.
-        ttl = max(10.0, announce * 10 / 3)
-        announcer = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}", ttl=ttl)
+        # An announcement lives 10/3 of its interval, at least 10 s (HubGossip, as in sonmhub).
+        announcer = hub_announcer(ident, node, grpc_endpoint=f"127.0.0.1:{20000 + i}")
         options = GossipOptions(bootstrap=boot, announce_interval=announce, **(tuning or {}))
         gossip = HubGossip(node, options, announce=announcer if i else None)
         node.start()
@@ -153,7 +152,12 @@ def _wait(lines: list[dict], cond: threading.Condition, event: str, timeout: flo
 
 
 def bench_overlay(
-    hubs: int, procs: int, rounds: int, window: float, announce: float = 3.0, gossip: str = "{}"
+    hubs: int,
+    procs: int,
+    rounds: int,
+    window: float,
+    announce: float | None = None,
+    gossip: str = "{}",
 ) -> dict[str, object]:
     """Run the overlay (see the module's text); the figures as a dict."""
     shares = [hubs // procs + (1 if k < hubs % procs else 0) for k in range(procs)]
@@ -167,7 +171,8 @@ def bench_overlay(
         first = 0
         for share in shares:
             argv = [sys.executable, __file__, "--worker", str(first), str(share), str(hubs)]
-            argv += ["--rounds", str(rounds), "--announce", str(announce), "--gossip", gossip]
+            argv += ["--rounds", str(rounds), "--announce", str(announce or "auto")]
+            argv += ["--gossip", gossip]
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ
             )
@@ -233,13 +238,23 @@ def bench_overlay(
     return out
 
 
+def announce_arg(text: str) -> float | None:
+    """``--announce``: seconds, or ``auto`` (None)."""
+    return None if text == "auto" else float(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hubs", type=int, default=100)
     ap.add_argument("--procs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--window", type=float, default=30.0)
-    ap.add_argument("--announce", type=float, default=3.0, help="announce interval, seconds")
+    ap.add_argument(
+        "--announce",
+        type=announce_arg,
+        default=None,
+        help="hubs' announce interval, seconds, or auto (the default, as in sonmhub)",
+    )
     ap.add_argument("--gossip", default="{}", help="GossipOptions fields, JSON (experiments)")
     ap.add_argument("--worker", type=int, nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()

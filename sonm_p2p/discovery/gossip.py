@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
+from sonm_p2p.discovery.cadence import announce_ttl, interval_for
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
 from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer
 from sonm_p2p.discovery.registered import RegisteredHubs
@@ -53,7 +54,8 @@ __all__ = ["GossipOptions", "HubGossip", "expand_addrs", "hub_announcer"]
 
 log = logging.getLogger(__name__)
 
-Announcer = Callable[[], HubAnnouncement]
+#: Returns the hub's current signed announcement, living ``ttl`` seconds (see hub_announcer).
+Announcer = Callable[[float], HubAnnouncement]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +68,10 @@ class GossipOptions:
     mdns: browse the LAN for hubs with mDNS (and advertise, on a hub); defaults to False.
     mdns_namespace: nodes only see hubs of their namespace; 1-9 of ``a-z0-9-``; defaults to
         "hub". Tests pass a random one so that parallel tests do not see each other.
-    announce_interval: seconds between a hub's announcements; defaults to 3.
+    announce_interval: seconds between a hub's announcements, or None (the default) for
+        ``auto``: 3 s up to 10 live hubs, then 0.3 s per hub (at most 90 s), so each hub's
+        gossip work stays flat as the overlay grows (see cadence.py). Each announcement lives
+        10/3 of the interval it was made at (at least 10 s).
     heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
     degree, degree_low, degree_high: GossipSub's mesh degree D (peers each message is pushed
         to), and the bounds past which the heartbeat grafts or prunes (D_lo, D_hi); D is also
@@ -90,7 +95,7 @@ class GossipOptions:
     bootstrap: tuple[str, ...] = ()
     mdns: bool = False
     mdns_namespace: str = DEFAULT_NAMESPACE
-    announce_interval: float = 3.0
+    announce_interval: float | None = None
     heartbeat_interval: float = 1.0
     degree: int = 3
     degree_low: int = 2
@@ -104,12 +109,14 @@ class GossipOptions:
     @classmethod
     def of(cls, daemon: Any) -> GossipOptions:
         """The options a daemon's settings name (its ``bootstrap``, ``mdns``,
-        ``mdns_namespace``, and ``chain``'s ``trusting``); the rest default."""
+        ``mdns_namespace``, ``announce_interval`` if it has one, and ``chain``'s
+        ``trusting``); the rest default."""
         chain = getattr(daemon, "chain", None)
         return cls(
             bootstrap=daemon.bootstrap,
             mdns=daemon.mdns,
             mdns_namespace=daemon.mdns_namespace,
+            announce_interval=getattr(daemon, "announce_interval", None),
             require_registered=bool(chain is not None and chain.trusting),
         )
 
@@ -117,9 +124,9 @@ class GossipOptions:
 class HubGossip:
     """Hub discovery on one node. Create it before ``node.start()``; it adds itself as a service.
 
-    announce: on a hub, a callable returning the hub's current signed announcement (see
-        :func:`hub_announcer`); it is called in a worker thread every ``announce_interval``
-        and the result published. Nodes that announce also advertise on mDNS.
+    announce: on a hub, a callable returning the hub's current signed announcement with the
+        TTL it is given (see :func:`hub_announcer`); it is called in a worker thread every
+        ``announce_interval`` and the result published. Nodes that announce also advertise on mDNS.
 
     The service stops when the node closes; nothing is left running (threads included).
     """
@@ -355,15 +362,24 @@ class HubGossip:
                     _report_drops(new, time.monotonic() - reported_at, accepted)
                     reported, reported_at = drops, time.monotonic()
 
+    def announce_interval(self) -> float:
+        """Seconds until this hub's next announcement: the fixed interval, or with ``auto``
+        the one for the live hubs it knows now (see cadence.py)."""
+        with self._lock:
+            hubs = len(self._directory.live(time.time()))
+        return interval_for(self.options.announce_interval, hubs)
+
     async def _announce_forever(self) -> None:
-        assert self._announce is not None
+        announce = self._announce
+        assert announce is not None
         while True:
+            interval = self.announce_interval()
             try:
-                ann = await trio.to_thread.run_sync(self._announce)
+                ann = await trio.to_thread.run_sync(announce, announce_ttl(interval))
                 await self._publish(ann.encode())
             except Exception:
                 log.exception("cannot publish the hub announcement")
-            await trio.sleep(self.options.announce_interval)
+            await trio.sleep(interval)
 
     # -- staying connected ---------------------------------------------------------------------
 
@@ -531,18 +547,20 @@ def hub_announcer(
     multiaddrs: Callable[[], list[str]] | None = None,
     ttl: float = DEFAULT_TTL,
 ) -> Announcer:
-    """A callable for HubGossip's ``announce`` that signs the hub's current announcement.
+    """A callable for HubGossip's ``announce`` that signs the hub's current announcement,
+    living the TTL it is called with (HubGossip passes the one of its interval).
 
     grpc_endpoint: the hub's client API, or a callable returning it (bound after start).
     load: returns (miners online, max miners or 0); called at each announcement.
     multiaddrs: returns the overlay addresses to announce; defaults to the node's listen
         addresses, with an unspecified host (0.0.0.0 / ::) replaced by each interface address.
+    ttl: the lifetime when it is called without one.
     Issue times strictly increase, even if the clock steps back, so receivers never take a new
     announcement for a replay.
     """
     last_ms = 0
 
-    def build() -> HubAnnouncement:
+    def build(lifetime: float = ttl) -> HubAnnouncement:
         nonlocal last_ms
         now_ms = max(int(time.time() * 1000), last_ms + 1)
         last_ms = now_ms
@@ -557,7 +575,7 @@ def hub_announcer(
             version=version,
             miners_online=miners,
             max_miners=max_miners,
-            ttl=ttl,
+            ttl=lifetime,
         )
 
     return build

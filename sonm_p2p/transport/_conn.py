@@ -126,7 +126,10 @@ def quiet_libp2p_logs() -> None:
     every frame received); and measures a connection's RTT every 5 minutes, not every 30 s (a
     ping and a pong each way, which for a hub's idle miners were a third of their frames; the
     RTT only sizes receive windows). Both can be overridden: the env variable, and
-    :data:`YAMUX_RTT_INTERVAL`.
+    :data:`YAMUX_RTT_INTERVAL`. The env variable alone did not stop the updates: py-libp2p
+    0.8.1 has a third path ("partial slack") that credits every read back at once, twice over,
+    so about every other frame a gossiping hub sent was a window update (the overlay's
+    profile, docs/SCALING.md); :func:`credit_at_half_window` replaces it.
     """
     _tune_yamux()
     # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;
@@ -147,3 +150,22 @@ def _tune_yamux() -> None:
 
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     yamux.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL
+    if yamux.YamuxStream._auto_tune_and_send_window_update is not credit_at_half_window:
+        yamux.YamuxStream._auto_tune_and_send_window_update = credit_at_half_window
+
+
+async def credit_at_half_window(self: Any, *, bytes_read: int = 0) -> None:
+    """``YamuxStream._auto_tune_and_send_window_update`` as go-yamux's ``sendWindowUpdate``:
+    credit what was read back to the sender only once it is at least half the receive window
+    (py-libp2p's own GrowTo and auto-tuning of the window then, as before); a stream that
+    reads little sends no window update at all. py-libp2p's version also credits every small
+    read at once ("partial slack"), one encrypted frame back per read."""
+    total = 0
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta > 0 and delta >= self._grow_threshold():
+            total = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+    if total > 0:
+        await self.send_window_update(total, skip_lock=True)

@@ -28,7 +28,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scale import cpu_seconds, lo_bytes, load_average  # noqa: E402
+from bench.scale import HZ, announce_arg, cpu_seconds, lo_bytes, load_average  # noqa: E402
 
 BENCH = "bench:"  # grpc_endpoint of the timed announcements: "bench:<round>"
 
@@ -129,6 +129,13 @@ def worker(
         loop.close()
 
 
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine has spent busy (/proc/stat: all but idle and iowait),
+    in cores x seconds."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / HZ
+
+
 def _read(out: IO[str], lines: list[dict[str, Any]], cond: threading.Condition) -> None:
     for line in out:
         if line.startswith("{"):
@@ -201,6 +208,8 @@ def bench_overlay(
         wall = time.monotonic() - w0
         out["tx_per_hub"] = (lo_bytes() - b0) / wall / hubs
         out["cpu"] = (sum(cpu_seconds(p) for p in pids) - c0) / wall
+        # Who has the machine while hub 0 publishes: the overlay's processes, and all of it.
+        c1, m1, t1 = sum(cpu_seconds(p) for p in pids), machine_busy(), time.monotonic()
         for proc, _, _ in workers:
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"publisher": node_ids[0]}) + "\n")
@@ -209,12 +218,16 @@ def bench_overlay(
         published = {
             int(k): v for k, v in _wait(*workers[0][1:], "published", timeout)["published"].items()
         }
+        wall = time.monotonic() - t1
+        out["cpu_rounds"] = (sum(cpu_seconds(p) for p in pids) - c1) / wall
+        out["machine_rounds"] = (machine_busy() - m1) / wall
         per_round: dict[int, list[float]] = {r: [] for r in published}
         for _, lines, cond in workers:
             for r, times in _wait(lines, cond, "arrivals", timeout)["arrivals"].items():
                 per_round[int(r)] += [t - published[int(r)] for t in times]
         out["lat"] = [x for r in sorted(per_round) for x in per_round[r]]
         out["to_all"] = [max(v) for v in per_round.values() if len(v) == hubs - 1]
+        out["rounds"] = [[len(v), max(v, default=0.0)] for _, v in sorted(per_round.items())]
         out["incomplete_rounds"] = sum(len(v) < hubs - 1 for v in per_round.values())
         out["missing"] = sum(hubs - 1 - len(v) for v in per_round.values())
         out["load_after"] = load_average()
@@ -236,11 +249,6 @@ def bench_overlay(
                 proc.kill()
                 proc.wait()
     return out
-
-
-def announce_arg(text: str) -> float | None:
-    """``--announce``: seconds, or ``auto`` (None)."""
-    return None if text == "auto" else float(text)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ when root); the CPU is the workers' own (/proc), which load does not distort.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -58,6 +59,7 @@ def worker(
     gossips: list[HubGossip] = []
     idents = [Identity.generate() for _ in range(count)]
     arrivals: dict[int, list[float]] = {}
+    heard: set[int] = set()  # hubs of ours that took in any timed announcement
     publisher = ""  # hub 0's node ID (learned from the coordinator)
     lock = threading.Lock()
 
@@ -72,10 +74,12 @@ def worker(
                     arrivals.setdefault(int(ann.grpc_endpoint[len(BENCH) :]), []).append(
                         time.time()
                     )
+                    heard.add(index)
             return news
 
         directory.update = timed  # type: ignore[method-assign]
 
+    pauses = _gc_pauses()
     t_setup = time.monotonic()
     addrs = list(earlier)
     for k, ident in enumerate(idents):
@@ -90,6 +94,9 @@ def worker(
         nodes.append(node)
         gossips.append(gossip)
         addrs.append(node.addrs[0])
+    # Out of the cyclic GC's full collections: what the hubs made at start. Without it a full
+    # collection of 20 hubs' heap stalled all 20 for 0.3-0.6 s (a sonmhub process holds one).
+    gc.freeze()
     _say(event="addrs", addrs=addrs[len(earlier) :], node_ids=[x.node_id for x in idents])
     try:
         # Wait until every hub of ours knows every hub of the overlay (or settle_max passed:
@@ -121,12 +128,76 @@ def worker(
         else:
             time.sleep(rounds * 2.0 + 10.0)
         with lock:
-            _say(event="arrivals", arrivals=arrivals)
+            deaf = [first + k for k in range(count) if first + k and first + k not in heard]
+            _say(
+                event="arrivals",
+                arrivals=arrivals,
+                deaf=deaf,
+                mesh=_meshes(nodes, gossips),
+                gc=sorted(pauses, reverse=True)[:5],
+                gc_count=len(pauses),
+            )
         sys.stdin.readline()  # "stop"
     finally:
         for node in nodes:
             node.close()
         loop.close()
+
+
+def _gc_pauses() -> list[float]:
+    """Durations of the process's full (generation 2) garbage collections from now on."""
+    import gc
+
+    pauses: list[float] = []
+    started = [0.0]
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(note)
+    return pauses
+
+
+def _meshes(nodes: list[Any], gossips: list[Any]) -> dict[str, list[str]]:
+    """Each hub's GossipSub mesh on the hub topic (peer ID -> peer IDs), read unlocked from
+    another thread: a snapshot for the mesh's shape, not an exact one."""
+    from sonm_p2p.discovery import TOPIC
+
+    out = {}
+    for node, gossip in zip(nodes, gossips, strict=True):
+        router = gossip._router  # noqa: SLF001 - the bench looks inside
+        mesh = list(router.mesh.get(TOPIC, ())) if router is not None else []
+        out[node.peer_id] = [p.to_base58() for p in mesh]
+    return out
+
+
+def mesh_components(mesh: dict[str, list[str]]) -> list[int]:
+    """Sizes of the connected components of the hubs' meshes (links taken both ways)."""
+    links: dict[str, set[str]] = {p: set() for p in mesh}
+    for p, peers in mesh.items():
+        for q in peers:
+            links[p].add(q)
+            links.setdefault(q, set()).add(p)
+    seen: set[str] = set()
+    sizes = []
+    for start in links:
+        if start in seen:
+            continue
+        todo, size = [start], 0
+        seen.add(start)
+        while todo:
+            p = todo.pop()
+            size += 1
+            for q in links[p] - seen:
+                seen.add(q)
+                todo.append(q)
+        sizes.append(size)
+    return sorted(sizes, reverse=True)
 
 
 def machine_busy() -> float:
@@ -222,10 +293,17 @@ def bench_overlay(
         out["cpu_rounds"] = (sum(cpu_seconds(p) for p in pids) - c1) / wall
         out["machine_rounds"] = (machine_busy() - m1) / wall
         per_round: dict[int, list[float]] = {r: [] for r in published}
+        mesh: dict[str, list[str]] = {}
         for _, lines, cond in workers:
-            for r, times in _wait(lines, cond, "arrivals", timeout)["arrivals"].items():
+            got = _wait(lines, cond, "arrivals", timeout)
+            out.setdefault("deaf", []).extend(got["deaf"])  # type: ignore[union-attr]
+            mesh.update(got["mesh"])
+            out.setdefault("gc_pauses", []).append([got["gc_count"], got["gc"]])  # type: ignore[union-attr]
+            for r, times in got["arrivals"].items():
                 per_round[int(r)] += [t - published[int(r)] for t in times]
         out["lat"] = [x for r in sorted(per_round) for x in per_round[r]]
+        out["mesh_components"] = mesh_components(mesh)
+        out["mesh_degree"] = sum(map(len, mesh.values())) / max(1, len(mesh))
         out["to_all"] = [max(v) for v in per_round.values() if len(v) == hubs - 1]
         out["rounds"] = [[len(v), max(v, default=0.0)] for _, v in sorted(per_round.items())]
         out["incomplete_rounds"] = sum(len(v) < hubs - 1 for v in per_round.values())

@@ -325,6 +325,23 @@ def overlay_lines(o: dict) -> list[str]:
         f"| gossip bytes sent per hub per second | {o['tx_per_hub']:.0f} B/s |",
         f"| CPU of all overlay processes | {o['cpu'] * 100:.0f} % of a core "
         f"({o['cpu'] * 1000 / o['hubs']:.1f} ms/s per hub) |",
+        *(
+            [
+                f"| CPU while hub 0 published: the overlay's / the whole machine's | "
+                f"{o['cpu_rounds'] * 100:.0f} % / {o['machine_rounds'] * 100:.0f} % of a core |"
+            ]
+            if "machine_rounds" in o
+            else []
+        ),
+        *(
+            [
+                f"| GossipSub mesh after the rounds: components, mean degree | "
+                f"{len(o['mesh_components'])} ({', '.join(map(str, o['mesh_components']))} "
+                f"hubs), {o['mesh_degree']:.1f} |"
+            ]
+            if "mesh_components" in o
+            else []
+        ),
         f"| load average before → ready → after | {o['load_before']} → {o['load_ready']} → "
         f"{o['load_after']} |",
         "",

@@ -43,7 +43,7 @@ import trio
 
 from sonm_p2p.discovery import _peer_records
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
-from sonm_p2p.discovery.cadence import announce_ttl, interval_for
+from sonm_p2p.discovery.cadence import HubCountPeak, announce_ttl, interval_for
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
 from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer
 from sonm_p2p.discovery.registered import RegisteredHubs
@@ -147,6 +147,7 @@ class HubGossip:
         self._targets = [_addrs.parse_target(t) for t in self.options.bootstrap]
         self._lock = threading.Condition()
         self._directory = HubDirectory()
+        self._hub_peak = HubCountPeak()
         self._validator = AnnouncementValidator(
             self.options.validator,
             registered=frozenset() if self.options.require_registered else None,
@@ -368,9 +369,9 @@ class HubGossip:
 
     def announce_interval(self) -> float:
         """Seconds until this hub's next announcement: the fixed interval, or with ``auto``
-        the one for the live hubs it knows now (see cadence.py)."""
+        the one for the most live hubs it knew in the last 10 minutes (see cadence.py)."""
         with self._lock:
-            hubs = len(self._directory.live(time.time()))
+            hubs = self._hub_peak.note(len(self._directory.live(time.time())), time.monotonic())
         return interval_for(self.options.announce_interval, hubs)
 
     async def _announce_forever(self) -> None:

@@ -12,6 +12,7 @@ from sonm_p2p.discovery.announcement import DEFAULT_TTL, MAX_TTL
 from sonm_p2p.discovery.cadence import (
     AUTO_FLOOR,
     MAX_INTERVAL,
+    HubCountPeak,
     announce_ttl,
     auto_interval,
     interval_for,
@@ -71,3 +72,14 @@ def test_sonmhub_help_documents_announce_interval():
 
     out = CliRunner().invoke(main, ["--help"]).output
     assert "--announce-interval" in out and "auto" in out
+
+
+def test_hub_count_peak_does_not_fall_while_hubs_fall_behind_only_after_the_window():
+    peak = HubCountPeak(window=600.0)
+    assert peak.note(5, 0.0) == 5
+    assert peak.note(100, 30.0) == 100
+    # Announcements expiring on a loaded hub: it still counts 100, so it does not speed up.
+    assert peak.note(18, 60.0) == 100
+    assert peak.note(40, 629.0) == 100
+    assert peak.note(40, 631.0) == 40  # 100 was noted more than 10 minutes ago
+    assert auto_interval(peak.note(100, 632.0)) == pytest.approx(30.0)

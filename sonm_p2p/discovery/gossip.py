@@ -78,11 +78,14 @@ class GossipOptions:
     heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
     degree, degree_low, degree_high: GossipSub's mesh degree D (peers each message is pushed
         to), and the bounds past which the heartbeat grafts or prunes (D_lo, D_hi); D is also
-        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 4
+        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 12
         (py-libp2p's and the spec's are 6, 4 and 12): every copy of a message costs its sender
-        and its receiver a Noise frame in Python, and a hub takes each announcement in about
-        D - 1 times; 20 hubs in one process took 68 % of a core with 6/4/12, 49 % with 3/2/4,
-        and 2/1/3 took a minute to spread every hub to every other (docs/SCALING.md).
+        and its receiver a few Noise frames in Python, and a hub takes each announcement in
+        about D - 1 times; 20 hubs in one process took 68 % of a core with 6/4/12, 49 % with
+        3/2/4 (docs/SCALING.md). D_hi stays 12: with 4, a hub with five peers pruned some out
+        of its mesh, and py-libp2p does not publish to a topic's peers outside the mesh, so a
+        peer whose only link was pruned reached nobody but through IHAVE gossip (the flood test,
+        tests/integration/test_announce_flood.py, saw it); 2/1/3 took a minute to converge.
     redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
         (attempts start at 0.25 s apart and double).
     validator: limits of the topic validator; see ValidatorOptions.
@@ -102,7 +105,7 @@ class GossipOptions:
     heartbeat_interval: float = 1.0
     degree: int = 3
     degree_low: int = 2
-    degree_high: int = 4
+    degree_high: int = 12
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
     drop_report_interval: float = 10.0

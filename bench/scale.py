@@ -276,18 +276,30 @@ def hub_table(results: list[dict]) -> list[str]:
     return out
 
 
+def announce_arg(text: str) -> float | None:
+    """``--announce``: seconds, or ``auto`` (None: sonmhub's default, growing with the overlay)."""
+    return None if text == "auto" else float(text)
+
+
 def overlay_lines(o: dict) -> list[str]:
+    from sonm_p2p.discovery.cadence import auto_interval
+
     lat, to_all = o["lat"] or [float("nan")], o["to_all"]
+    every = (
+        f"{o['announce']:g} s"
+        if o["announce"] is not None
+        else f"{auto_interval(o['hubs']):g} s, `auto` for {o['hubs']} hubs"
+    )
     where = (
         "in a network namespace of its own (so every byte on its loopback is the overlay's)"
         if o["isolated"]
         else "on the shared loopback (not root: the byte count includes other traffic)"
     )
     return [
-        f"### Overlay: {o['hubs']} hubs (announcing every {o['announce']:g} s)",
+        f"### Overlay: {o['hubs']} hubs (announcing every {every})",
         "",
         f"{o['hubs']} hubs (libp2p host + discovery gossip as in `sonmhub`, each announcing "
-        f"every {o['announce']:g} s) in {o['procs']} processes (`bench/scale_overlay.py`), "
+        f"every {every}) in {o['procs']} processes (`bench/scale_overlay.py`), "
         "each running its share on one shared trio loop, " + where + "; each hub bootstrapped "
         "to one or two earlier hubs (a sparse overlay). Hub 0 then publishes "
         f"{len(o['to_all']) + o['incomplete_rounds']} timed announcements, 2 s apart; each "
@@ -313,6 +325,23 @@ def overlay_lines(o: dict) -> list[str]:
         f"| gossip bytes sent per hub per second | {o['tx_per_hub']:.0f} B/s |",
         f"| CPU of all overlay processes | {o['cpu'] * 100:.0f} % of a core "
         f"({o['cpu'] * 1000 / o['hubs']:.1f} ms/s per hub) |",
+        *(
+            [
+                f"| CPU while hub 0 published: the overlay's / the whole machine's | "
+                f"{o['cpu_rounds'] * 100:.0f} % / {o['machine_rounds'] * 100:.0f} % of a core |"
+            ]
+            if "machine_rounds" in o
+            else []
+        ),
+        *(
+            [
+                f"| GossipSub mesh after the rounds: components, mean degree | "
+                f"{len(o['mesh_components'])} ({', '.join(map(str, o['mesh_components']))} "
+                f"hubs), {o['mesh_degree']:.1f} |"
+            ]
+            if "mesh_components" in o
+            else []
+        ),
         f"| load average before → ready → after | {o['load_before']} → {o['load_ready']} → "
         f"{o['load_after']} |",
         "",
@@ -345,7 +374,12 @@ def main() -> None:
         "--overlay-results", type=Path, nargs="*", help="earlier overlay runs' output to include"
     )
     ap.add_argument("--overlay-procs", type=int, default=5, help="processes the hubs run in")
-    ap.add_argument("--announce", type=float, default=3.0, help="hubs' announce interval, s")
+    ap.add_argument(
+        "--announce",
+        type=announce_arg,
+        default=None,
+        help="hubs' announce interval, seconds, or auto (the default, as in sonmhub)",
+    )
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what it started, then exit
     if not ISOLATED and os.geteuid() == 0 and shutil.which("unshare"):

@@ -79,6 +79,25 @@ class Duration(click.ParamType):
         return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+#: Longest ``--announce-interval`` (discovery/cadence.py's MAX_INTERVAL, not imported here:
+#: the CLI's start-up imports stay light).
+_MAX_ANNOUNCE_INTERVAL = 90.0
+
+
+class AnnounceInterval(Duration):
+    """``auto`` (None) or a duration of 1 s to 90 s (a longer one's TTL would pass MAX_TTL)."""
+
+    name = "auto|duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:  # type: ignore[override]
+        if value is None or value == "auto":
+            return None
+        seconds = super().convert(value, param, ctx)
+        if not 1.0 <= seconds <= _MAX_ANNOUNCE_INTERVAL:
+            self.fail(f"{value!r}: from 1s to {_MAX_ANNOUNCE_INTERVAL:g}s, or auto", param, ctx)
+        return seconds
+
+
 def chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--chain``, ``--registry`` and ``--require-registered`` (read with
     ``sonm_p2p.chain.ChainSettings.resolve``: flag > env > config.toml)."""

@@ -15,6 +15,7 @@ C extension loads in ~4 ms.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -49,9 +50,9 @@ class Identity:
 
     private_key: bytes  # 32 bytes
 
-    @property
+    @functools.cached_property
     def node_id(self) -> str:
-        """The Ethereum (EIP-55 checksummed) address of the key: ``0x…``."""
+        """The Ethereum (EIP-55 checksummed) address of the key: ``0x…`` (computed once)."""
         return node_id_from_public_key(self.public_key_compressed)
 
     @property
@@ -181,8 +182,11 @@ def recover_signer(message: bytes, signature: bytes) -> str:
     return node_id_from_public_key(pub.format(compressed=False))
 
 
+@functools.lru_cache(maxsize=4096)
 def node_id_from_peer_id(peer_id: str) -> str | None:
-    """Node ID of a libp2p peer ID that embeds a secp256k1 key; None for other key types."""
+    """Node ID of a libp2p peer ID that embeds a secp256k1 key; None for other key types.
+
+    Remembered for the last 4,096 peer IDs (each announcement checked costs one)."""
     from libp2p.peer.id import ID
 
     pid = ID.from_base58(peer_id)

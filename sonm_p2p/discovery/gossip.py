@@ -24,6 +24,8 @@ py-libp2p 0.8.1 settings that matter here (measured, unless said otherwise):
   to each mesh peer along with the message: two RPCs per publish in a per-peer outbound queue of
   32, so a burst of 60 publishes lost 20 at the sender (none over v1.1). Our messages are
   smaller than the IDONTWANTs would save; we speak v1.1 only;
+* every RPC carries the sender's signed peer record, verified by the receiver each time (a
+  secp256k1 check per copy of a message): ``_peer_records`` checks a record once per peer;
 * ``Pubsub`` starts a cleanup thread for its seen-messages cache in its constructor and never
   stops it (it sleeps 60 s at a time); we stop it when the service ends.
 """
@@ -39,7 +41,9 @@ from typing import Any
 
 import trio
 
+from sonm_p2p.discovery import _peer_records
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
+from sonm_p2p.discovery.cadence import HubCountPeak, announce_ttl, interval_for
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
 from sonm_p2p.discovery.mdns import DEFAULT_NAMESPACE, LanDiscovery, LanPeer
 from sonm_p2p.discovery.registered import RegisteredHubs
@@ -53,7 +57,8 @@ __all__ = ["GossipOptions", "HubGossip", "expand_addrs", "hub_announcer"]
 
 log = logging.getLogger(__name__)
 
-Announcer = Callable[[], HubAnnouncement]
+#: Returns the hub's current signed announcement, living ``ttl`` seconds (see hub_announcer).
+Announcer = Callable[[float], HubAnnouncement]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +71,21 @@ class GossipOptions:
     mdns: browse the LAN for hubs with mDNS (and advertise, on a hub); defaults to False.
     mdns_namespace: nodes only see hubs of their namespace; 1-9 of ``a-z0-9-``; defaults to
         "hub". Tests pass a random one so that parallel tests do not see each other.
-    announce_interval: seconds between a hub's announcements; defaults to 3.
+    announce_interval: seconds between a hub's announcements, or None (the default) for
+        ``auto``: 3 s up to 10 live hubs, then 0.3 s per hub (at most 90 s), so each hub's
+        gossip work stays flat as the overlay grows (see cadence.py). Each announcement lives
+        10/3 of the interval it was made at (at least 10 s).
     heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
+    degree, degree_low, degree_high: GossipSub's mesh degree D (peers each message is pushed
+        to), and the bounds past which the heartbeat grafts or prunes (D_lo, D_hi); D is also
+        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 12
+        (py-libp2p's and the spec's are 6, 4 and 12): every copy of a message costs its sender
+        and its receiver a few Noise frames in Python, and a hub takes each announcement in
+        about D - 1 times; 20 hubs in one process took 68 % of a core with 6/4/12, 49 % with
+        3/2/4 (docs/SCALING.md). D_hi stays 12: with 4, a hub with five peers pruned some out
+        of its mesh, and py-libp2p does not publish to a topic's peers outside the mesh, so a
+        peer whose only link was pruned reached nobody but through IHAVE gossip (the flood test,
+        tests/integration/test_announce_flood.py, saw it); 2/1/3 took a minute to converge.
     redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
         (attempts start at 0.25 s apart and double).
     validator: limits of the topic validator; see ValidatorOptions.
@@ -83,8 +101,11 @@ class GossipOptions:
     bootstrap: tuple[str, ...] = ()
     mdns: bool = False
     mdns_namespace: str = DEFAULT_NAMESPACE
-    announce_interval: float = 3.0
+    announce_interval: float | None = None
     heartbeat_interval: float = 1.0
+    degree: int = 3
+    degree_low: int = 2
+    degree_high: int = 12
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
     drop_report_interval: float = 10.0
@@ -94,12 +115,14 @@ class GossipOptions:
     @classmethod
     def of(cls, daemon: Any) -> GossipOptions:
         """The options a daemon's settings name (its ``bootstrap``, ``mdns``,
-        ``mdns_namespace``, and ``chain``'s ``trusting``); the rest default."""
+        ``mdns_namespace``, ``announce_interval`` if it has one, and ``chain``'s
+        ``trusting``); the rest default."""
         chain = getattr(daemon, "chain", None)
         return cls(
             bootstrap=daemon.bootstrap,
             mdns=daemon.mdns,
             mdns_namespace=daemon.mdns_namespace,
+            announce_interval=getattr(daemon, "announce_interval", None),
             require_registered=bool(chain is not None and chain.trusting),
         )
 
@@ -107,9 +130,9 @@ class GossipOptions:
 class HubGossip:
     """Hub discovery on one node. Create it before ``node.start()``; it adds itself as a service.
 
-    announce: on a hub, a callable returning the hub's current signed announcement (see
-        :func:`hub_announcer`); it is called in a worker thread every ``announce_interval``
-        and the result published. Nodes that announce also advertise on mDNS.
+    announce: on a hub, a callable returning the hub's current signed announcement with the
+        TTL it is given (see :func:`hub_announcer`); it is called in a worker thread every
+        ``announce_interval`` and the result published. Nodes that announce also advertise on mDNS.
 
     The service stops when the node closes; nothing is left running (threads included).
     """
@@ -127,6 +150,7 @@ class HubGossip:
         self._targets = [_addrs.parse_target(t) for t in self.options.bootstrap]
         self._lock = threading.Condition()
         self._directory = HubDirectory()
+        self._hub_peak = HubCountPeak()
         self._validator = AnnouncementValidator(
             self.options.validator,
             registered=frozenset() if self.options.require_registered else None,
@@ -255,12 +279,13 @@ class HubGossip:
         from libp2p.pubsub.pubsub import Pubsub
         from libp2p.tools.anyio_service import background_trio_service
 
+        _peer_records.install()  # the signed peer record in every RPC: made once, checked once
         o = self.options
         router = GossipSub(
             protocols=[PROTOCOL_ID_V11],
-            degree=6,
-            degree_low=4,
-            degree_high=12,
+            degree=o.degree,
+            degree_low=o.degree_low,
+            degree_high=o.degree_high,
             heartbeat_interval=o.heartbeat_interval,  # type: ignore[arg-type]  # float works
             adaptive_gossip_enabled=False,
             spam_protection_enabled=False,
@@ -345,15 +370,24 @@ class HubGossip:
                     _report_drops(new, time.monotonic() - reported_at, accepted)
                     reported, reported_at = drops, time.monotonic()
 
+    def announce_interval(self) -> float:
+        """Seconds until this hub's next announcement: the fixed interval, or with ``auto``
+        the one for the most live hubs it knew in the last 10 minutes (see cadence.py)."""
+        with self._lock:
+            hubs = self._hub_peak.note(len(self._directory.live(time.time())), time.monotonic())
+        return interval_for(self.options.announce_interval, hubs)
+
     async def _announce_forever(self) -> None:
-        assert self._announce is not None
+        announce = self._announce
+        assert announce is not None
         while True:
+            interval = self.announce_interval()
             try:
-                ann = await trio.to_thread.run_sync(self._announce)
+                ann = await trio.to_thread.run_sync(announce, announce_ttl(interval))
                 await self._publish(ann.encode())
             except Exception:
                 log.exception("cannot publish the hub announcement")
-            await trio.sleep(self.options.announce_interval)
+            await trio.sleep(interval)
 
     # -- staying connected ---------------------------------------------------------------------
 
@@ -521,18 +555,20 @@ def hub_announcer(
     multiaddrs: Callable[[], list[str]] | None = None,
     ttl: float = DEFAULT_TTL,
 ) -> Announcer:
-    """A callable for HubGossip's ``announce`` that signs the hub's current announcement.
+    """A callable for HubGossip's ``announce`` that signs the hub's current announcement,
+    living the TTL it is called with (HubGossip passes the one of its interval).
 
     grpc_endpoint: the hub's client API, or a callable returning it (bound after start).
     load: returns (miners online, max miners or 0); called at each announcement.
     multiaddrs: returns the overlay addresses to announce; defaults to the node's listen
         addresses, with an unspecified host (0.0.0.0 / ::) replaced by each interface address.
+    ttl: the lifetime when it is called without one.
     Issue times strictly increase, even if the clock steps back, so receivers never take a new
     announcement for a replay.
     """
     last_ms = 0
 
-    def build() -> HubAnnouncement:
+    def build(lifetime: float = ttl) -> HubAnnouncement:
         nonlocal last_ms
         now_ms = max(int(time.time() * 1000), last_ms + 1)
         last_ms = now_ms
@@ -547,7 +583,7 @@ def hub_announcer(
             version=version,
             miners_online=miners,
             max_miners=max_miners,
-            ttl=ttl,
+            ttl=lifetime,
         )
 
     return build

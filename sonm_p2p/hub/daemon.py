@@ -65,6 +65,9 @@ class HubDaemonOptions:
         with an unspecified host replaced by this machine's first address.
     bootstrap: overlay peers to stay connected to (other hubs); defaults to none.
     mdns: advertise on the LAN with mDNS; defaults to True. mdns_namespace: see GossipOptions.
+    announce_interval: seconds between this hub's announcements on the overlay, or None (the
+        default) for ``auto``: 3 s up to 10 hubs, then 0.3 s per hub (100 hubs: 30 s), at most
+        90 s; each announcement lives 10/3 of it (see discovery/cadence.py).
     stun_listen: ``host:port`` of the STUN responder (UDP); defaults to 0.0.0.0:3478; it also
         answers on the next port (3479; any free port for port 0), so clients tell a symmetric
         NAT from one that keeps its mapping; "" turns it off. stun_alternate: a second
@@ -96,6 +99,7 @@ class HubDaemonOptions:
     bootstrap: tuple[str, ...] = ()
     mdns: bool = True
     mdns_namespace: str = "hub"
+    announce_interval: float | None = None
     stun_listen: str = "0.0.0.0:3478"
     stun_alternate: str = ""
     relay: RelayOptions | None = field(

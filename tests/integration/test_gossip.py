@@ -63,6 +63,7 @@ class Overlay:
         listen: tuple[str, ...] = LOCAL.listen,
         mdns_namespace: str | None = None,
         validate: bool = True,
+        announce_interval: float | None = ANNOUNCE_INTERVAL,
     ) -> Member:
         identity = Identity.generate()
         node = P2PNode(identity, dataclasses.replace(LOCAL, listen=listen))
@@ -70,7 +71,7 @@ class Overlay:
             bootstrap=bootstrap,
             mdns=mdns_namespace is not None,
             mdns_namespace=mdns_namespace or "hub",
-            announce_interval=ANNOUNCE_INTERVAL,
+            announce_interval=announce_interval,
         )
         announce = None
         if hub:
@@ -293,3 +294,23 @@ def test_close_is_prompt_and_leaves_no_thread_behind():
     with pytest.raises(Exception, match="not running"):
         hub.gossip.publish(b"x")
     print(f"closed 2 nodes (pubsub + mDNS) in {took:.2f}s")
+
+
+@pytest.mark.parametrize(("interval", "ttl"), [(30.0, 100.0), (None, 10.0)])
+def test_an_announcement_lives_ten_thirds_of_its_hubs_interval(interval, ttl):
+    """A hub announcing every 30 s says its announcement lives 100 s, and its peers keep it
+    that long; with ``auto`` (None) in a small overlay: every 3 s, 10 s, as before."""
+    overlay = Overlay()
+    try:
+        hub = overlay.add("hub", hub=True, announce_interval=interval)
+        peer = overlay.add("peer", bootstrap=(hub.addr,))
+        entry = wait_for(
+            lambda: peer.gossip.directory().get(hub.node_id, time.time()),
+            "the peer to take in the hub's announcement",
+            timeout=15,
+        )
+        assert entry.announcement.ttl == ttl
+        assert entry.expires_at == pytest.approx(entry.announcement.issued_at + ttl)
+        assert hub.gossip.announce_interval() == (interval or 3.0)
+    finally:
+        overlay.close()

@@ -23,6 +23,7 @@ reservations).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,9 @@ STOP = "/libp2p/circuit/relay/0.2.0/stop"  #: a relay hands a circuit to its tar
 
 #: How long a RESERVE or CONNECT exchange with the relay may take.
 EXCHANGE_TIMEOUT = 10.0
+#: Seconds (jittered ±25 %) a keeper whose relay connection went waits before dialling it
+#: itself: the connection's other user, if any, redials first.
+LOST_GRACE = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -447,6 +451,12 @@ class RelayReservation:
                     closing = _closing(host, relay)
                     with trio.move_on_after(max(refresh_at - time.time(), 0.01)):
                         await (closing.wait() if closing is not None else trio.sleep(1.0))
+                if not _connected(host, relay):
+                    # Lost: whoever else holds this peer (a miner's link to its hub, which is
+                    # its relay) redials it first, and the reservation is renewed on that
+                    # connection; dialling at once too added a second dial per miner to a
+                    # restarted hub's herd.
+                    await trio.sleep(LOST_GRACE * (0.75 + random.random() / 2))
                 continue
             except trio.Cancelled:
                 raise

@@ -547,13 +547,13 @@ class NodeCore:
             if beats is not None and not running:  # the pinger starts with the first session
                 running = True
                 self.spawn(beats.run)
+            key = beats.watch(peer, stream) if beats is not None else None  # pinged at once
             try:
                 await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
-                if beats is not None:
-                    await beats.serve(peer, stream)  # pings its connection till it ends
-                else:
-                    await read_until_end(stream)
+                await read_until_end(stream)
             finally:
+                if beats is not None and key is not None:
+                    beats.unwatch(key)
                 with trio.CancelScope(shield=True):
                     await aclose_quietly(stream, reset=True)
                     await trio.to_thread.run_sync(on_close, peer, limiter=limiter)

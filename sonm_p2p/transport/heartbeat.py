@@ -31,8 +31,6 @@ from typing import Any
 
 import trio
 
-from sonm_p2p.transport._conn import read_until_end
-
 __all__ = ["SESSION_BEAT", "BeatBook", "BeatResult", "Heartbeat", "Heartbeats"]
 
 log = logging.getLogger(__name__)
@@ -140,7 +138,7 @@ class BeatBook:
 
 class Heartbeats:
     """Pings every beat session of one protocol (on the node's trio loop): :meth:`run` once in
-    the node's nursery, :meth:`serve` from each session's handler for as long as it lasts.
+    the node's nursery, :meth:`watch` / :meth:`unwatch` from each session's handler.
     A ping is one frame written by a short task; its answer is a callback from the connection's
     read loop, and a sweep counts those that did not come: no task waits for an answer."""
 
@@ -157,20 +155,22 @@ class Heartbeats:
             nursery.start_soon(self._flush)
             await self._ping_rounds(nursery)
 
-    async def serve(self, peer_id: str, stream: Any) -> None:
-        """Ping the connection of ``stream`` (a session after its ``on_open``) until the
-        stream ends."""
+    def watch(self, peer_id: str, stream: Any) -> int:
+        """Start pinging the connection of ``stream`` (a session, from its first moment: a
+        miner whose handshake waits its turn behind a restarted hub's herd still hears the hub,
+        and does not give up on it); returns the key for :meth:`unwatch`."""
         conn = stream.muxed_conn
         if not hasattr(conn, "ping"):  # not our Yamux (a test's host): nothing to ping
             log.warning("session of %s: its connection cannot be pinged (%r)", peer_id, conn)
         key = next(self._serials)
         self._conns[key] = conn
         self.book.add(key, peer_id)
-        try:
-            await read_until_end(stream)
-        finally:
-            self.book.remove(key)
-            self._conns.pop(key, None)
+        return key
+
+    def unwatch(self, key: int) -> None:
+        """The session ended: stop pinging it."""
+        self.book.remove(key)
+        self._conns.pop(key, None)
 
     async def _ping_rounds(self, nursery: trio.Nursery) -> None:
         interval = self.options.interval

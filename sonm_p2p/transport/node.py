@@ -479,7 +479,7 @@ class P2PNode:
 
         ``on_open(peer_id)`` and then, when the stream ends for any reason, ``on_close(peer_id)``
         are called in a worker thread (they may block). With ``heartbeat``, each session is
-        pinged once ``on_open`` has returned (a beat session: see :mod:`.heartbeat`).
+        pinged from its start, while ``on_open`` runs too (a beat session: see :mod:`.heartbeat`).
         """
         self.core.handle(protocol, self.core.session_acceptor(on_open, on_close, heartbeat))
 

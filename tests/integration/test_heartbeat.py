@@ -5,6 +5,7 @@ older session protocol is pinged over gRPC as before; both stay online with no p
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -47,3 +48,39 @@ def test_miners_are_pinged_on_the_session_they_open_and_stay_online(
         wait_for(lambda: time.monotonic() - t0 > 4 * INTERVAL, "four more intervals", timeout=10)
         assert miners.connected == 2
     assert "missed a ping" not in hub.proc.output()
+
+
+def test_a_session_is_pinged_while_its_handshake_waits_its_turn() -> None:
+    """A restarted hub's herd: a session's ``on_open`` (the hub's handshake) may wait behind
+    hundreds of others for longer than a miner's patience with a silent hub (35 s). The hub
+    pings the session's connection from its first moment, so the miner hears it all along."""
+    from sonm_p2p.identity import Identity
+    from sonm_p2p.transport.heartbeat import Heartbeat
+    from sonm_p2p.transport.node import NodeOptions, P2PNode
+
+    listen = NodeOptions(listen=("/ip4/127.0.0.1/tcp/0",))
+    hub, miner = P2PNode(Identity.generate(), listen), P2PNode(Identity.generate(), listen)
+    release = threading.Event()
+    results: list[tuple[str, bool, str]] = []
+    beats: list[float] = []
+    hub.accept_sessions(
+        SESSION_BEAT,
+        lambda peer: release.wait(30),  # the handshake, stuck in the queue
+        lambda peer: None,
+        heartbeat=Heartbeat(interval=INTERVAL, timeout=1.0, report=results.extend),
+    )
+    hub.start()
+    miner.start()
+    try:
+        peer = miner.connect(hub.addrs[0])
+        heard = lambda: beats.append(time.monotonic())  # noqa: E731
+        session = miner.open_session(peer, hub_link.SESSIONS, heard)
+        assert session.protocol == SESSION_BEAT
+        wait_for(lambda: len(beats) >= 3, "three pings before the handshake ended", timeout=10)
+        assert not release.is_set()
+        wait_for(lambda: any(ok for _, ok, _ in results), "an answered ping reported", timeout=10)
+        assert all(ok for _, ok, _ in results)
+    finally:
+        release.set()
+        miner.close()
+        hub.close()

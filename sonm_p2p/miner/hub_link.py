@@ -39,12 +39,16 @@ class LinkOptions:
         defaults to 35 s (three missed 10 s pings plus the 5 s timeout).
     avoid_for: a hub just lost is tried after the others for this long, seconds; defaults to 30
         (so a miner moves to another allowed hub, and returns to this one if it is the only one).
+    session_timeout: how long opening the session on a connected hub may take, seconds;
+        defaults to 30. A restarted hub's herd queues every stream on its one libp2p thread: a
+        miner that gave up at the dial timeout (10 s) threw away a join half done and redialled.
     """
 
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     hub_silence: float = 35.0
     avoid_for: float = 30.0
+    session_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,9 @@ class HubLink:
                 except SonmError as exc:
                     log.warning("hub %s: %s", node_id, exc)
                 try:
-                    session = self.node.open_session(peer, SESSIONS, self._on_beat)
+                    session = self.node.open_session(
+                        peer, SESSIONS, self._on_beat, timeout=self.options.session_timeout
+                    )
                 except SonmError as exc:
                     log.warning("hub %s: %s", target, exc)
             if session is None:

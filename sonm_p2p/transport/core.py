@@ -565,15 +565,15 @@ class NodeCore:
         peer_id: str,
         protocols: Sequence[str],
         on_beat: Callable[[], None] | None = None,
+        timeout: float | None = None,
     ) -> Session:
         """Open a session stream to a connected peer on the first of ``protocols`` it speaks.
-        On a beat session (:data:`.heartbeat.SESSION_BEAT`) each Yamux ping of the peer on this
-        connection calls ``on_beat()`` (on the trio thread: it must not block). Raises
-        DialError if it cannot."""
+        On a beat session each Yamux ping of the peer calls ``on_beat()`` (on the trio thread:
+        it must not block). Raises DialError if it cannot within ``timeout``."""
         from libp2p.peer.id import ID
 
         try:
-            with trio.fail_after(self.options.dial_timeout):
+            with trio.fail_after(timeout or self.options.dial_timeout):
                 stream = await self.host.new_stream(ID.from_base58(peer_id), list(protocols))
         except Exception as exc:
             wanted = " or ".join(protocols)

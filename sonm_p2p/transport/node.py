@@ -488,10 +488,12 @@ class P2PNode:
         peer_id: str,
         protocols: str | Sequence[str],
         on_beat: Callable[[], None] | None = None,
+        timeout: float | None = None,
     ) -> Session:
         """Open a session stream to a connected peer on the first of ``protocols`` it speaks
         (``Session.protocol`` says which); on a beat session each of the peer's Yamux pings
-        calls ``on_beat()`` (on the node's thread: it must not block). Raises
+        calls ``on_beat()`` (on the node's thread: it must not block). ``timeout``: seconds
+        the stream may take to open (default: the node's dial timeout). Raises
         DialError if it cannot."""
         offered = [protocols] if isinstance(protocols, str) else list(protocols)
-        return self.run(self.core.open_session, peer_id, offered, on_beat)
+        return self.run(self.core.open_session, peer_id, offered, on_beat, timeout)

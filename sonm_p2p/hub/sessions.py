@@ -5,8 +5,8 @@ carries out what it decides (store, publish, disconnect).
 Miners dial the hub and hold a session stream open (``/sonm/session/2.0.0``, or ``1.0.0`` from
 miners before heartbeats). On each new session the hub opens a gRPC channel back to the miner over
 that same connection, handshakes (learning its resources and the tasks it runs) and pings it every
-``ping_interval``: with one byte on the session stream itself (the transport's heartbeats, on the
-libp2p thread; results come back in batches to :meth:`MinerSessions.beat_results`), or, for a
+``ping_interval``: with Yamux PINGs on the session's connection (the transport's heartbeats, on
+the libp2p thread; results come back in batches to :meth:`MinerSessions.beat_results`), or, for a
 ``1.0.0`` session, with a gRPC ``Ping``. Those pings, each miner's event stream and every other call
 to a miner run on the hub's asyncio loop; SQLite work on the bounded pool
 (:meth:`MinerSessions.blocking`).
@@ -65,7 +65,7 @@ class MinerSession:
         self.watch: concurrent.futures.Future[None] | None = None  # its WatchTasks, on the loop
         self.streams: set[AioStream] = set()  # log follows, ended when the session ends
         self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
-        self.beats = False  # pinged on its session stream, not over gRPC (transport/heartbeat)
+        self.beats = False  # pinged by the transport's heartbeats, not over gRPC
 
     @property
     def node_id(self) -> str:

@@ -126,9 +126,10 @@ def quiet_libp2p_logs() -> None:
     read (py-libp2p's default, ``PY_YAMUX_RELEASE_ON_READ=1``: a frame back, encrypted, for
     every frame received); and measures a connection's RTT every 5 minutes, not every 30 s (a
     ping and a pong each way, which for a hub's idle miners were a third of their frames; the
-    RTT only sizes receive windows). Both can be overridden: the env variable, and
-    :data:`YAMUX_RTT_INTERVAL`. Every Yamux connection is a ``_yamux.KeepaliveYamux``, whose
-    pings are also the hub's heartbeats (``heartbeat.py``).
+    RTT only sizes receive windows; :data:`YAMUX_RTT_INTERVAL`). The env variable alone did not
+    stop the per-read updates, so every stream is a ``_yamux.HalfWindowStream``, and every
+    connection a ``_yamux.KeepaliveYamux``, whose pings are also the hub's heartbeats
+    (``heartbeat.py``): :func:`_yamux.install`, here, before any host runs.
     """
     _tune_yamux()
     # py-libp2p logs expected events (a probe connection closing, a peer going away) at ERROR;

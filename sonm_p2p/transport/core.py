@@ -193,10 +193,6 @@ class NodeCore:
 
     def _new_host(self) -> Any:
         from libp2p import new_host
-
-        from sonm_p2p.transport import _yamux
-
-        _yamux.install()  # its pings are the hub's heartbeats (heartbeat.py)
         from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
         from libp2p.network.config import ConnectionConfig
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
@@ -531,8 +527,8 @@ class NodeCore:
         on_close: Callable[[str], None],
         heartbeat: Heartbeat | None = None,
     ) -> StreamHandler:
-        """A handler for long-lived session streams: ``on_open(peer_id)`` and, when the stream
-        ends, ``on_close(peer_id)``, each in a worker thread; ``heartbeat``: pinged once open."""
+        """A handler for session streams: ``on_open(peer_id)`` and, when the stream ends,
+        ``on_close(peer_id)``, each in a worker thread; ``heartbeat``: pinged from its start."""
 
         # Threads of their own: a crowd of sessions opening at once (a hub restarted, its
         # miners redialling) must not hold every token of trio's default limiter, which the

@@ -208,6 +208,14 @@ from sonm_p2p.transport.relay import RelayOptions
     show_default=True,
     help="Overlay connections held at once (each miner holds one; see docs/SCALING.md).",
 )
+@click.option(
+    "--max-joining",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Peers joining at once (handshakes and session set-up); the rest wait their turn, so "
+    "a herd of redialling miners is served first come, first served. 0: no limit.",
+)
 @no_birthday_punch_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
@@ -243,6 +251,7 @@ def main(
     registry_poll: float,
     deregister: bool,
     max_connections: int,
+    max_joining: int,
     no_birthday_punch: bool,
     verbose: bool,
 ) -> None:
@@ -304,6 +313,7 @@ def main(
             stake=parse_eth(stake, "--stake") if stake is not None else 0,
             registry_poll=registry_poll,
             max_connections=max_connections,
+            max_joining=max_joining,
             birthday_punch=not no_birthday_punch,
         )
         daemon = HubDaemon(options)

@@ -88,6 +88,8 @@ class HubDaemonOptions:
         is off, hears only registered hubs); with ``stake`` (wei) > 0 it also registers itself
         and keeps its registered endpoints current (see hub/registration.py).
     max_connections: overlay connections held at once (a miner holds one); defaults to 10,000.
+    max_joining: peers joining at once, the rest waiting their turn (transport/_joins.py);
+        defaults to 32; 0 for no limit.
     birthday_punch: take part in birthday-paradox hole punches (``--no-birthday-punch``);
         defaults to True.
     """
@@ -117,6 +119,7 @@ class HubDaemonOptions:
     stake: int = 0
     registry_poll: float = 15.0
     max_connections: int = 10_000
+    max_joining: int = 32
     birthday_punch: bool = True
 
 
@@ -137,6 +140,7 @@ class HubDaemon:
                 relay_service=options.relay,
                 autonat_service=True,
                 max_connections=options.max_connections,
+                max_joining=options.max_joining,
                 birthday_punch=options.birthday_punch,
             ),
         )

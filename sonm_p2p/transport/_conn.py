@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -16,7 +17,9 @@ __all__ = [
     "aclose_quietly",
     "connections",
     "dial",
+    "dial_unpinned",
     "is_relayed",
+    "new_host",
     "peer_address",
     "quiet_libp2p_logs",
     "read_until_end",
@@ -71,6 +74,34 @@ async def dial(host: Any, info: Any) -> None:
     if cache is not None:
         cache.evict(str(info.peer_id))
     await host.connect(info)
+
+
+async def dial_unpinned(
+    host: Any, addr: Any, learned: dict[str, str], probe: Callable[[Any], Awaitable[str]]
+) -> str:
+    """Connect to ``addr`` (a multiaddr) whose peer ID the caller does not pin; returns it.
+
+    ``probe`` learns the ID with a throw-away Noise handshake, so a first dial costs both ends
+    two handshakes. ``learned`` (address -> ID) saves it from then on: a restarted hub keeps its
+    key, so in a restarted hub's herd each miner redials with the ID it learned instead of
+    probing again. A dial with a learned ID that fails (the hub down, or another key there now)
+    probes once, which tells the two apart and learns the new ID.
+    """
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+
+    key = str(addr)
+    known = learned.get(key)
+    if known is not None:
+        try:
+            await dial(host, PeerInfo(ID.from_base58(known), [addr]))
+            return known
+        except Exception as exc:
+            log.debug("dial %s as %s: %s; probing", key, known[:16], reason(exc))
+    peer_id = await probe(addr)
+    learned[key] = peer_id
+    await dial(host, PeerInfo(ID.from_base58(peer_id), [addr]))
+    return peer_id
 
 
 def connections(host: Any, peer: Any) -> list[Any]:
@@ -153,6 +184,36 @@ def _tune_yamux() -> None:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     yamux.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL
     _yamux.install()
+
+
+def new_host(key_pair: Any, dial_timeout: float, max_connections: int) -> Any:
+    """A py-libp2p host: TCP, Noise only (a peer offering plaintext, or anything else, fails to
+    negotiate), Yamux, one connection per peer, limits sized for ``max_connections``."""
+    from libp2p import new_host as libp2p_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+
+    sec = {NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
+    # One connection per peer: besides being what we want, it skips py-libp2p's 250 ms
+    # happy-eyeballs wait on every connect().
+    n = max_connections
+    conn_cfg = ConnectionConfig(
+        max_connections_per_peer=1,
+        dial_timeout=dial_timeout,
+        max_connections=n,
+        min_connections=min(50, n // 2),
+        low_watermark=min(100, n),
+        high_watermark=n,
+    )
+    return libp2p_host(
+        key_pair=key_pair,
+        sec_opt=sec,
+        muxer_preference="YAMUX",
+        connection_config=conn_cfg,
+        resource_manager=resource_manager(n),
+    )
 
 
 def resource_manager(max_connections: int) -> Any:

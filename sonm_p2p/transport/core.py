@@ -35,14 +35,16 @@ from sonm_p2p.transport._birthday import BirthdayPunch
 from sonm_p2p.transport._conn import (
     aclose_quietly,
     dial,
+    dial_unpinned,
     is_relayed,
+    new_host,
     peer_address,
     read_until_end,
     reason,
-    resource_manager,
 )
 from sonm_p2p.transport._dcutr import dcutr_service
 from sonm_p2p.transport._handles import Session, Tunnel
+from sonm_p2p.transport._joins import JoinGate
 from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.birthday import BirthdayOptions
@@ -97,6 +99,8 @@ class NodeOptions:
     max_connections: connections the host holds at once, inbound and outbound; defaults to 300
         (py-libp2p's). A hub holds one per miner: ``sonmhub --max-connections`` raises it. It
         sizes py-libp2p's connection manager (which prunes above it) and its resource manager.
+    max_joining: inbound peers joining at once, the rest waiting their turn (``_joins.py``); 0
+        (the default) for no limit. Hubs set it (``sonmhub --max-joining``).
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
@@ -116,6 +120,7 @@ class NodeOptions:
     ladder: LadderOptions = LadderOptions()
     upgrade: UpgradePolicy = UpgradePolicy()
     max_connections: int = 300
+    max_joining: int = 0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -144,6 +149,9 @@ class NodeCore:
         self._token: trio.lowlevel.TrioToken | None = None
         self._handlers: dict[str, StreamHandler] = {}
         self._services: list[Service] = []
+        self._learned: dict[str, str] = {}  # peer IDs probed at addresses (dial_unpinned)
+        #: Inbound joins under way (gated when ``options.max_joining``).
+        self.joins = JoinGate(self.options.max_joining)
 
     def __repr__(self) -> str:
         state = "serving" if self.nursery is not None else "idle"
@@ -165,7 +173,9 @@ class NodeCore:
         """
         import multiaddr
 
-        host = self._new_host()
+        o = self.options
+        host = new_host(self.identity.libp2p_key_pair(), o.dial_timeout, o.max_connections)
+        self.joins.install(host.get_network())
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         self.host = host
         self.peer_id = host.get_id().to_string()
@@ -190,35 +200,6 @@ class NodeCore:
                             await network.close_peer(peer)
                         except Exception as exc:
                             log.debug("closing the connection to %s: %r", peer, exc)
-
-    def _new_host(self) -> Any:
-        from libp2p import new_host
-        from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
-        from libp2p.network.config import ConnectionConfig
-        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
-        from libp2p.security.noise.transport import Transport as NoiseTransport
-
-        key_pair = self.identity.libp2p_key_pair()
-        # Noise only: a peer offering plaintext (or anything else) fails to negotiate.
-        sec = {NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
-        # One connection per peer: besides being what we want, it skips py-libp2p's 250 ms
-        # happy-eyeballs wait on every connect().
-        n = self.options.max_connections
-        conn_cfg = ConnectionConfig(
-            max_connections_per_peer=1,
-            dial_timeout=self.options.dial_timeout,
-            max_connections=n,
-            min_connections=min(50, n // 2),
-            low_watermark=min(100, n),
-            high_watermark=n,
-        )
-        return new_host(
-            key_pair=key_pair,
-            sec_opt=sec,
-            muxer_preference="YAMUX",
-            connection_config=conn_cfg,
-            resource_manager=resource_manager(n),
-        )
 
     async def _start(self, host: Any, nursery: trio.Nursery) -> None:
         o = self.options
@@ -313,8 +294,8 @@ class NodeCore:
 
     async def connect(self, maddr: str, peer_id: str | None = None) -> str:
         """Connect to ``maddr`` (a multiaddr without /p2p); without ``peer_id`` it is learned by
-        :meth:`probe` first. Returns the peer ID. Raises DialError, Timeout past
-        ``dial_timeout``."""
+        :meth:`probe`, once per address (``dial_unpinned``). Returns the peer ID. Raises
+        DialError, Timeout past ``dial_timeout``."""
         import multiaddr
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
@@ -323,9 +304,9 @@ class NodeCore:
         try:
             with trio.fail_after(self.options.dial_timeout):
                 if peer_id is None:
-                    peer_id = await self.probe(addr)
-                pid = ID.from_base58(peer_id)
-                await dial(self.host, PeerInfo(pid, [addr]))
+                    peer_id = await dial_unpinned(self.host, addr, self._learned, self.probe)
+                else:
+                    await dial(self.host, PeerInfo(ID.from_base58(peer_id), [addr]))
         except trio.TooSlowError:
             raise Timeout(f"no answer from {maddr} within {self.options.dial_timeout:g}s") from None
         except SonmError:
@@ -544,8 +525,12 @@ class NodeCore:
                 running = True
                 self.spawn(beats.run)
             key = beats.watch(peer, stream) if beats is not None else None  # pinged at once
+            self.joins.session_started(peer)
             try:
-                await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
+                try:
+                    await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
+                finally:
+                    self.joins.session_done(peer)
                 await read_until_end(stream)
             finally:
                 if beats is not None and key is not None:

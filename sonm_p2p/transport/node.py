@@ -309,7 +309,8 @@ class P2PNode:
         """Connect to ``target`` (host:port, or a multiaddr with or without ``/p2p/``).
 
         Returns the peer ID. When the address carries no peer ID, the peer's identity is learned
-        from a Noise handshake (the remote is still authenticated; only pinning is skipped).
+        from a Noise handshake (the remote is still authenticated; only pinning is skipped),
+        once per address: later dials there use the ID learned, and probe again only if it fails.
         A relayed (circuit) address ``/…/p2p/<relay>/p2p-circuit/p2p/<peer>`` goes through the
         dial ladder (:meth:`connect_peer`): relayed, then a hole punch to a direct path.
         Raises DialError when the peer cannot be reached, Timeout past ``dial_timeout``.

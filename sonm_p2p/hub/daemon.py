@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 #: ``max_connections``' default).
 HUB_RESERVATIONS = 10_000
 
+#: Seconds a hub waits before identifying a peer that connected to it: its miners have opened
+#: their sessions by then and are not asked at all (transport/_conn.defer_inbound_identify).
+IDENTIFY_AFTER = 5.0
+
 T = TypeVar("T")
 
 
@@ -141,6 +145,7 @@ class HubDaemon:
                 autonat_service=True,
                 max_connections=options.max_connections,
                 max_joining=options.max_joining,
+                defer_identify=IDENTIFY_AFTER,
                 birthday_punch=options.birthday_punch,
             ),
         )

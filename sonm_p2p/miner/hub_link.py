@@ -42,6 +42,9 @@ class LinkOptions:
     session_timeout: how long opening the session on a connected hub may take, seconds;
         defaults to 30. A restarted hub's herd queues every stream on its one libp2p thread: a
         miner that gave up at the dial timeout (10 s) threw away a join half done and redialled.
+    dial_timeout: how long a dial of a hub given by address may take, seconds; defaults to 30.
+        A hub serves joins a few dozen at a time, first come, first served (``--max-joining``):
+        a miner that gives up waiting goes to the back of the line.
     """
 
     backoff_initial: float = 0.5
@@ -49,6 +52,7 @@ class LinkOptions:
     hub_silence: float = 35.0
     avoid_for: float = 30.0
     session_timeout: float = 30.0
+    dial_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class HubLink:
                     peer = cand.peer_id
                     log.info("hub %s: %s path (%s)", cand, path.kind, path.remote)
                 else:
-                    peer = self.node.connect(cand.addrs[0])
+                    peer = self.node.connect(cand.addrs[0], timeout=self.options.dial_timeout)
             except SonmError as exc:
                 log.warning("hub %s: %s", cand, exc)
                 if cand.node_id:

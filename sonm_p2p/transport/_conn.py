@@ -16,6 +16,7 @@ import trio
 __all__ = [
     "aclose_quietly",
     "connections",
+    "defer_inbound_identify",
     "dial",
     "dial_unpinned",
     "is_relayed",
@@ -102,6 +103,36 @@ async def dial_unpinned(
     learned[key] = peer_id
     await dial(host, PeerInfo(ID.from_base58(peer_id), [addr]))
     return peer_id
+
+
+def defer_inbound_identify(
+    host: Any, spawn: Callable[..., Any], delay: float, skip: Callable[[str], bool]
+) -> None:
+    """Identify a peer that connected to ``host`` only ``delay`` seconds later, and not at all
+    if by then ``skip(peer_id)`` (or it is gone). Peers ``host`` dialled are identified at once.
+
+    py-libp2p identifies every peer the moment it connects, both ways. A hub has no use for its
+    miners' answers (their listen addresses and protocols; what it needs comes in the session's
+    handshake), and asking cost it ~10 ms of its ~45 ms per join (``bench/profile_hub.py``, 300
+    miners, 3 runs each way). Other inbound peers (hubs, clients) are identified as before, a
+    little later. The miner's own identify of its hub, which tells the miner its observed
+    address (hole punching needs it), is untouched.
+    """
+    schedule = host._schedule_identify
+
+    def deferred(peer_id: Any, *, reason: str) -> None:
+        if reason != "notifee-connected":  # host.connect(): our dial, identified at once
+            schedule(peer_id, reason=reason)
+            return
+
+        async def later() -> None:
+            await trio.sleep(delay)
+            if connections(host, peer_id) and not skip(peer_id.to_string()):
+                schedule(peer_id, reason=reason)
+
+        spawn(later)
+
+    host._schedule_identify = deferred
 
 
 def connections(host: Any, peer: Any) -> list[Any]:

@@ -34,6 +34,7 @@ from sonm_p2p.transport._birthday import PROTOCOL as BIRTHDAY
 from sonm_p2p.transport._birthday import BirthdayPunch
 from sonm_p2p.transport._conn import (
     aclose_quietly,
+    defer_inbound_identify,
     dial,
     dial_unpinned,
     is_relayed,
@@ -101,6 +102,9 @@ class NodeOptions:
         sizes py-libp2p's connection manager (which prunes above it) and its resource manager.
     max_joining: inbound peers joining at once, the rest waiting their turn (``_joins.py``); 0
         (the default) for no limit. Hubs set it (``sonmhub --max-joining``).
+    defer_identify: seconds before a peer that connected is identified; one that opened a
+        session by then (a miner at its hub) is not (``defer_inbound_identify``); 0 (the
+        default): at once, as py-libp2p does. Hubs set it.
     """
 
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
@@ -121,6 +125,7 @@ class NodeOptions:
     upgrade: UpgradePolicy = UpgradePolicy()
     max_connections: int = 300
     max_joining: int = 0
+    defer_identify: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -152,6 +157,7 @@ class NodeCore:
         self._learned: dict[str, str] = {}  # peer IDs probed at addresses (dial_unpinned)
         #: Inbound joins under way (gated when ``options.max_joining``).
         self.joins = JoinGate(self.options.max_joining)
+        self.session_peers: set[str] = set()  # peers with a session open to this node
 
     def __repr__(self) -> str:
         state = "serving" if self.nursery is not None else "idle"
@@ -205,6 +211,9 @@ class NodeCore:
         o = self.options
         if not host.get_addrs():
             raise DialError(f"could not listen on {list(o.listen)}")
+        if o.defer_identify:
+            skip = self.session_peers.__contains__
+            defer_inbound_identify(host, nursery.start_soon, o.defer_identify, skip)
         self.relay = await nursery.start(relay_service, host, o.relay_service)
         if o.autonat_service:
             await nursery.start(serve_autonat, host)
@@ -292,23 +301,26 @@ class NodeCore:
         await aclose_quietly(secured)
         return peer
 
-    async def connect(self, maddr: str, peer_id: str | None = None) -> str:
+    async def connect(
+        self, maddr: str, peer_id: str | None = None, timeout: float | None = None
+    ) -> str:
         """Connect to ``maddr`` (a multiaddr without /p2p); without ``peer_id`` it is learned by
         :meth:`probe`, once per address (``dial_unpinned``). Returns the peer ID. Raises
-        DialError, Timeout past ``dial_timeout``."""
+        DialError, Timeout past ``timeout`` (default ``dial_timeout``)."""
         import multiaddr
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
         addr = multiaddr.Multiaddr(maddr)
+        timeout = timeout or self.options.dial_timeout
         try:
-            with trio.fail_after(self.options.dial_timeout):
+            with trio.fail_after(timeout):
                 if peer_id is None:
                     peer_id = await dial_unpinned(self.host, addr, self._learned, self.probe)
                 else:
                     await dial(self.host, PeerInfo(ID.from_base58(peer_id), [addr]))
         except trio.TooSlowError:
-            raise Timeout(f"no answer from {maddr} within {self.options.dial_timeout:g}s") from None
+            raise Timeout(f"no answer from {maddr} within {timeout:g}s") from None
         except SonmError:
             raise
         except Exception as exc:
@@ -526,6 +538,7 @@ class NodeCore:
                 self.spawn(beats.run)
             key = beats.watch(peer, stream) if beats is not None else None  # pinged at once
             self.joins.session_started(peer)
+            self.session_peers.add(peer)
             try:
                 try:
                     await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
@@ -533,6 +546,7 @@ class NodeCore:
                     self.joins.session_done(peer)
                 await read_until_end(stream)
             finally:
+                self.session_peers.discard(peer)
                 if beats is not None and key is not None:
                     beats.unwatch(key)
                 with trio.CancelScope(shield=True):

@@ -305,7 +305,7 @@ class P2PNode:
             return []
         return [str(a) for a in self.core.host.get_addrs()]
 
-    def connect(self, target: str) -> str:
+    def connect(self, target: str, *, timeout: float | None = None) -> str:
         """Connect to ``target`` (host:port, or a multiaddr with or without ``/p2p/``).
 
         Returns the peer ID. When the address carries no peer ID, the peer's identity is learned
@@ -313,14 +313,15 @@ class P2PNode:
         once per address: later dials there use the ID learned, and probe again only if it fails.
         A relayed (circuit) address ``/…/p2p/<relay>/p2p-circuit/p2p/<peer>`` goes through the
         dial ladder (:meth:`connect_peer`): relayed, then a hole punch to a direct path.
-        Raises DialError when the peer cannot be reached, Timeout past ``dial_timeout``.
+        Raises DialError when the peer cannot be reached, Timeout past ``timeout`` (default the
+        node's ``dial_timeout``; a relayed address keeps the dial ladder's own).
         """
         circuit = _addrs.parse_circuit(target)
         if circuit is not None:
             self.connect_peer(circuit.peer_id, [target])
             return circuit.peer_id
         maddr, peer_id = _addrs.parse_target(target)
-        return self.run(self.core.connect, maddr, peer_id)
+        return self.run(self.core.connect, maddr, peer_id, timeout)
 
     def is_connected(self, peer_id: str) -> bool:
         return self.core.is_connected(peer_id)

@@ -3,6 +3,7 @@ the same home; prints the online count as it grows (with the hub's CPU), then th
 load generator and the hub logged, grouped (which timeouts wasted joins).
 
     python bench/restart_herd.py 1000      # as root: in a network namespace of its own
+    python bench/restart_herd.py 1000 --max-joining 8   # further arguments go to sonmhub
 
 docs/SCALING.md ("The limit of one hub") quotes its runs.
 """
@@ -35,14 +36,14 @@ def summary(title: str, text: str) -> None:
         print(f"{n:6d} {message}", flush=True)
 
 
-def main(n: int, window: float = 150.0) -> None:
+def main(n: int, hub_args: list[str], window: float = 150.0) -> None:
     from sonm_p2p.client import HubClient
     from sonm_p2p.identity import load_or_create
 
     with tempfile.TemporaryDirectory() as tmp:
         net = Network(Path(tmp))
         try:
-            hub = net.hub(extra=["--no-mdns"])
+            hub = net.hub(extra=["--no-mdns", *hub_args])
             argv = [str(BIN / "sonm-loadgen"), "--hub", hub.p2p_target, "--miners", str(n)]
             argv += ["--home", str(net.root / "light"), "--json"]
             argv += ["--procs", str(loadgen_procs(n))]
@@ -84,4 +85,4 @@ if __name__ == "__main__":
         argv = [sys.executable, __file__, *sys.argv[1:]]
         os.execvp("unshare", ["unshare", "--net", "sh", "-c", shell, "sh", *argv])
     os.environ.setdefault("SONM_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, sys.argv[2:])

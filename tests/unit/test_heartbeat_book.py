@@ -1,12 +1,18 @@
 """The heartbeat bookkeeping (transport/heartbeat.py): a session is never pinged twice at once,
 a ping unanswered by its deadline is a miss, late or stray answers are ignored, results are
-reported in order and only for sessions still held, two sessions of one peer never mix."""
+reported in order and only for sessions still held, two sessions of one peer never mix; and a
+round's pings go out in small groups spread over the interval."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from types import SimpleNamespace
 
-from sonm_p2p.transport.heartbeat import BeatBook, Heartbeat
+import pytest
+import trio
+import trio.testing
+
+from sonm_p2p.transport.heartbeat import BeatBook, BeatResult, Heartbeat, Heartbeats
 
 TIMEOUT = 5.0
 
@@ -85,3 +91,40 @@ def test_heartbeat_options_are_checked_and_batches_sized_by_the_interval() -> No
     assert Heartbeat(interval=10, timeout=5, report=print).flush_every == 2.0
     assert Heartbeat(interval=0.5, timeout=0.5, report=print).flush_every == 0.2
     assert Heartbeat(interval=10, timeout=5, report=print, flush=0.5).flush_every == 0.5
+
+
+class _Conn:
+    """A connection whose ping is answered at once; records when each was sent."""
+
+    def __init__(self, sent: list[float]) -> None:
+        self.sent = sent
+
+    async def ping(self, on_answer: Callable[[], None]) -> None:
+        self.sent.append(trio.current_time())
+        on_answer()
+
+
+def test_a_round_sends_its_pings_in_small_groups_spread_over_the_interval() -> None:
+    """1,000 sessions, 10 s: groups of ~10 every 100 ms (GROUP), each session pinged once a
+    round, the round spread over the whole interval (not 1,000 at once, not one by one)."""
+    sessions, interval = 1000, 10.0
+    sent: list[float] = []
+    reported: list[BeatResult] = []
+
+    async def main() -> None:
+        beats = Heartbeats(Heartbeat(interval=interval, timeout=5.0, report=reported.extend))
+        for i in range(sessions):
+            beats.watch(f"peer{i}", SimpleNamespace(muxed_conn=_Conn(sent)))
+        with trio.move_on_after(interval * 2 + 3):  # the first round, from `interval` on
+            await beats.run()
+        reported.extend(beats.book.take())  # what was not reported yet
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    sent[:] = [t for t in sent if t < interval * 2]  # the first round's
+    assert len(sent) == sessions
+    times = sorted(set(sent))
+    assert 80 <= len(times) <= 101  # ~100 groups a round
+    assert max(sent) - min(sent) >= interval * 0.95
+    assert max(sent.count(t) for t in times) <= 20  # of ~10 pings each
+    assert {r[0] for r in reported} == {f"peer{i}" for i in range(sessions)}
+    assert all(ok for _, ok, _ in reported)

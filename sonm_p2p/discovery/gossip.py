@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 from sonm_p2p.discovery import _peer_records
+from sonm_p2p.discovery._flood import flood_publishing
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
 from sonm_p2p.discovery.cadence import HubCountPeak, announce_ttl, interval_for
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
@@ -78,14 +79,15 @@ class GossipOptions:
     heartbeat_interval: GossipSub heartbeat, seconds; defaults to 1 (py-libp2p's is 120).
     degree, degree_low, degree_high: GossipSub's mesh degree D (peers each message is pushed
         to), and the bounds past which the heartbeat grafts or prunes (D_lo, D_hi); D is also
-        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 12
+        how many non-mesh peers get IHAVE gossip each heartbeat. Defaults to 3, 2 and 4
         (py-libp2p's and the spec's are 6, 4 and 12): every copy of a message costs its sender
         and its receiver a few Noise frames in Python, and a hub takes each announcement in
         about D - 1 times; 20 hubs in one process took 68 % of a core with 6/4/12, 49 % with
-        3/2/4 (docs/SCALING.md). D_hi stays 12: with 4, a hub with five peers pruned some out
-        of its mesh, and py-libp2p does not publish to a topic's peers outside the mesh, so a
-        peer whose only link was pruned reached nobody but through IHAVE gossip (the flood test,
-        tests/integration/test_announce_flood.py, saw it); 2/1/3 took a minute to converge.
+        3/2/4, and 100 hubs on two cores 75 % with 3/2/4, 153 % with 3/2/12 (docs/SCALING.md).
+        A hub pruned out of the mesh of its only link still reaches it: its own announcements
+        are flood-published to every subscribed peer (``_flood.py``; py-libp2p publishes only
+        to the mesh, and ``test_announce_flood.py`` failed without it); 2/1/3 took a minute to
+        converge.
     redial_interval: longest wait between attempts to reach a bootstrap peer; defaults to 5
         (attempts start at 0.25 s apart and double).
     validator: limits of the topic validator; see ValidatorOptions.
@@ -105,7 +107,7 @@ class GossipOptions:
     heartbeat_interval: float = 1.0
     degree: int = 3
     degree_low: int = 2
-    degree_high: int = 12
+    degree_high: int = 4
     redial_interval: float = 5.0
     validator: ValidatorOptions = field(default_factory=ValidatorOptions)
     drop_report_interval: float = 10.0
@@ -281,7 +283,7 @@ class HubGossip:
 
         _peer_records.install()  # the signed peer record in every RPC: made once, checked once
         o = self.options
-        router = GossipSub(
+        router = flood_publishing(GossipSub)(
             protocols=[PROTOCOL_ID_V11],
             degree=o.degree,
             degree_low=o.degree_low,

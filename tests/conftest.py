@@ -25,6 +25,15 @@ def cli_agents(tmp_path_factory):
 
 
 @pytest.fixture
+def p2p_nodes():
+    """A list for the P2PNodes a test makes: each one appended is closed at the test's end."""
+    made = []
+    yield made
+    for node in made:
+        node.close()
+
+
+@pytest.fixture
 def net(tmp_path, request):
     """A fresh set of real hub/miner processes; all stopped (and their containers removed)."""
     network = Network(tmp_path)

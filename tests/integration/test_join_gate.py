@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent import futures
-
-import pytest
 
 from sonm_p2p.identity import Identity
 from sonm_p2p.transport.addrs import parse_target
@@ -122,20 +119,12 @@ def _tcp(node: P2PNode) -> tuple[str, int]:
     return parts[2], int(parts[4])
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[P2PNode]]:
-    made: list[P2PNode] = []
-    yield made
-    for node in made:
-        node.close()
-
-
 def test_a_dial_by_address_probes_the_peer_id_once_and_again_only_when_the_key_changed(
-    nodes: list[P2PNode],
+    p2p_nodes: list[P2PNode],
 ) -> None:
     first, second, dialer = (P2PNode(Identity.generate(), NodeOptions(listen=LOCAL)) for _ in "abc")
-    nodes += [first, second, dialer]
-    for node in nodes:
+    p2p_nodes += [first, second, dialer]
+    for node in p2p_nodes:
         node.start()
     proxy = CountingProxy(_tcp(first))
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -22,14 +22,6 @@ from sonm_p2p.transport.reachability import Reachability, check_reachability
 from tests.harness import BIN, Hub, Network, sonmcli, wait_for
 
 LOCAL = ("/ip4/127.0.0.1/tcp/0",)
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[P2PNode]]:
-    made: list[P2PNode] = []
-    yield made
-    for node in made:
-        node.close()
 
 
 def _node(made: list[P2PNode], **options: object) -> P2PNode:
@@ -48,18 +40,18 @@ def _listen(node: P2PNode) -> list[str]:
     return [a.split("/p2p/")[0] for a in node.addrs]
 
 
-def test_a_node_that_answers_is_public(nodes: list[P2PNode]) -> None:
-    server = _node(nodes, autonat_service=True)
-    client = _node(nodes)
+def test_a_node_that_answers_is_public(p2p_nodes: list[P2PNode]) -> None:
+    server = _node(p2p_nodes, autonat_service=True)
+    client = _node(p2p_nodes)
     client.connect(server.addrs[0])
     verdict, answers = client.check_reachability([server.peer_id])
     assert verdict == Reachability.PUBLIC
     assert answers[server.peer_id].startswith("reachable at /ip4/127.0.0.1/tcp/")
 
 
-def test_a_closed_port_is_private(nodes: list[P2PNode]) -> None:
-    server = _node(nodes, autonat_service=True)
-    client = _node(nodes)
+def test_a_closed_port_is_private(p2p_nodes: list[P2PNode]) -> None:
+    server = _node(p2p_nodes, autonat_service=True)
+    client = _node(p2p_nodes)
     client.connect(server.addrs[0])
     with socket.create_server(("127.0.0.1", 0)) as s:
         closed = s.getsockname()[1]
@@ -68,23 +60,23 @@ def test_a_closed_port_is_private(nodes: list[P2PNode]) -> None:
     assert answer.startswith("failed")
 
 
-def test_an_address_another_node_answers_is_not_ours(nodes: list[P2PNode]) -> None:
+def test_an_address_another_node_answers_is_not_ours(p2p_nodes: list[P2PNode]) -> None:
     # The dial-back is a new connection with a Noise handshake: a port forwarded to someone
     # else (or a lie) is not taken for reachability. py-libp2p's own server reused the
     # connection the request came on and said "public" to everyone.
-    server = _node(nodes, autonat_service=True)
-    client = _node(nodes)
-    other = _node(nodes)
+    server = _node(p2p_nodes, autonat_service=True)
+    client = _node(p2p_nodes)
+    other = _node(p2p_nodes)
     client.connect(server.addrs[0])
     verdict, answer = _ask(client, server, _listen(other))
     assert verdict == Reachability.PRIVATE
     assert answer.startswith("failed")
 
 
-def test_only_the_requesters_own_ip_is_dialled(nodes: list[P2PNode]) -> None:
+def test_only_the_requesters_own_ip_is_dialled(p2p_nodes: list[P2PNode]) -> None:
     # A server must not be usable to make connections to third parties.
-    server = _node(nodes, autonat_service=True)
-    client = _node(nodes)
+    server = _node(p2p_nodes, autonat_service=True)
+    client = _node(p2p_nodes)
     client.connect(server.addrs[0])
     port = _listen(client)[0].rsplit("/", 1)[1]
     verdict, answer = _ask(client, server, [f"/ip4/127.0.0.2/tcp/{port}"])
@@ -92,9 +84,9 @@ def test_only_the_requesters_own_ip_is_dialled(nodes: list[P2PNode]) -> None:
     assert answer.startswith("refused")
 
 
-def test_a_peer_without_the_service_gives_no_verdict(nodes: list[P2PNode]) -> None:
-    plain = _node(nodes)
-    client = _node(nodes)
+def test_a_peer_without_the_service_gives_no_verdict(p2p_nodes: list[P2PNode]) -> None:
+    plain = _node(p2p_nodes)
+    client = _node(p2p_nodes)
     client.connect(plain.addrs[0])
     verdict, answers = client.check_reachability([plain.peer_id], timeout=5)
     assert verdict == Reachability.UNKNOWN

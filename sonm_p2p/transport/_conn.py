@@ -26,6 +26,7 @@ __all__ = [
     "read_until_end",
     "reason",
     "resource_manager",
+    "tcp_socket",
 ]
 
 log = logging.getLogger("sonm_p2p.transport.node")
@@ -47,15 +48,22 @@ def peer_address(conn: Any) -> tuple[str, int] | None:
         return None
     if addr:
         return str(addr[0]), int(addr[1])
-    # Noise session > read-writer > raw connection > TrioTCPStream > trio stream > socket.
-    layer: Any = secured
+    sock = tcp_socket(secured)
+    if sock is None:
+        return None
+    try:
+        ip, port = sock.getpeername()[:2]
+        return str(ip), int(port)
+    except (OSError, ValueError):
+        return None
+
+
+def tcp_socket(layer: Any) -> Any | None:
+    """The socket under a py-libp2p connection layer (Noise session > read-writer > raw
+    connection > TrioTCPStream > trio stream > socket), or None."""
     for _ in range(8):
         if hasattr(layer, "getpeername"):
-            try:
-                ip, port = layer.getpeername()[:2]
-                return str(ip), int(port)
-            except (OSError, ValueError):
-                return None
+            return layer
         layer = next(
             (getattr(layer, a) for a in ("socket", "stream", "conn") if hasattr(layer, a)), None
         )

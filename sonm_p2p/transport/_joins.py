@@ -20,16 +20,15 @@ Outbound connections and a node without a limit (``limit`` 0) are not gated.
 
 from __future__ import annotations
 
-import logging
 import select
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-__all__ = ["JoinGate"]
+from sonm_p2p.transport._conn import tcp_socket
 
-log = logging.getLogger("sonm_p2p.transport.node")
+__all__ = ["JoinGate"]
 
 _GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
@@ -128,15 +127,8 @@ class JoinGate:
 def hung_up(raw_conn: Any) -> bool:
     """Whether the far end of ``raw_conn`` (a py-libp2p raw TCP connection) has closed it,
     without reading from it (``POLLRDHUP``: its FIN arrived, even behind unread data)."""
-    layer = raw_conn
-    for _ in range(4):  # RawConnection > TrioTCPStream > trio.SocketStream > socket
-        sock = getattr(layer, "socket", None)
-        if sock is not None:
-            break
-        layer = getattr(layer, "stream", None)
-        if layer is None:
-            return False
-    else:
+    sock = tcp_socket(raw_conn)
+    if sock is None:
         return False
     try:
         poller = select.poll()

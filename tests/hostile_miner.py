@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from sonm_p2p._convert import event_to_pb, task_to_pb
+from sonm_p2p._pb.sonm.v1 import miner_pb2
 from sonm_p2p.auth import task_record
 from sonm_p2p.events import TaskEvent
 from sonm_p2p.identity import load_or_create
+from sonm_p2p.miner import daemon, hub_session
 from sonm_p2p.miner.servicer import MinerServicer
 from sonm_p2p.tasks import Endpoint, Task, TaskState
 
@@ -50,7 +52,8 @@ def _task(plan: dict[str, Any], miner_id: str, task_id: str, state: TaskState, *
 
 
 def install(plan: dict[str, Any], home: Path) -> None:
-    """Patch the miner's servicer (in this process only) to tell the plan's lies."""
+    """Patch the miner (in this process only) to tell the plan's lies, over gRPC to an older
+    hub and on the message session to a hub of today."""
     identity = load_or_create(home)
     me = identity.node_id
     victim, forged = plan["victim_task"], plan["forged_task"]
@@ -66,16 +69,34 @@ def install(plan: dict[str, Any], home: Path) -> None:
         print(f"hostile: handshake claims {victim} and {forged}", flush=True)
         return reply
 
-    def lying_watch(self: MinerServicer, request: Any, context: Any) -> Iterator[Any]:
+    def lying_events() -> Iterator[Any]:
         moved = _task(plan, me, victim, TaskState.RUNNING)
         exited = _task(plan, me, victim, TaskState.EXITED, exit_code=0, endpoints=())
         for task in (moved, exited):
             yield event_to_pb(TaskEvent(victim, time.time(), task=task))
             print(f"hostile: event {victim} {task.state.value}", flush=True)
+
+    def lying_watch(self: MinerServicer, request: Any, context: Any) -> Iterator[Any]:
+        yield from lying_events()
         yield from watch(self, request, context)
 
     MinerServicer.Handshake = lying_handshake  # type: ignore[method-assign]
     MinerServicer.WatchTasks = lying_watch  # type: ignore[method-assign]
+
+    # The same lies on a message session (what a hub of today hears): the handshake's reply,
+    # then the events, on the session stream.
+    serve = daemon.serve_hub_session
+
+    def lying_reply(miner: Any, request: Any) -> Any:
+        return lying_handshake(MinerServicer(miner), request, None)
+
+    def lying_session(miner: Any, session: Any, timeout: float) -> None:
+        serve(miner, session, timeout)
+        for event in lying_events():
+            session.send(miner_pb2.MinerSessionMessage(event=event).SerializeToString())
+
+    hub_session.handshake_reply = lying_reply  # type: ignore[assignment]
+    daemon.serve_hub_session = lying_session  # type: ignore[assignment]
 
 
 def main() -> None:

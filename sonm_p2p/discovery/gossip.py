@@ -43,6 +43,7 @@ import trio
 
 from sonm_p2p.discovery import _peer_records
 from sonm_p2p.discovery._flood import flood_publishing
+from sonm_p2p.discovery._in_kind import answer_in_kind
 from sonm_p2p.discovery.announcement import DEFAULT_TTL, TOPIC, HubAnnouncement
 from sonm_p2p.discovery.cadence import HubCountPeak, announce_ttl, interval_for
 from sonm_p2p.discovery.directory import HubDirectory, HubEntry
@@ -294,6 +295,7 @@ class HubGossip:
         )
         self._self_id = host.get_id().to_base58()
         pubsub = Pubsub(host, router, allowed_topics={TOPIC})
+        answer_in_kind(pubsub, host)  # no stream to a peer that dialled us and does not gossip
         try:
             async with background_trio_service(pubsub), background_trio_service(router):
                 await pubsub.wait_until_ready()

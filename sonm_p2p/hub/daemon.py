@@ -35,7 +35,7 @@ from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.addrs import format_hostport, interface_ips, parse_hostport
 from sonm_p2p.transport.bridge import GRPC_HUB, SESSION
-from sonm_p2p.transport.heartbeat import SESSION_BEAT, Heartbeat
+from sonm_p2p.transport.heartbeat import SESSION_BEAT, SESSION_MESSAGES, Heartbeat
 from sonm_p2p.transport.node import NodeOptions, P2PNode
 from sonm_p2p.transport.reachability import Reachability
 from sonm_p2p.transport.relay import RelayOptions, relay_counts
@@ -210,12 +210,20 @@ class HubDaemon:
         add_servicer(hub_pb2_grpc.add_HubServicer_to_server, servicer, self._server)
         if self.options.http_listen:
             self._start_web(servicer)
-        # Miners that speak it hold a beat session, pinged on it; older ones the old session,
-        # pinged over gRPC (see transport/heartbeat.py).
+        # Miners that speak it hold a message session (handshake and task events on it),
+        # pinged on its connection; older ones a beat session (pinged the same way, the rest
+        # over gRPC), or the first session, pinged over gRPC (see transport/heartbeat.py).
         beat = Heartbeat(
             interval=self.hub.options.ping_interval,
             timeout=self.hub.options.ping_timeout,
             report=self.hub.beat_results,
+        )
+        self.node.accept_sessions(
+            SESSION_MESSAGES,
+            self.hub.miner_opened_messaging,
+            self.hub.miner_closed,
+            heartbeat=beat,
+            messages=True,
         )
         self.node.accept_sessions(
             SESSION_BEAT, self.hub.miner_opened_beating, self.hub.miner_closed, heartbeat=beat

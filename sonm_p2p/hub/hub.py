@@ -404,7 +404,7 @@ class Hub(MinerSessions):
         not end as if the task had); a client that goes away ends the miner's follow too."""
         task = await self.blocking(self._task, query.task_id)
         session = await self.blocking(self._session_for, task.miner_id)
-        stream = session.client.alogs(replace(query, task_id=task.task_id))
+        stream = await session.client.alogs(replace(query, task_id=task.task_id))
         session.streams.add(stream)
         try:
             if session.gone:  # dropped before the follow was registered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -87,8 +88,9 @@ class MinerClient:
     With ``loop`` (an asyncio loop running in another thread) the ``a*`` methods run there on
     ``grpc.aio``, so a hub pings and follows every miner without a thread per miner, and
     :meth:`handshake` too: the miner is then called over one HTTP/2 connection (one bridge
-    socket, one libp2p stream), not two. The channel has no HTTP/2 keepalive: the hub's pings
-    are its liveness check (see ``_grpc_options``).
+    socket, one libp2p stream), not two. The channel is opened at the first call (a miner on a
+    message session may never be called), and has no HTTP/2 keepalive: the hub's pings are its
+    liveness check (see ``_grpc_options``).
     """
 
     def __init__(
@@ -100,43 +102,73 @@ class MinerClient:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.miner_id = miner_id
-        self._chan = PeerChannel(node, peer_id, GRPC_MINER, options=MINER_LINK_CLIENT_OPTIONS)
+        self._node, self._peer_id = node, peer_id
+        self._chan: PeerChannel | None = None  # opened at the first call
+        self._closed = False
+        self._lock = threading.Lock()
         self._stub: miner_pb2_grpc.MinerStub | None = None  # sync, without a loop only
         self._loop = loop
         self._aio: grpc.aio.Channel | None = None
         self._astub: miner_pb2_grpc.MinerStub | None = None
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(self._open_aio(), loop).result()
+        self._opening: asyncio.Lock | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop the ``a*`` methods run on (None: sync calls only)."""
         return self._loop
 
-    async def _open_aio(self) -> None:
-        self._aio = self._chan.aio_channel()
-        self._astub = miner_pb2_grpc.MinerStub(self._aio)
+    def _channel(self) -> PeerChannel:
+        """The tunnel to the miner's gRPC, opened now if it is not yet (blocking: not on the
+        loop). Raises MinerUnavailable once closed."""
+        with self._lock:
+            if self._closed:
+                raise MinerUnavailable(f"miner {self.miner_id}: its session ended")
+            if self._chan is None:
+                self._chan = PeerChannel(
+                    self._node, self._peer_id, GRPC_MINER, options=MINER_LINK_CLIENT_OPTIONS
+                )
+            return self._chan
+
+    async def _astub_ready(self) -> miner_pb2_grpc.MinerStub:
+        """(on the loop) The aio stub, its channel opened at the first call: a miner whose
+        handshake and events come on its message session may never be called at all."""
+        if self._astub is None:
+            if self._opening is None:
+                self._opening = asyncio.Lock()
+            async with self._opening:
+                if self._astub is None:
+                    chan = await asyncio.get_running_loop().run_in_executor(None, self._channel)
+                    if self._closed:  # closed while it opened
+                        raise MinerUnavailable(f"miner {self.miner_id}: its session ended")
+                    self._aio = chan.aio_channel()
+                    self._astub = miner_pb2_grpc.MinerStub(self._aio)
+        return self._astub
 
     def __repr__(self) -> str:
         return f"<MinerClient {self.miner_id} {self._chan!r}>"
 
     def close(self) -> None:
         """Close both channels; calls in flight end with MinerUnavailable. Idempotent."""
+        with self._lock:
+            self._closed = True
+            chan, self._chan = self._chan, None
         if self._aio is not None and self._loop is not None and not self._loop.is_closed():
             aio, self._aio = self._aio, None
             try:
                 asyncio.run_coroutine_threadsafe(aio.close(), self._loop).result(timeout=5)
             except (RuntimeError, TimeoutError):
                 pass  # the loop is stopping: it takes the channel with it
-        self._chan.close()
+        if chan is not None:
+            chan.close()
 
     def _error(self, exc: grpc.RpcError) -> Exception:
         return from_rpc_error(exc, unavailable=MinerUnavailable, peer=f"miner {self.miner_id}")
 
     async def _aunary(self, method: str, request: object, timeout: float | None) -> Any:
-        assert self._astub is not None, "MinerClient made without a loop"
+        assert self._loop is not None, "MinerClient made without a loop"
         try:
-            return await getattr(self._astub, method)(request, timeout=timeout)
+            stub = await self._astub_ready()
+            return await getattr(stub, method)(request, timeout=timeout)
         except asyncio.CancelledError:
             if _we_are_cancelled():
                 raise
@@ -174,16 +206,16 @@ class MinerClient:
         """Offer, allocation, usage and tasks of the miner."""
         return status_from_pb(await self._aunary("Status", common_pb2.Empty(), timeout))
 
-    def alogs(self, query: LogQuery) -> AioStream:
+    async def alogs(self, query: LogQuery) -> AioStream:
         """The task's output as a stream on the loop (``cancel()`` from the loop ends it)."""
-        assert self._astub is not None, "MinerClient made without a loop"
-        call = self._astub.Logs(log_query_to_pb(query))
+        assert self._loop is not None, "MinerClient made without a loop"
+        call = (await self._astub_ready()).Logs(log_query_to_pb(query))
         return AioStream(call, lambda m: m.data, self._error)
 
     async def awatch_tasks(self) -> AsyncIterator[TaskEvent]:
         """Every task event of this miner until the session ends (on the loop)."""
-        assert self._astub is not None, "MinerClient made without a loop"
-        call = self._astub.WatchTasks(common_pb2.Empty())
+        assert self._loop is not None, "MinerClient made without a loop"
+        call = (await self._astub_ready()).WatchTasks(common_pb2.Empty())
         try:
             async for message in call:
                 yield event_from_pb(message)
@@ -202,7 +234,7 @@ class MinerClient:
                 call.close()
                 raise MinerUnavailable(f"miner {self.miner_id}: {exc}") from None
         if self._stub is None:
-            self._stub = miner_pb2_grpc.MinerStub(self._chan.channel)
+            self._stub = miner_pb2_grpc.MinerStub(self._channel().channel)
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:

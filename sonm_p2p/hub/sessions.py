@@ -20,9 +20,13 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from google.protobuf.message import DecodeError
+
+from sonm_p2p._convert import event_from_pb
+from sonm_p2p._pb.sonm.v1 import miner_pb2
 from sonm_p2p.auth import is_task_record
 from sonm_p2p.errors import InvalidRequest, MinerNotFound, MinerUnavailable, SonmError, TaskNotFound
 from sonm_p2p.events import EventBus, TaskEvent
@@ -37,14 +41,14 @@ from sonm_p2p.hub.core import (
     ReportIgnored,
     TaskChanged,
 )
-from sonm_p2p.hub.miner_client import AioStream, MinerClient
+from sonm_p2p.hub.miner_client import AioStream, Handshake, MinerClient
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.model import MinerStatus
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.tasks import Task, resolve_prefix
 from sonm_p2p.transport.heartbeat import BeatResult
-from sonm_p2p.transport.node import P2PNode
+from sonm_p2p.transport.node import P2PNode, Session
 
 if TYPE_CHECKING:
     from sonm_p2p.hub.hub import HubOptions
@@ -54,6 +58,52 @@ __all__ = ["MinerSession", "MinerSessions"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+#: Task events a miner's message session may have waiting to be applied; a miner that sends
+#: more (far more than its own bounded event queue lets a real miner send) is cut off.
+MAX_PENDING_EVENTS = 4096
+
+
+def _session_message(data: bytes) -> miner_pb2.MinerSessionMessage:
+    try:
+        return miner_pb2.MinerSessionMessage.FromString(data)
+    except DecodeError:
+        raise InvalidRequest("malformed session message") from None
+
+
+def _session_events(stream: Session, loop: asyncio.AbstractEventLoop) -> AsyncIterator[TaskEvent]:
+    """The task events a miner sends on its message session, on ``loop``, until it ends. A
+    malformed message, or too many waiting, end the session."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    pending = [0]  # messages queued and not yet taken: written on both threads, approximate
+
+    def arrived(message: bytes | None) -> None:  # on the node's trio thread
+        pending[0] += 1
+        if pending[0] > MAX_PENDING_EVENTS:
+            log.warning("miner %s sends events faster than they apply: dropping it", stream.peer_id)
+            stream.close()
+            message = None
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, message)
+        except RuntimeError:  # the hub is closing
+            pass
+
+    async def events() -> AsyncIterator[TaskEvent]:
+        while (data := await queue.get()) is not None:
+            pending[0] -= 1
+            try:
+                message = _session_message(data)
+                if message.WhichOneof("body") != "event":
+                    raise InvalidRequest("a session message after the handshake is not an event")
+            except InvalidRequest as exc:
+                log.warning("miner %s: %s: dropping its session", stream.peer_id, exc)
+                stream.close()
+                return
+            yield event_from_pb(message.event)
+
+    stream.listen(arrived)
+    return events()
 
 
 class MinerSession:
@@ -66,6 +116,7 @@ class MinerSession:
         self.streams: set[AioStream] = set()  # log follows, ended when the session ends
         self.gone = ""  # how the session ended, e.g. "went offline (…)" ("" while it lasts)
         self.beats = False  # pinged by the transport's heartbeats, not over gRPC
+        self.events: AsyncIterator[TaskEvent] | None = None  # from a message session
 
     @property
     def node_id(self) -> str:
@@ -159,28 +210,79 @@ class MinerSessions:
         self.miner_opened(peer_id, beats=True)
 
     def miner_opened(self, peer_id: str, *, beats: bool = False) -> None:
-        """A miner opened its session: handshake, record it online, reconcile its tasks. Unless
-        it ``beats``, the hub's pinger pings it over gRPC."""
-        node_id = node_id_from_peer_id(peer_id)
+        """A miner opened its session: handshake (its gRPC ``Handshake``), record it online,
+        reconcile its tasks, follow them (its ``WatchTasks``). Unless it ``beats``, the hub's
+        pinger pings it over gRPC."""
+        node_id = self._session_peer(peer_id)
         if node_id is None:
-            log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
-            self.node.disconnect(peer_id)
-            return
-        if self._loop is None or self._sup.closed:
-            self.node.disconnect(peer_id)
             return
         client = MinerClient(self.node, peer_id, node_id, loop=self._loop)
         try:
             hs = client.handshake(
                 self.node_id, self.options.handshake_timeout, stun_endpoints=self.stun_for_miners()
             )
-            if hs.node_id != node_id:
-                raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")
+            self._check_handshake(hs, node_id)
         except SonmError as exc:
             log.warning("miner %s: handshake failed: %s", node_id, exc)
             client.close()
             self.node.disconnect(peer_id)
             return
+        self._register(peer_id, hs, client, beats=beats)
+
+    def miner_opened_messaging(self, peer_id: str, stream: Session) -> None:
+        """A miner opened a message session
+        (:data:`~sonm_p2p.transport.heartbeat.SESSION_MESSAGES`): the handshake and its task
+        events come on that stream, and the hub's gRPC channel to it opens at the first call
+        (a start, a stop, a status); the transport pings it, as a beat session."""
+        node_id = self._session_peer(peer_id)
+        if node_id is None:
+            return
+        request = miner_pb2.HandshakeRequest(hub_id=self.node_id)
+        request.stun_endpoints.extend(self.stun_for_miners())
+        request.stun_endpoint = request.stun_endpoints[0] if request.stun_endpoints else ""
+        try:
+            stream.send(request.SerializeToString())
+            message = _session_message(stream.recv(self.options.handshake_timeout))
+            if message.WhichOneof("body") != "handshake":
+                raise InvalidRequest("the miner's first session message is not a handshake")
+            hs = Handshake(message.handshake)
+            self._check_handshake(hs, node_id)
+        except SonmError as exc:
+            log.warning("miner %s: handshake failed: %s", node_id, exc)
+            self.node.disconnect(peer_id)
+            return
+        client = MinerClient(self.node, peer_id, node_id, loop=self._loop)  # opened at first use
+        self._register(peer_id, hs, client, beats=True, events=stream)
+
+    def _session_peer(self, peer_id: str) -> str | None:
+        """The node ID of a peer that opened a session, or None (refused: disconnected)."""
+        node_id = node_id_from_peer_id(peer_id)
+        if node_id is None:
+            log.warning("refusing session from %s: not a secp256k1 identity", peer_id)
+            self.node.disconnect(peer_id)
+            return None
+        if self._loop is None or self._sup.closed:
+            self.node.disconnect(peer_id)
+            return None
+        return node_id
+
+    @staticmethod
+    def _check_handshake(hs: Handshake, node_id: str) -> None:
+        if hs.node_id != node_id:
+            raise InvalidRequest(f"miner claims {hs.node_id} but its key is {node_id}")
+
+    def _register(
+        self,
+        peer_id: str,
+        hs: Handshake,
+        client: MinerClient,
+        *,
+        beats: bool,
+        events: Session | None = None,
+    ) -> None:
+        """A handshaken miner: online, its tasks reconciled, its events followed (from its
+        message session ``events``, else by a ``WatchTasks`` call)."""
+        node_id = hs.node_id
         remote = self.node.remote_addr(peer_id)
         now = time.time()
         with self._lock:
@@ -194,6 +296,8 @@ class MinerSessions:
             )
             session = MinerSession(link, client)
             session.beats = beats
+            if events is not None:
+                session.events = _session_events(events, self._loop)
             old = self._sessions.get(node_id)
             self._sessions[node_id] = session
             try:
@@ -244,8 +348,9 @@ class MinerSessions:
     async def _follow(self, session: MinerSession) -> None:
         """The miner's task events (on the loop): state changes go to the table, all to
         watchers. Each is applied on the pool, in order (SQLite must not stall the loop)."""
+        events = session.events if session.events is not None else session.client.awatch_tasks()
         try:
-            async for event in session.client.awatch_tasks():
+            async for event in events:
                 if event.task is not None:
                     done = self._sup.submit(self._on_report, session.link, event.task)
                     await asyncio.wrap_future(done)

@@ -24,11 +24,12 @@ from sonm_p2p.chain import ChainSettings
 from sonm_p2p.discovery import GossipOptions, HubGossip
 from sonm_p2p.discovery.registered import RegisteredHubs
 from sonm_p2p.discovery.registry_watch import RegistryWatch, check_registry
-from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, Timeout
+from sonm_p2p.errors import ConfigError, NotFound, PermissionDenied, SonmError, Timeout
 from sonm_p2p.identity import load_or_create
 from sonm_p2p.localsock import private_socket_path
 from sonm_p2p.miner.docker_runtime import DockerRuntime
 from sonm_p2p.miner.hub_link import HubCandidate, HubLink, LinkOptions
+from sonm_p2p.miner.hub_session import serve_hub_session
 from sonm_p2p.miner.memory_runtime import MemoryRuntime
 from sonm_p2p.miner.miner import Miner, Offer
 from sonm_p2p.miner.registries import RegistryPolicy
@@ -36,11 +37,12 @@ from sonm_p2p.miner.runtime import ContainerRuntime
 from sonm_p2p.miner.servicer import AioMinerServicer, MinerServicer
 from sonm_p2p.model import RuntimeInfo
 from sonm_p2p.supervisor import Supervisor
-from sonm_p2p.transport.addrs import parse_circuit
+from sonm_p2p.transport.addrs import is_circuit, parse_circuit
 from sonm_p2p.transport.bridge import GRPC_MINER, serve_grpc
 from sonm_p2p.transport.forward import ForwardRequest, requester, serve_forward
+from sonm_p2p.transport.heartbeat import SESSION_MESSAGES
 from sonm_p2p.transport.nat import NatCache
-from sonm_p2p.transport.node import NodeOptions, P2PNode, SharedLoop
+from sonm_p2p.transport.node import NodeOptions, P2PNode, Session, SharedLoop
 
 __all__ = ["MinerDaemon", "MinerOptions", "NatCache"]
 
@@ -154,6 +156,7 @@ class MinerDaemon:
             connected_in=self._connected_in,
             before_session=self._reserve_for_hub,
             on_beat=self.miner.saw_hub,
+            serve_session=self._serve_hub_session,
             supervisor=self.supervisor,
         )
         self._server: grpc.Server | None = None
@@ -205,17 +208,27 @@ class MinerDaemon:
         if self.gossip is not None:
             self.gossip.record_latency(node_id, seconds)
 
+    def _serve_hub_session(self, session: Session, hub: HubCandidate) -> None:
+        if session.protocol == SESSION_MESSAGES:
+            # Handshake and task events on the session; and a hub that speaks it relays to
+            # its session's miners without a reservation (transport/relay.py).
+            serve_hub_session(self.miner, session, self.options.link.session_timeout)
+        elif not any(is_circuit(a) for a in hub.addrs):
+            # An older hub relays only to peers that reserved: whether others can dial us is
+            # unknown (NAT), and a reservation makes the miner reachable through it whatever
+            # the NAT; connected already, so no new dial, whichever address this is.
+            try:
+                self.node.reserve(hub.addrs[0], wait=False)
+            except SonmError as exc:
+                log.warning("no relay reservation on hub %s: %s", hub, exc)
+
     def _reserve_for_hub(self, peer_id: str, hub: HubCandidate) -> None:
-        # Whether others can dial us is unknown (NAT): a reservation on the hub makes the miner
-        # reachable through it whatever the NAT; it is cheap, and refreshed by the node. A hub
-        # that is itself reached through a relay (it is behind NAT: it announces only circuit
-        # addresses that others can use) cannot relay for us: we reserve on its relay instead,
-        # and wait for it, so the addresses the hub learns from us include it.
+        # A hub reached through a relay (it is behind NAT: it announces only circuit addresses
+        # that others can use) cannot relay for us: we reserve on its relay instead, and wait
+        # for it, so the addresses the hub learns from us include it.
         circuits = [c for a in hub.addrs if (c := parse_circuit(a)) is not None]
         if circuits:
             self.node.reserve(circuits[0].relay, wait=True, timeout=5.0)
-        else:  # connected already: no new dial, whichever address this is
-            self.node.reserve(hub.addrs[0], wait=False)
 
     def _resolve_forward(self, peer_id: str, request: ForwardRequest) -> tuple[str, int]:
         """Where a forward to ``request.task_id``'s port goes; only its owner (or hub) may."""

@@ -13,16 +13,18 @@ from sonm_p2p.errors import SonmError
 from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.supervisor import Supervisor
 from sonm_p2p.transport.bridge import SESSION
-from sonm_p2p.transport.heartbeat import SESSION_BEAT
-from sonm_p2p.transport.node import P2PNode
+from sonm_p2p.transport.heartbeat import SESSION_BEAT, SESSION_MESSAGES
+from sonm_p2p.transport.node import P2PNode, Session
 
 __all__ = ["Backoff", "HubCandidate", "HubLink", "LinkOptions"]
 
 log = logging.getLogger(__name__)
 
-#: The session protocols a miner offers, best first: a hub that pings on the session stream
-#: itself, else an older hub (which pings over gRPC).
-SESSIONS = (SESSION_BEAT, SESSION)
+#: The session protocols a miner offers, best first: a hub that handshakes and follows its tasks
+#: on the session stream and pings its connection, one that only pings it, else an older hub
+#: (which pings over gRPC). Hubs call the miner's gRPC ``Handshake`` and ``WatchTasks`` on the
+#: latter two.
+SESSIONS = (SESSION_MESSAGES, SESSION_BEAT, SESSION)
 
 #: Longest wait between two checks of a held session's hub (its silence, whether it is still
 #: allowed); the session's end is noticed at once.
@@ -112,7 +114,9 @@ class HubLink:
     ``allow_hub(node_id)`` vets the hub actually reached. ``before_session(peer_id, candidate)``
     runs once connected, before the session opens (the miner reserves on a relay there, so the
     addresses it tells the hub include the relayed one); a SonmError from it is logged and does
-    not stop the session.
+    not stop the session. ``serve_session(session, candidate)`` runs once the session is open
+    (on a message session, :data:`SESSION_MESSAGES`, it answers the hub's handshake there); a
+    SonmError from it drops the session, and the link retries.
 
     ``last_hub_contact()`` returns the monotonic time the hub last called us (its pings); a
     session quieter than ``hub_silence`` is dropped and redialled. ``hub_peer`` is the hub's
@@ -131,6 +135,7 @@ class HubLink:
         connected_in: Callable[[str, float], None] = lambda node_id, seconds: None,
         before_session: Callable[[str, HubCandidate], None] = lambda peer_id, candidate: None,
         on_beat: Callable[[], None] = lambda: None,
+        serve_session: Callable[[Session, HubCandidate], None] = lambda session, candidate: None,
     ) -> None:
         self.node = node
         self._supervisor = supervisor
@@ -141,6 +146,7 @@ class HubLink:
         self._connected_in = connected_in
         self._before_session = before_session
         self._on_beat = on_beat
+        self._serve_session = serve_session
         self.hub_peer = ""
         self.hub_id = ""
         self.target = ""
@@ -213,6 +219,13 @@ class HubLink:
                     )
                 except SonmError as exc:
                     log.warning("hub %s: %s", target, exc)
+                if session is not None:
+                    try:
+                        self._serve_session(session, cand)
+                    except SonmError as exc:
+                        log.warning("hub %s: handshake failed: %s", target, exc)
+                        session.close()
+                        session = None
             if session is None:
                 self.hub_peer = ""
                 delay = backoff.next()

@@ -23,7 +23,21 @@ from sonm_p2p._status import translate_errors
 from sonm_p2p.errors import InvalidRequest
 from sonm_p2p.miner.miner import Miner
 
-__all__ = ["AioMinerServicer", "MinerServicer"]
+__all__ = ["AioMinerServicer", "MinerServicer", "handshake_reply"]
+
+
+def handshake_reply(miner: Miner, request: miner_pb2.HandshakeRequest) -> miner_pb2.HandshakeReply:
+    """What the miner tells its hub about itself (over gRPC or on a message session): the hub's
+    contact too. Classifies the miner's NAT against the hub's STUN responders (blocking)."""
+    miner.saw_hub()
+    return miner_pb2.HandshakeReply(
+        node_id=miner.node_id,
+        resources=resources_to_pb(miner.info()),
+        tasks=[task_to_pb(t) for t in miner.tasks()],
+        version=__version__,
+        multiaddrs=miner.addresses(),
+        nat_type=miner.nat_type(list(request.stun_endpoints) or [request.stun_endpoint]),
+    )
 
 
 @translate_errors
@@ -34,15 +48,7 @@ class MinerServicer(miner_pb2_grpc.MinerServicer):
     def Handshake(
         self, request: miner_pb2.HandshakeRequest, context: grpc.ServicerContext
     ) -> miner_pb2.HandshakeReply:
-        self.miner.saw_hub()
-        return miner_pb2.HandshakeReply(
-            node_id=self.miner.node_id,
-            resources=resources_to_pb(self.miner.info()),
-            tasks=[task_to_pb(t) for t in self.miner.tasks()],
-            version=__version__,
-            multiaddrs=self.miner.addresses(),
-            nat_type=self.miner.nat_type(list(request.stun_endpoints) or [request.stun_endpoint]),
-        )
+        return handshake_reply(self.miner, request)
 
     def Ping(
         self, request: common_pb2.Empty, context: grpc.ServicerContext

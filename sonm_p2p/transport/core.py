@@ -29,6 +29,7 @@ import trio
 from sonm_p2p.errors import DialError, SonmError, Timeout
 from sonm_p2p.identity import Identity
 from sonm_p2p.localsock import private_socket_path
+from sonm_p2p.transport import _sessions
 from sonm_p2p.transport import addrs as _addrs
 from sonm_p2p.transport._birthday import PROTOCOL as BIRTHDAY
 from sonm_p2p.transport._birthday import BirthdayPunch
@@ -40,7 +41,6 @@ from sonm_p2p.transport._conn import (
     is_relayed,
     new_host,
     peer_address,
-    read_until_end,
     reason,
 )
 from sonm_p2p.transport._dcutr import dcutr_service
@@ -50,7 +50,7 @@ from sonm_p2p.transport._paths import Path, PeerPaths
 from sonm_p2p.transport._splice import splice
 from sonm_p2p.transport.birthday import BirthdayOptions
 from sonm_p2p.transport.dial_ladder import LadderOptions, UpgradePolicy
-from sonm_p2p.transport.heartbeat import SESSION_BEAT, Heartbeat, Heartbeats
+from sonm_p2p.transport.heartbeat import Heartbeat
 from sonm_p2p.transport.reachability import Reachability, check_reachability, serve_autonat
 from sonm_p2p.transport.relay import RelayOptions, RelayReservation, relay_service
 
@@ -59,8 +59,6 @@ __all__ = ["NodeCore", "NodeOptions", "Service", "StreamHandler"]
 log = logging.getLogger("sonm_p2p.transport.node")
 
 StreamHandler = Callable[[Any], Awaitable[None]]
-#: Worker threads that run session callbacks (a hub's miner handshakes) at once, per protocol.
-SESSION_THREADS = 32
 #: ``await service(host, task_status=...)``: runs in the node's nursery (see add_service).
 Service = Callable[..., Awaitable[None]]
 
@@ -214,7 +212,11 @@ class NodeCore:
         if o.defer_identify:
             skip = self.session_peers.__contains__
             defer_inbound_identify(host, nursery.start_soon, o.defer_identify, skip)
-        self.relay = await nursery.start(relay_service, host, o.relay_service)
+        # A peer holding a session with this node is relayed to without a RESERVE of its own.
+        implied = self.session_peers.__contains__
+        self.relay = await nursery.start(
+            partial(relay_service, host, o.relay_service, implied=implied)
+        )
         if o.autonat_service:
             await nursery.start(serve_autonat, host)
         dcutr = None
@@ -516,44 +518,13 @@ class NodeCore:
 
     def session_acceptor(
         self,
-        on_open: Callable[[str], None],
+        on_open: Callable[..., None],
         on_close: Callable[[str], None],
         heartbeat: Heartbeat | None = None,
+        messages: bool = False,
     ) -> StreamHandler:
-        """A handler for session streams: ``on_open(peer_id)`` and, when the stream ends,
-        ``on_close(peer_id)``, each in a worker thread; ``heartbeat``: pinged from its start."""
-
-        # Threads of their own: a crowd of sessions opening at once (a hub restarted, its
-        # miners redialling) must not hold every token of trio's default limiter, which the
-        # rest of the node needs (trio binds Unix sockets and resolves names on it).
-        limiter = trio.CapacityLimiter(SESSION_THREADS)
-        beats = Heartbeats(heartbeat) if heartbeat is not None else None
-        running = False
-
-        async def handler(stream: Any) -> None:
-            nonlocal running
-            peer = stream.muxed_conn.peer_id.to_string()
-            if beats is not None and not running:  # the pinger starts with the first session
-                running = True
-                self.spawn(beats.run)
-            key = beats.watch(peer, stream) if beats is not None else None  # pinged at once
-            self.joins.session_started(peer)
-            self.session_peers.add(peer)
-            try:
-                try:
-                    await trio.to_thread.run_sync(on_open, peer, limiter=limiter)
-                finally:
-                    self.joins.session_done(peer)
-                await read_until_end(stream)
-            finally:
-                self.session_peers.discard(peer)
-                if beats is not None and key is not None:
-                    beats.unwatch(key)
-                with trio.CancelScope(shield=True):
-                    await aclose_quietly(stream, reset=True)
-                    await trio.to_thread.run_sync(on_close, peer, limiter=limiter)
-
-        return handler
+        """A handler for session streams (see :func:`._sessions.session_acceptor`)."""
+        return _sessions.session_acceptor(self, on_open, on_close, heartbeat, messages)
 
     async def open_session(
         self,
@@ -562,34 +533,5 @@ class NodeCore:
         on_beat: Callable[[], None] | None = None,
         timeout: float | None = None,
     ) -> Session:
-        """Open a session stream to a connected peer on the first of ``protocols`` it speaks.
-        On a beat session each Yamux ping of the peer calls ``on_beat()`` (on the trio thread:
-        it must not block). Raises DialError if it cannot within ``timeout``."""
-        from libp2p.peer.id import ID
-
-        try:
-            with trio.fail_after(timeout or self.options.dial_timeout):
-                stream = await self.host.new_stream(ID.from_base58(peer_id), list(protocols))
-        except Exception as exc:
-            wanted = " or ".join(protocols)
-            raise DialError(f"cannot open {wanted} to {peer_id}: {reason(exc)}") from None
-        protocol = str(stream.get_protocol() or protocols[0])
-        scope = trio.CancelScope()
-        session = Session(self.call_soon, peer_id, scope, protocol)
-
-        async def hold() -> None:
-            try:
-                with scope:
-                    if protocol == SESSION_BEAT and on_beat is not None:
-                        # The peer's Yamux pings on this connection are its beats.
-                        stream.muxed_conn.on_pinged = on_beat
-                    await read_until_end(stream)
-            finally:
-                if getattr(stream.muxed_conn, "on_pinged", None) is on_beat:
-                    stream.muxed_conn.on_pinged = None
-                with trio.CancelScope(shield=True):
-                    await aclose_quietly(stream, reset=True)
-                session.closed.set()
-
-        self.spawn(hold)
-        return session
+        """Open a session stream to a connected peer (see :func:`._sessions.open_session`)."""
+        return await _sessions.open_session(self, peer_id, protocols, on_beat, timeout)

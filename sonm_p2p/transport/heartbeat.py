@@ -32,12 +32,25 @@ from typing import Any
 
 import trio
 
-__all__ = ["SESSION_BEAT", "BeatBook", "BeatResult", "Heartbeat", "Heartbeats"]
+__all__ = [
+    "BEAT_SESSIONS",
+    "SESSION_BEAT",
+    "SESSION_MESSAGES",
+    "BeatBook",
+    "BeatResult",
+    "Heartbeat",
+    "Heartbeats",
+]
 
 log = logging.getLogger(__name__)
 
 #: A session whose opener counts the other side's Yamux pings as its contact.
 SESSION_BEAT = "/sonm/session/2.0.0"
+#: A beat session that also carries messages both ways (:mod:`._sessions`): a miner's handshake
+#: and task events travel on it, not over a gRPC channel.
+SESSION_MESSAGES = "/sonm/session/3.0.0"
+#: The sessions whose opener counts the other side's Yamux pings as its contact.
+BEAT_SESSIONS = frozenset({SESSION_BEAT, SESSION_MESSAGES})
 
 #: Pings due within this many seconds of each other are sent together (a hub of 1,000 miners
 #: sends ~10 every 100 ms): their answers then come back together too, and trio's loop reads

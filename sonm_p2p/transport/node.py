@@ -472,18 +472,23 @@ class P2PNode:
     def accept_sessions(
         self,
         protocol: str,
-        on_open: Callable[[str], None],
+        on_open: Callable[..., None],
         on_close: Callable[[str], None],
         *,
         heartbeat: Heartbeat | None = None,
+        messages: bool = False,
     ) -> None:
         """Accept long-lived session streams of ``protocol``.
 
         ``on_open(peer_id)`` and then, when the stream ends for any reason, ``on_close(peer_id)``
         are called in a worker thread (they may block). With ``heartbeat``, each session is
         pinged from its start, while ``on_open`` runs too (a beat session: see :mod:`.heartbeat`).
+        With ``messages`` the stream carries messages both ways (as
+        :data:`~.heartbeat.SESSION_MESSAGES` does): ``on_open(peer_id, session)`` gets the
+        :class:`Session` to send, receive or listen with.
         """
-        self.core.handle(protocol, self.core.session_acceptor(on_open, on_close, heartbeat))
+        handler = self.core.session_acceptor(on_open, on_close, heartbeat, messages)
+        self.core.handle(protocol, handler)
 
     def open_session(
         self,

@@ -229,22 +229,52 @@ async def _end_stream(stream: Any, *, reset: bool) -> None:
         pass
 
 
+def _implied_reservations(resources: Any, implied: Callable[[str], bool]) -> None:
+    """A peer for which ``implied(peer_id)`` holds is reachable through the relay as if it had
+    reserved: its reservation is made at the first circuit to it (the voucher signed then, and
+    only for peers someone dials), with the same limits as any other, and dropped at the next
+    circuit asked for once ``implied`` no longer holds."""
+    can_accept = resources.can_accept_connection
+    made: set[Any] = set()  # peers holding a reservation made here
+
+    def can_accept_connection(peer_id: Any) -> bool:
+        holds = implied(peer_id.to_base58())
+        if peer_id in made and not holds:
+            made.discard(peer_id)
+            resources._reservations.pop(peer_id, None)
+        elif (
+            holds
+            and resources.get_reservation(peer_id) is None
+            and resources.can_accept_reservation(peer_id)
+        ):
+            resources.reserve(peer_id)
+            made.add(peer_id)
+        return bool(can_accept(peer_id))
+
+    resources.can_accept_connection = can_accept_connection
+
+
 async def relay_service(
     host: Any,
     options: RelayOptions | None,
     *,
+    implied: Callable[[str], bool] | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run circuit relay v2 on ``host`` until cancelled; ``started()`` with the protocol object.
 
     Every node runs it: it accepts circuits relayed to this node (STOP). With ``options`` the node
-    is also a relay for others (HOP) within those limits.
+    is also a relay for others (HOP) within those limits. ``implied(peer_id)``: peers that
+    need not reserve to be relayed to (a hub's miners holding a message session, which asks
+    no RESERVE exchange of each joining miner: see :func:`_implied_reservations`).
     """
     from libp2p.tools.anyio_service import background_trio_service
 
     cls = _relay_protocol_class()
     if options is not None:
         proto = cls(host, limits=_limits(options), allow_hop=True)
+        if implied is not None:
+            _implied_reservations(proto.resource_manager, implied)
     else:
         proto = cls(host, allow_hop=False)
     async with background_trio_service(proto):

@@ -1,7 +1,9 @@
 """Heartbeats end to end: a real `sonmhub` process and light miners in this process (real
-libp2p connections, sessions and gRPC). A miner of today opens a beat session and is pinged
-with Yamux keepalive pings, which it counts as the hub's contact; a miner that only speaks the
-older session protocol is pinged over gRPC as before; both stay online with no ping missed."""
+libp2p connections, sessions and gRPC). A miner of today opens a message session and is pinged
+with Yamux keepalive pings, which it counts as the hub's contact; one a version older opens a
+beat session, pinged the same way; a miner that only speaks the first session protocol is
+pinged over gRPC as before. All stay online with no ping missed, and the hub follows the tasks
+of each (on the message session itself, or by ``WatchTasks``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from sonm_p2p.loadgen import start_light_miners
 from sonm_p2p.miner import hub_link
 from sonm_p2p.transport.bridge import SESSION
-from sonm_p2p.transport.heartbeat import SESSION_BEAT
+from sonm_p2p.transport.heartbeat import SESSION_BEAT, SESSION_MESSAGES
 from tests.harness import Network, wait_for
 
 INTERVAL = 0.5
@@ -21,8 +23,12 @@ INTERVAL = 0.5
 
 @pytest.mark.parametrize(
     ("offered", "protocol"),
-    [(hub_link.SESSIONS, SESSION_BEAT), ((SESSION,), SESSION)],
-    ids=["beat-session", "older-miner"],
+    [
+        (hub_link.SESSIONS, SESSION_MESSAGES),
+        ((SESSION_BEAT, SESSION), SESSION_BEAT),
+        ((SESSION,), SESSION),
+    ],
+    ids=["message-session", "beat-session", "older-miner"],
 )
 def test_miners_are_pinged_on_the_session_they_open_and_stay_online(
     net: Network, monkeypatch: pytest.MonkeyPatch, offered: tuple[str, ...], protocol: str
@@ -47,6 +53,16 @@ def test_miners_are_pinged_on_the_session_they_open_and_stay_online(
         assert len(listed) == 2 and all(m["online"] for m in listed)
         wait_for(lambda: time.monotonic() - t0 > 4 * INTERVAL, "four more intervals", timeout=10)
         assert miners.connected == 2
+        # A task that ends by itself: only the miner's task events tell the hub.
+        started = hub.cli("start", "--image", "sonm-test/web", f"--miner={daemon.node_id}")
+        assert started.returncode == 0, started.stderr
+        task_id = started.stdout.split()[1].rstrip(",")
+        daemon.runtime.exit(task_id, 3)
+        wait_for(
+            lambda: hub.cli_json("status", task_id)["state"] == "EXITED",
+            "the hub learns the task exited",
+            timeout=10,
+        )
     assert "missed a ping" not in hub.proc.output()
 
 

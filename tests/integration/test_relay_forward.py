@@ -382,6 +382,35 @@ def test_relay_limits_and_reservation_refresh(nodes):
     assert first.advertised_addrs == [f"{first.addrs[0]}"]
 
 
+def test_a_peer_holding_a_session_is_relayed_to_without_reserving(nodes, targets):
+    """A hub relays to the miners that hold a session with it, none of which reserves (a
+    RESERVE exchange per joining miner was a sixth of a hub's CPU per join); once the session
+    ends, the relay refuses circuits to that peer again."""
+    relay = nodes(relay_service=RelayOptions())
+    relay.accept_sessions("/test/session/1.0.0", lambda peer: None, lambda peer: None)
+    server = nodes()
+    serve_forward(server, targets.resolve)
+    hub_id = server.connect(relay.addrs[0])
+    circuit = [f"{relay.addrs[0]}/p2p-circuit/p2p/{server.peer_id}"]
+    refused = nodes(upgrade=NO_UPGRADE)
+    with pytest.raises(DialError, match="no reservation"):
+        refused.connect_peer(server.peer_id, circuit)
+
+    session = server.open_session(hub_id, "/test/session/1.0.0")
+    client = nodes(upgrade=NO_UPGRADE)
+    path = client.connect_peer(server.peer_id, circuit)
+    assert path.kind is PathKind.RELAYED and path.relay_id == relay.peer_id
+    assert server.reservations == []  # the server never reserved
+    with open_forward(client, server.peer_id, "web", 80) as web:
+        assert fetch(web.local_addr) == PAGE
+
+    session.close()
+    wait_for(lambda: session.closed.is_set(), "the session to end", timeout=10)
+    late = nodes(upgrade=NO_UPGRADE)
+    with pytest.raises(DialError, match="no reservation"):
+        late.connect_peer(server.peer_id, circuit)
+
+
 def test_reserve_on_from_node_options(nodes):
     relay = nodes(relay_service=RelayOptions())
     host, port = relay.addrs[0].split("/")[2], relay.addrs[0].split("/")[4]

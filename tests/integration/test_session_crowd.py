@@ -9,7 +9,7 @@ import threading
 import time
 
 from sonm_p2p.identity import Identity
-from sonm_p2p.transport.core import SESSION_THREADS
+from sonm_p2p.transport._sessions import SESSION_THREADS
 from sonm_p2p.transport.node import NodeOptions, P2PNode, SharedLoop
 from tests.harness import wait_for
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sonm_p2p._pb.sonm.v1 import common_pb2 as sonm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sonm/v1/miner.proto\x12\x07sonm.v1\x1a\x14sonm/v1/common.proto\"Q\n\x10HandshakeRequest\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x15\n\rstun_endpoint\x18\x02 \x01(\t\x12\x16\n\x0estun_endpoints\x18\x03 \x03(\t\"\xa1\x01\n\x0eHandshakeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\tresources\x18\x02 \x01(\x0b\x32\x12.sonm.v1.Resources\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.sonm.v1.TaskInfo\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\nmultiaddrs\x18\x05 \x03(\t\x12\x10\n\x08nat_type\x18\x06 \x01(\t\"t\n\x11MinerStartRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.sonm.v1.TaskSpec\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06hub_id\x18\x04 \x01(\t\x12\x0e\n\x06record\x18\x05 \x01(\t2\xa8\x03\n\x05Miner\x12?\n\tHandshake\x12\x19.sonm.v1.HandshakeRequest\x1a\x17.sonm.v1.HandshakeReply\x12*\n\x04Ping\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.PingReply\x12\x36\n\x05Start\x12\x1a.sonm.v1.MinerStartRequest\x1a\x11.sonm.v1.TaskInfo\x12+\n\x04Stop\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x31\n\nTaskStatus\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x32\n\nWatchTasks\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.TaskEvent0\x01\x12\x31\n\x04Logs\x12\x14.sonm.v1.LogsRequest\x1a\x11.sonm.v1.LogChunk0\x01\x12\x33\n\x06Status\x12\x0e.sonm.v1.Empty\x1a\x19.sonm.v1.MinerStatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13sonm/v1/miner.proto\x12\x07sonm.v1\x1a\x14sonm/v1/common.proto\"Q\n\x10HandshakeRequest\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x15\n\rstun_endpoint\x18\x02 \x01(\t\x12\x16\n\x0estun_endpoints\x18\x03 \x03(\t\"\xa1\x01\n\x0eHandshakeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\tresources\x18\x02 \x01(\x0b\x32\x12.sonm.v1.Resources\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.sonm.v1.TaskInfo\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\nmultiaddrs\x18\x05 \x03(\t\x12\x10\n\x08nat_type\x18\x06 \x01(\t\"p\n\x13MinerSessionMessage\x12,\n\thandshake\x18\x01 \x01(\x0b\x32\x17.sonm.v1.HandshakeReplyH\x00\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.sonm.v1.TaskEventH\x00\x42\x06\n\x04\x62ody\"t\n\x11MinerStartRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.sonm.v1.TaskSpec\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06hub_id\x18\x04 \x01(\t\x12\x0e\n\x06record\x18\x05 \x01(\t2\xa8\x03\n\x05Miner\x12?\n\tHandshake\x12\x19.sonm.v1.HandshakeRequest\x1a\x17.sonm.v1.HandshakeReply\x12*\n\x04Ping\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.PingReply\x12\x36\n\x05Start\x12\x1a.sonm.v1.MinerStartRequest\x1a\x11.sonm.v1.TaskInfo\x12+\n\x04Stop\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x31\n\nTaskStatus\x12\x10.sonm.v1.TaskRef\x1a\x11.sonm.v1.TaskInfo\x12\x32\n\nWatchTasks\x12\x0e.sonm.v1.Empty\x1a\x12.sonm.v1.TaskEvent0\x01\x12\x31\n\x04Logs\x12\x14.sonm.v1.LogsRequest\x1a\x11.sonm.v1.LogChunk0\x01\x12\x33\n\x06Status\x12\x0e.sonm.v1.Empty\x1a\x19.sonm.v1.MinerStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDSHAKEREQUEST']._serialized_end=135
   _globals['_HANDSHAKEREPLY']._serialized_start=138
   _globals['_HANDSHAKEREPLY']._serialized_end=299
-  _globals['_MINERSTARTREQUEST']._serialized_start=301
-  _globals['_MINERSTARTREQUEST']._serialized_end=417
-  _globals['_MINER']._serialized_start=420
-  _globals['_MINER']._serialized_end=844
+  _globals['_MINERSESSIONMESSAGE']._serialized_start=301
+  _globals['_MINERSESSIONMESSAGE']._serialized_end=413
+  _globals['_MINERSTARTREQUEST']._serialized_start=415
+  _globals['_MINERSTARTREQUEST']._serialized_end=531
+  _globals['_MINER']._serialized_start=534
+  _globals['_MINER']._serialized_end=958
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,14 @@ class HandshakeReply(_message.Message):
     nat_type: str
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., version: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., nat_type: _Optional[str] = ...) -> None: ...
 
+class MinerSessionMessage(_message.Message):
+    __slots__ = ("handshake", "event")
+    HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    handshake: HandshakeReply
+    event: _common_pb2.TaskEvent
+    def __init__(self, handshake: _Optional[_Union[HandshakeReply, _Mapping]] = ..., event: _Optional[_Union[_common_pb2.TaskEvent, _Mapping]] = ...) -> None: ...
+
 class MinerStartRequest(_message.Message):
     __slots__ = ("task_id", "spec", "owner", "hub_id", "record")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

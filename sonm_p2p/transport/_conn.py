@@ -13,6 +13,8 @@ from typing import Any
 
 import trio
 
+from sonm_p2p.transport import _task_index
+
 __all__ = [
     "aclose_quietly",
     "connections",
@@ -229,6 +231,8 @@ def new_host(key_pair: Any, dial_timeout: float, max_connections: int) -> Any:
     """A py-libp2p host: TCP, Noise only (a peer offering plaintext, or anything else, fails to
     negotiate), Yamux, one connection per peer, limits sized for ``max_connections``."""
     from libp2p import new_host as libp2p_host
+
+    _task_index.install()  # each run_task of its managers finds its parent at once
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE

@@ -8,7 +8,6 @@ coroutines on the hub's loop; table work runs on the bounded pool (``blocking``)
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -52,9 +51,9 @@ _STATUS_TTL = 1.0  # seconds a miner's live status is shared by every caller
 _PAGE_DEFAULT, _PAGE_MAX = 500, 1000  # tasks per ListTasks page
 
 
-def _service_ended(done: concurrent.futures.Future[None]) -> None:
+def _pinger_ended(done: concurrent.futures.Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
-        log.error("a hub service failed: %r", done.exception(), exc_info=done.exception())
+        log.error("the pinger failed: %r", done.exception(), exc_info=done.exception())
 
 
 def _parse_page_token(token: str) -> tuple[float, str]:
@@ -135,8 +134,6 @@ class Hub(MinerSessions):
         self.events = EventBus()
         self._sup = supervisor
         self._sessions: dict[str, MinerSession] = {}  # node ID -> current session
-        self._to_warm: collections.deque[MinerSession] = collections.deque()  # see _warmer
-        self._last_join = 0.0  # monotonic time of the last miner's join
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # starts and stops in flight, on the loop
@@ -157,9 +154,8 @@ class Hub(MinerSessions):
         """Start the loop and pinging (once); sessions are accepted from then on."""
         if self._loop is None:
             self._loop = self._sup.asyncio_loop("miners")
-            for service in (self._pinger(), self._warmer()):
-                done = asyncio.run_coroutine_threadsafe(service, self._loop)
-                done.add_done_callback(_service_ended)
+            pinger = asyncio.run_coroutine_threadsafe(self._pinger(), self._loop)
+            pinger.add_done_callback(_pinger_ended)
             if self.options.task_retention:
                 sweep = min(3600.0, max(1.0, self.options.task_retention / 2))
                 self._sup.every("retention", sweep, self._forget_ended)

@@ -144,20 +144,6 @@ class MinerClient:
                     self._astub = miner_pb2_grpc.MinerStub(self._aio)
         return self._astub
 
-    @property
-    def opened(self) -> bool:
-        """Whether the aio channel is open (or being opened)."""
-        return self._astub is not None or (self._opening is not None and self._opening.locked())
-
-    async def aopen(self, timeout: float) -> None:
-        """(on the loop) Open the channel now and wait until its HTTP/2 connection is up, so
-        the first call pays nothing. Raises MinerUnavailable, TimeoutError."""
-        await self._astub_ready()
-        aio = self._aio
-        if aio is None:  # closed meanwhile
-            raise MinerUnavailable(f"miner {self.miner_id}: its session ended")
-        await asyncio.wait_for(aio.channel_ready(), timeout)
-
     def __repr__(self) -> str:
         return f"<MinerClient {self.miner_id} {self._chan!r}>"
 

@@ -15,7 +15,6 @@ to a miner run on the hub's asyncio loop; SQLite work on the bounded pool
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import logging
@@ -60,11 +59,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-#: Channels the warmer opens a second at most (see :meth:`MinerSessions._warmer`), and how
-#: long after the last join it waits before it does.
-WARM_RATE = 20.0
-WARM_QUIET = 2.0
 
 #: Task events a miner's message session may have waiting to be applied; a miner that sends
 #: more (far more than its own bounded event queue lets a real miner send) is cut off.
@@ -159,8 +153,6 @@ class MinerSessions:
     _loop: asyncio.AbstractEventLoop | None
     _tasks: set[asyncio.Task[Any]]
     _status: dict[str, tuple[float, MinerSession, MinerStatus]]
-    _to_warm: collections.deque[MinerSession]
-    _last_join: float
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
@@ -306,8 +298,6 @@ class MinerSessions:
             session.beats = beats
             if events is not None:
                 session.events = _session_events(events, self._loop)
-                self._to_warm.append(session)
-            self._last_join = time.monotonic()
             old = self._sessions.get(node_id)
             self._sessions[node_id] = session
             try:
@@ -408,25 +398,6 @@ class MinerSessions:
         finally:
             flusher.cancel()
 
-    async def _warmer(self) -> None:
-        """Open the gRPC channel of each miner on a message session ahead of its first call
-        (on the loop, until it closes): at most ``WARM_RATE`` a second, one at a time, and only
-        once no miner has joined for ``WARM_QUIET`` seconds. A join costs no channel (a
-        restarted hub's herd comes back first: a channel is ~10 ms of the hub's CPU), and a
-        start still finds one open (opened by the start itself, 100 concurrent starts on a hub
-        of 1,000 miners ran at 16 a second, not 29)."""
-        while True:
-            await asyncio.sleep(1 / WARM_RATE)
-            if not self._to_warm or time.monotonic() - self._last_join < WARM_QUIET:
-                continue
-            session = self._to_warm.popleft()
-            if session.gone or session.client.opened:
-                continue
-            try:
-                await session.client.aopen(self.options.handshake_timeout)
-            except (TimeoutError, SonmError) as exc:
-                log.debug("miner %s: channel not opened ahead: %s", session.node_id, exc)
-
     async def _ping_one(
         self,
         session: MinerSession,
@@ -506,6 +477,10 @@ class MinerSessions:
 
     def _session_for(self, miner: str) -> MinerSession:
         miner = check_id(miner, "miner")
+        with self._lock:  # a whole node ID of a live miner: no need to read every miner
+            session = self._sessions.get(miner)
+        if session is not None:
+            return session
         known = {m.node_id for m in self.state.list_miners()}
         node_id = resolve_prefix(known | set(self.online_miners()), miner, kind="miner")
         with self._lock:

@@ -27,7 +27,7 @@ from sonm_p2p.tasks import Task
 from sonm_p2p.transport.bridge import GRPC_MINER, PeerChannel
 from sonm_p2p.transport.node import P2PNode
 
-__all__ = ["AioStream", "Handshake", "MinerClient"]
+__all__ = ["AioStream", "Handshake", "MinerClient", "handshake_request"]
 
 
 class Handshake:
@@ -40,6 +40,16 @@ class Handshake:
         self.tasks = [task_from_pb(t) for t in reply.tasks]
         self.multiaddrs = list(reply.multiaddrs)
         self.nat_type = reply.nat_type
+
+
+def handshake_request(hub_id: str, stun_endpoints: Sequence[str]) -> miner_pb2.HandshakeRequest:
+    """What a hub asks a miner at its handshake (over gRPC, or on a message session):
+    ``stun_endpoints``, the STUN responders the miner classifies its NAT against."""
+    return miner_pb2.HandshakeRequest(
+        hub_id=hub_id,
+        stun_endpoint=stun_endpoints[0] if stun_endpoints else "",
+        stun_endpoints=stun_endpoints,
+    )
 
 
 def _we_are_cancelled() -> bool:
@@ -244,10 +254,5 @@ class MinerClient:
         self, hub_id: str, timeout: float, *, stun_endpoints: Sequence[str] = ()
     ) -> Handshake:
         """``stun_endpoints``: the STUN responders the miner classifies its NAT against."""
-        request = miner_pb2.HandshakeRequest(
-            hub_id=hub_id,
-            stun_endpoint=stun_endpoints[0] if stun_endpoints else "",
-            stun_endpoints=stun_endpoints,
-        )
-        reply = self._call("Handshake", request, timeout)
+        reply = self._call("Handshake", handshake_request(hub_id, stun_endpoints), timeout)
         return Handshake(reply)  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ from sonm_p2p.hub.core import (
     ReportIgnored,
     TaskChanged,
 )
-from sonm_p2p.hub.miner_client import AioStream, Handshake, MinerClient
+from sonm_p2p.hub.miner_client import AioStream, Handshake, MinerClient, handshake_request
 from sonm_p2p.hub.state import HubState, MinerRecord
 from sonm_p2p.identity import node_id_from_peer_id
 from sonm_p2p.model import MinerStatus
@@ -237,9 +237,7 @@ class MinerSessions:
         node_id = self._session_peer(peer_id)
         if node_id is None:
             return
-        request = miner_pb2.HandshakeRequest(hub_id=self.node_id)
-        request.stun_endpoints.extend(self.stun_for_miners())
-        request.stun_endpoint = request.stun_endpoints[0] if request.stun_endpoints else ""
+        request = handshake_request(self.node_id, self.stun_for_miners())
         try:
             stream.send(request.SerializeToString())
             message = _session_message(stream.recv(self.options.handshake_timeout))
